@@ -1,0 +1,59 @@
+// The one seam between the FTP protocol and packets: a session asks the data plane to
+// admit one data connection and later releases it. Implementations: nftables, relay, fake.
+
+/** A host and TCP port. Addresses are in canonical text form (no ::ffff: prefix for IPv4). */
+export interface Endpoint {
+  readonly address: string;
+  readonly port: number;
+}
+
+/**
+ * What one negotiated data connection needs. `peer` connects to `listen`:<port chosen by
+ * the data plane>; the connection is carried to `target`, and `target` sees it come from
+ * `source` (and `sourcePort` when set, e.g. port 20 with -r).
+ *
+ * passive (PASV/EPSV): peer = client, target = server's announced data port.
+ * active (PORT/EPRT):  peer = server, target = client's announced data port.
+ */
+export interface DataPathRequest {
+  /** Session id, for logs, rule comments and per-session release. */
+  readonly sid: string;
+  readonly kind: 'passive' | 'active';
+  /** 4 or 6: all addresses of one request are of this family. */
+  readonly family: 4 | 6;
+  /** The only source address admitted. */
+  readonly peer: string;
+  /** Local (or, in outbound mode, original-destination) address the peer connects to. */
+  readonly listen: string;
+  readonly target: Endpoint;
+  readonly source: string;
+  readonly sourcePort?: number;
+}
+
+/** An admitted data connection: `port` is what the session advertises. */
+export interface DataPath {
+  readonly id: string;
+  readonly port: number;
+}
+
+export interface DataPlane {
+  /** 'nftables' | 'relay' | 'fake' — printed at start. */
+  readonly name: string;
+  /** Idempotent start: create whatever base state the backend needs (e.g. the nftables table). */
+  start(): Promise<void>;
+  /**
+   * Admit exactly one connection described by `req`. Rejects with DataPlaneError:
+   * code 'PORTS_EXHAUSTED' when no data port is free, 'BACKEND_FAILED' when the backend
+   * failed (nothing is left half-applied in either case).
+   */
+  open(req: DataPathRequest): Promise<DataPath>;
+  /**
+   * Stop admitting through `id`. With abort=false an established data connection goes on
+   * to its natural end (the kernel, or the relay, carries it); with abort=true (session
+   * teardown) the relay also cuts it. Releasing an unknown or already released id is an
+   * error in the fake, and a no-op elsewhere.
+   */
+  release(id: string, abort: boolean): Promise<void>;
+  /** Remove everything this data plane ever installed. Called once at exit. */
+  close(): Promise<void>;
+}
