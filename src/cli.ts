@@ -1,0 +1,126 @@
+#!/usr/bin/env node
+// The command-line contract: commander definitions only. Flags in, raw option strings out;
+// validation lives in config.ts, the wiring in main.ts.
+
+import { Command, CommanderError } from 'commander';
+
+export interface RawOptions {
+  ipv6?: boolean;
+  anonymousOnly?: boolean;
+  proxyAddress?: string;
+  bind?: string;
+  debugLevel: string;
+  foreground?: boolean;
+  maxSessions: string;
+  maxSessionsPerClient: string;
+  serverPort: string;
+  port: string;
+  reverse?: string;
+  rewriteSourcePort?: boolean;
+  tag?: string;
+  mark?: string;
+  timeout: string;
+  logRules?: boolean;
+  masqueradeAddress?: string;
+  dataPorts: string;
+  backend: string;
+  connectTimeout: string;
+  dataTimeout: string;
+  maxLineLength: string;
+  nftTable: string;
+  shutdownGrace: string;
+  printRuleset?: boolean;
+}
+
+export const VERSION = '0.1.0';
+
+export function buildCommand(): Command {
+  return new Command('ftp-proxy')
+    .description(
+      'Transparent FTP application-layer gateway for Linux NAT gateways (nftables).\n' +
+        'Relays FTP control connections and admits each negotiated data connection\n' +
+        'with short-lived nftables entries (or a userspace relay).',
+    )
+    .version(VERSION, '-V, --version')
+    .helpOption('-h, --help', 'show this help and exit')
+    .option('-6, --ipv6', 'default listen address is ::1 instead of 127.0.0.1')
+    .option('-A, --anonymous-only', 'allow only anonymous logins (USER anonymous or ftp)')
+    .option('-a, --proxy-address <addr>', 'source address for connections to servers (default: chosen by routing)')
+    .option('-b, --bind <addr>', 'listen address (default: 127.0.0.1, or ::1 with -6)')
+    .option('-D, --debug-level <0-7>', 'syslog-style log level: 3 errors, 5 notices, 6 sessions, 7 debug', '5')
+    .option('-d, --foreground', 'log human-readable lines to stderr (ftp-proxy never forks; run it under systemd)')
+    .option('-m, --max-sessions <n>', 'maximum concurrent sessions, 1-100000', '100')
+    .option('--max-sessions-per-client <n>', 'maximum concurrent sessions from one client address, 0 = no limit', '0')
+    .option('-P, --server-port <port>', 'server port in reverse mode (-R)', '21')
+    .option('-p, --port <port>', 'listen port', '8021')
+    .option('-R, --reverse <addr>', 'reverse mode: relay every session to this fixed FTP server address')
+    .option('-r, --rewrite-source-port', 'active mode data connections come from port 20')
+    .option('-T, --tag <mark>', 'packet mark (decimal or 0x hex) set on admitted data connections (same as --mark)')
+    .option('--mark <n>', 'packet mark set on admitted data connections, 1-0xffffffff')
+    .option('-t, --timeout <seconds>', 'idle timeout of a session, 0-86400, 0 = none', '86400')
+    .option('-v, --log-rules', 'log admitted data connections (nftables log statement, per-session prefix)')
+    .option('--masquerade-address <addr>', 'address advertised to clients in 227 replies (reverse mode; default: the local address of the control connection)')
+    .option('--data-ports <lo-hi>', 'ports used for data connections, 1024-65535', '49152-65535')
+    .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
+    .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
+    .option('--data-timeout <seconds>', 'time an admitted data connection may take to arrive, 1-3600', '30')
+    .option('--max-line-length <bytes>', 'longest accepted control line, 512-65536', '1024')
+    .option('--nft-table <name>', 'name of the inet table ftp-proxy owns', 'ftp_proxy')
+    .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')
+    .option('--print-ruleset', 'print the nftables table ftp-proxy would create, and exit')
+    .showHelpAfterError(false)
+    .allowExcessArguments(false);
+}
+
+export type CliResult = { kind: 'run'; options: RawOptions } | { kind: 'exit'; code: number };
+
+/**
+ * Parse argv. Help and --version print and return exit 0; any usage error prints one line
+ * naming the flag and returns exit 2. Never calls process.exit itself.
+ */
+export function parseArgs(argv: readonly string[], write: { out: (s: string) => void; err: (s: string) => void }): CliResult {
+  const cmd = buildCommand();
+  cmd.exitOverride();
+  cmd.configureOutput({
+    writeOut: write.out,
+    // commander's own error text is printed by us below, as one line.
+    writeErr: () => undefined,
+    outputError: () => undefined,
+  });
+  try {
+    cmd.parse([...argv], { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
+        return { kind: 'exit', code: 0 };
+      }
+      write.err(`ftp-proxy: ${e.message.replace(/^error: /, '').split('\n')[0]}\n`);
+      return { kind: 'exit', code: 2 };
+    }
+    throw e;
+  }
+  return { kind: 'run', options: cmd.opts<RawOptions>() };
+}
+
+// Entry point when run as a program (`node dist/cli.js`, or the `ftp-proxy` bin link).
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
+function invokedDirectly(): boolean {
+  const script = process.argv[1];
+  if (!script) return false;
+  try {
+    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (invokedDirectly()) {
+  // Not a top-level await: main.js imports this module, and a cycle under TLA never settles.
+  void import('./main.js')
+    .then(({ main }) => main(process.argv.slice(2)))
+    .then((code) => {
+      process.exitCode = code;
+    });
+}

@@ -1,0 +1,145 @@
+// One validation pass over the raw command-line options: ranges, addresses, modes. The
+// result is a frozen Config; nothing after this point re-checks a flag.
+
+import ipaddr from 'ipaddr.js';
+import type { RawOptions } from './cli.js';
+import { ConfigError } from './errors.js';
+import type { Endpoint } from './dataplane/types.js';
+
+export type Backend = 'nftables' | 'relay';
+
+export interface Config {
+  readonly mode: 'reverse' | 'outbound';
+  readonly bind: string;
+  readonly port: number;
+  /** Reverse mode's fixed server. */
+  readonly reverse?: Endpoint;
+  readonly proxyAddress?: string;
+  readonly masqueradeAddress?: string;
+  readonly dataPorts: { readonly low: number; readonly high: number };
+  readonly backend: Backend;
+  readonly rewriteSourcePort: boolean;
+  readonly maxSessions: number;
+  /** 0 = no per-client limit. */
+  readonly maxSessionsPerClient: number;
+  /** Seconds; 0 = no idle timeout. */
+  readonly idleTimeout: number;
+  readonly connectTimeout: number;
+  readonly dataTimeout: number;
+  readonly anonymousOnly: boolean;
+  /** syslog-style 0-7. */
+  readonly debugLevel: number;
+  readonly foreground: boolean;
+  readonly logRules: boolean;
+  readonly mark?: number;
+  readonly maxLineLength: number;
+  readonly nftTable: string;
+  readonly shutdownGrace: number;
+  readonly printRuleset: boolean;
+}
+
+function fail(flag: string, message: string): never {
+  throw new ConfigError('BAD_FLAG', `${flag}: ${message}`);
+}
+
+function integer(flag: string, raw: string, min: number, max: number): number {
+  const s = raw.trim();
+  const n = /^0x[0-9a-f]+$/i.test(s) ? Number.parseInt(s, 16) : /^\d+$/.test(s) ? Number(s) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) {
+    fail(flag, `'${raw}' is not a whole number from ${min} to ${max}`);
+  }
+  return n;
+}
+
+/** Canonical text of an IP address literal: dotted quad, or RFC 5952 for IPv6. */
+export function canonicalAddress(flag: string, raw: string): string {
+  const s = raw.trim().replace(/^\[(.*)\]$/, '$1');
+  if (!ipaddr.isValid(s) || (ipaddr.IPv4.isValid(s) && !ipaddr.IPv4.isValidFourPartDecimal(s))) {
+    fail(flag, `'${raw}' is not an IP address`);
+  }
+  const addr = ipaddr.parse(s);
+  if (addr.kind() === 'ipv6') {
+    const v6 = addr as ipaddr.IPv6;
+    if (v6.zoneId) fail(flag, `'${raw}': zone ids are not supported`);
+    return v6.toRFC5952String();
+  }
+  return addr.toString();
+}
+
+function unicast(flag: string, raw: string): string {
+  const a = canonicalAddress(flag, raw);
+  const range = ipaddr.parse(a).range();
+  if (range === 'unspecified' || range === 'multicast' || range === 'broadcast') {
+    fail(flag, `'${raw}' is a ${range} address`);
+  }
+  return a;
+}
+
+function portRange(flag: string, raw: string): { low: number; high: number } {
+  const m = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(raw);
+  if (!m) fail(flag, `'${raw}' is not a range LO-HI`);
+  const low = integer(flag, m[1]!, 1024, 65535);
+  const high = integer(flag, m[2]!, 1024, 65535);
+  if (low > high) fail(flag, `'${raw}': ${low} is above ${high}`);
+  return { low, high };
+}
+
+export function buildConfig(o: RawOptions): Config {
+  const reverseAddr = o.reverse !== undefined ? unicast('-R/--reverse', o.reverse) : undefined;
+  const serverPort = integer('-P/--server-port', o.serverPort, 1, 65535);
+  const backend = o.backend.trim().toLowerCase();
+  if (backend !== 'nftables' && backend !== 'relay') {
+    fail('--backend', `'${o.backend}' is not one of nftables, relay`);
+  }
+  if (o.tag !== undefined && o.mark !== undefined) {
+    fail('-T/--tag', 'give either -T/--tag or --mark, not both');
+  }
+  const mark =
+    o.tag !== undefined
+      ? integer('-T/--tag', o.tag, 1, 0xffffffff)
+      : o.mark !== undefined
+        ? integer('--mark', o.mark, 1, 0xffffffff)
+        : undefined;
+  const table = o.nftTable.trim();
+  if (!/^[A-Za-z][A-Za-z0-9_]{0,31}$/.test(table)) {
+    fail('--nft-table', `'${o.nftTable}' is not a name of letters, digits and _ (at most 32, starting with a letter)`);
+  }
+  const bind = o.bind !== undefined ? canonicalAddress('-b/--bind', o.bind) : o.ipv6 ? '::1' : '127.0.0.1';
+  if (o.reverse === undefined && o.serverPort !== '21') {
+    fail('-P/--server-port', 'only has a meaning with -R/--reverse');
+  }
+  if (o.reverse === undefined && o.masqueradeAddress !== undefined) {
+    fail('--masquerade-address', 'only has a meaning with -R/--reverse');
+  }
+  const cfg: Config = {
+    mode: reverseAddr !== undefined ? 'reverse' : 'outbound',
+    bind,
+    port: integer('-p/--port', o.port, 1, 65535),
+    ...(reverseAddr !== undefined ? { reverse: { address: reverseAddr, port: serverPort } } : {}),
+    ...(o.proxyAddress !== undefined ? { proxyAddress: unicast('-a/--proxy-address', o.proxyAddress) } : {}),
+    ...(o.masqueradeAddress !== undefined
+      ? { masqueradeAddress: unicast('--masquerade-address', o.masqueradeAddress) }
+      : {}),
+    dataPorts: portRange('--data-ports', o.dataPorts),
+    backend: backend as Backend,
+    rewriteSourcePort: o.rewriteSourcePort === true,
+    maxSessions: integer('-m/--max-sessions', o.maxSessions, 1, 100000),
+    maxSessionsPerClient: integer('--max-sessions-per-client', o.maxSessionsPerClient, 0, 100000),
+    idleTimeout: integer('-t/--timeout', o.timeout, 0, 86400),
+    connectTimeout: integer('--connect-timeout', o.connectTimeout, 1, 300),
+    dataTimeout: integer('--data-timeout', o.dataTimeout, 1, 3600),
+    anonymousOnly: o.anonymousOnly === true,
+    debugLevel: integer('-D/--debug-level', o.debugLevel, 0, 7),
+    foreground: o.foreground === true,
+    logRules: o.logRules === true,
+    ...(mark !== undefined ? { mark } : {}),
+    maxLineLength: integer('--max-line-length', o.maxLineLength, 512, 65536),
+    nftTable: table,
+    shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
+    printRuleset: o.printRuleset === true,
+  };
+  if (cfg.masqueradeAddress !== undefined && ipaddr.parse(cfg.masqueradeAddress).kind() !== 'ipv4') {
+    fail('--masquerade-address', 'must be an IPv4 address (227 replies carry IPv4 only; EPSV needs no address)');
+  }
+  return Object.freeze(cfg);
+}

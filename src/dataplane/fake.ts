@@ -1,0 +1,51 @@
+// In-memory data plane for unit tests: records every open and release, can be told to fail,
+// and throws on a release of an unknown or already released path so that leaks and double
+// releases are test failures.
+
+import { DataPlaneError } from '../errors.js';
+import { PortAllocator } from '../net/ports.js';
+import type { DataPath, DataPathRequest, DataPlane } from './types.js';
+
+export class FakeDataPlane implements DataPlane {
+  readonly name = 'fake';
+  readonly live = new Map<string, DataPathRequest & { port: number }>();
+  readonly opened: (DataPathRequest & { id: string; port: number })[] = [];
+  readonly released: { id: string; abort: boolean }[] = [];
+  private readonly failures: string[] = [];
+  private seq = 0;
+  started = false;
+  closed = false;
+
+  constructor(private readonly ports: PortAllocator = new PortAllocator(50000, 50099)) {}
+
+  /** The next open() rejects with this DataPlaneError code. */
+  failNextOpen(code: 'PORTS_EXHAUSTED' | 'BACKEND_FAILED'): void {
+    this.failures.push(code);
+  }
+
+  async start(): Promise<void> {
+    this.started = true;
+  }
+
+  async open(req: DataPathRequest): Promise<DataPath> {
+    const failure = this.failures.shift();
+    if (failure) throw new DataPlaneError(failure, `fake ${failure}`);
+    const port = await this.ports.take();
+    const id = `fake-${++this.seq}`;
+    this.live.set(id, { ...req, port });
+    this.opened.push({ ...req, id, port });
+    return { id, port };
+  }
+
+  async release(id: string, abort: boolean): Promise<void> {
+    const entry = this.live.get(id);
+    if (!entry) throw new DataPlaneError('UNKNOWN_PATH', `release of unknown or released data path ${id}`);
+    this.live.delete(id);
+    this.ports.put(entry.port);
+    this.released.push({ id, abort });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}

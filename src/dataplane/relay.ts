@@ -1,0 +1,151 @@
+// The userspace relay data plane, for hosts without nftables: a single-use listener per
+// negotiated data connection that accepts only the expected peer and splices it to the target.
+
+import net from 'node:net';
+import type { AppLogger } from '../log.js';
+import { DataPlaneError } from '../errors.js';
+import { canonical } from '../net/address.js';
+import type { PortAllocator } from '../net/ports.js';
+import type { DataPath, DataPathRequest, DataPlane } from './types.js';
+
+export interface RelayOptions {
+  readonly ports: PortAllocator;
+  /** Seconds a listener waits for its one connection. */
+  readonly dataTimeout: number;
+  readonly logger: AppLogger;
+}
+
+interface RelayPath {
+  readonly req: DataPathRequest;
+  readonly port: number;
+  listener: net.Server | null;
+  timer: NodeJS.Timeout | null;
+  readonly sockets: Set<net.Socket>;
+  bytes: { toTarget: number; toPeer: number };
+}
+
+export class RelayDataPlane implements DataPlane {
+  readonly name = 'relay';
+  private readonly paths = new Map<string, RelayPath>();
+  private seq = 0;
+
+  constructor(private readonly o: RelayOptions) {}
+
+  async start(): Promise<void> {}
+
+  /** Live paths (listening or relaying), for tests and stats. */
+  get size(): number {
+    return this.paths.size;
+  }
+
+  async open(req: DataPathRequest): Promise<DataPath> {
+    let listener: net.Server | null = null;
+    const port = await this.o.ports.take(async (p) => {
+      const l = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
+      const ok = await new Promise<boolean>((resolve) => {
+        l.once('error', (err: NodeJS.ErrnoException) => {
+          if (err.code === 'EADDRINUSE' || err.code === 'EACCES') resolve(false);
+          else resolve(false);
+        });
+        l.listen({ host: req.listen, port: p, exclusive: true, backlog: 4 }, () => resolve(true));
+      });
+      if (ok) listener = l;
+      return ok;
+    }).catch((e: unknown) => {
+      throw e instanceof DataPlaneError ? e : new DataPlaneError('BACKEND_FAILED', 'relay listen failed', { cause: e });
+    });
+    const id = `relay-${++this.seq}`;
+    const path: RelayPath = { req, port, listener, timer: null, sockets: new Set(), bytes: { toTarget: 0, toPeer: 0 } };
+    this.paths.set(id, path);
+    const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
+    path.timer = setTimeout(() => {
+      log.info({ timeout: this.o.dataTimeout }, 'data connection did not arrive in time');
+      this.stopListening(id, path);
+    }, this.o.dataTimeout * 1000);
+    path.timer.unref();
+    listener!.on('connection', (sock) => this.accept(id, path, sock, log));
+    listener!.on('error', (err) => log.warn({ err: err.message }, 'data listener error'));
+    return { id, port };
+  }
+
+  private accept(id: string, path: RelayPath, peer: net.Socket, log: AppLogger): void {
+    const from = canonical(peer.remoteAddress ?? '');
+    if (from !== path.req.peer || path.listener === null) {
+      // Only the negotiated peer, and only once.
+      log.notice({ from, expected: path.req.peer }, 'data connection from unexpected source refused');
+      peer.destroy();
+      return;
+    }
+    this.stopListening(id, path, true);
+    path.sockets.add(peer);
+    const target = net.connect({
+      host: path.req.target.address,
+      port: path.req.target.port,
+      localAddress: path.req.source,
+      ...(path.req.sourcePort !== undefined ? { localPort: path.req.sourcePort } : {}),
+      allowHalfOpen: true,
+    });
+    path.sockets.add(target);
+    peer.setNoDelay(true);
+    target.setNoDelay(true);
+    let closed = 0;
+    let over = false;
+    const done = (why: string, err?: Error): void => {
+      if (over) return;
+      over = true;
+      path.sockets.delete(peer);
+      path.sockets.delete(target);
+      peer.destroy();
+      target.destroy();
+      log[err ? 'warn' : 'debug']({ ...path.bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
+      this.forget(id, path);
+    };
+    peer.on('error', (err) => done('peer error', err));
+    target.on('error', (err) => done('target error', err));
+    peer.on('data', (b: Buffer) => (path.bytes.toTarget += b.length));
+    target.on('data', (b: Buffer) => (path.bytes.toPeer += b.length));
+    // pipe() gives backpressure both ways and passes each side's FIN on to the other once
+    // its data is written; a side is only gone when it has closed in both directions.
+    const closedOne = (): void => {
+      if (++closed === 2) done('both sides closed');
+    };
+    peer.on('close', closedOne);
+    target.on('close', closedOne);
+    target.once('connect', () => {
+      peer.pipe(target);
+      target.pipe(peer);
+      peer.resume();
+    });
+  }
+
+  /** Close the listener (the one connection has come, or it never will). */
+  private stopListening(id: string, path: RelayPath, keepPath = false): void {
+    if (path.timer) clearTimeout(path.timer);
+    path.timer = null;
+    if (path.listener) {
+      path.listener.close();
+      path.listener = null;
+      this.o.ports.put(path.port);
+    }
+    if (!keepPath && path.sockets.size === 0) this.paths.delete(id);
+  }
+
+  private forget(id: string, path: RelayPath): void {
+    if (path.listener === null && path.sockets.size === 0) this.paths.delete(id);
+  }
+
+  async release(id: string, abort: boolean): Promise<void> {
+    const path = this.paths.get(id);
+    if (!path) return;
+    this.stopListening(id, path, true);
+    if (abort) {
+      for (const s of path.sockets) s.destroy();
+      path.sockets.clear();
+    }
+    this.forget(id, path);
+  }
+
+  async close(): Promise<void> {
+    for (const id of [...this.paths.keys()]) await this.release(id, true);
+  }
+}

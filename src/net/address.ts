@@ -1,0 +1,14 @@
+// Address helpers shared by the session and the data planes: canonical text (IPv4-mapped
+// IPv6 shown as plain IPv4, IPv6 in RFC 5952 form) and the family of an address.
+
+import ipaddr from 'ipaddr.js';
+
+/** Canonical text for an address as sockets report it ('::ffff:192.0.2.1' -> '192.0.2.1'). */
+export function canonical(address: string): string {
+  const a = ipaddr.process(address);
+  return a.kind() === 'ipv6' ? (a as ipaddr.IPv6).toRFC5952String() : a.toString();
+}
+
+export function familyOf(address: string): 4 | 6 {
+  return ipaddr.IPv4.isValid(address) && !address.includes(':') ? 4 : 6;
+}

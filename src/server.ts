@@ -1,0 +1,113 @@
+// The listener: admission (session limits, per-client limits), the registry of live
+// sessions, and graceful close (stop accepting, wait, then 421 what is left).
+
+import net from 'node:net';
+import type { Config } from './config.js';
+import type { DataPlane, Endpoint } from './dataplane/types.js';
+import type { AppLogger } from './log.js';
+import { canonical } from './net/address.js';
+import { Session } from './session/session.js';
+
+export interface ServerDeps {
+  readonly config: Config;
+  readonly dataPlane: DataPlane;
+  readonly logger: AppLogger;
+  readonly resolveServer: (client: net.Socket) => Promise<Endpoint>;
+}
+
+export class ProxyServer {
+  private readonly listener: net.Server;
+  readonly sessions = new Map<string, Session>();
+  private readonly perClient = new Map<string, number>();
+  private seq = 0;
+  private stopping = false;
+  private drainWaiters: (() => void)[] = [];
+
+  constructor(private readonly d: ServerDeps) {
+    this.listener = net.createServer({ noDelay: true }, (sock) => this.admit(sock));
+    this.listener.on('error', (err) => d.logger.error({ err: err.message }, 'listener error'));
+  }
+
+  /** Resolves once listening; rejects (e.g. EADDRINUSE) otherwise. */
+  listen(): Promise<net.AddressInfo> {
+    const { bind, port } = this.d.config;
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.listener.once('error', onError);
+      this.listener.listen({ host: bind, port, backlog: 1024 }, () => {
+        this.listener.off('error', onError);
+        resolve(this.listener.address() as net.AddressInfo);
+      });
+    });
+  }
+
+  private admit(sock: net.Socket): void {
+    const cfg = this.d.config;
+    const client = canonical(sock.remoteAddress ?? '0.0.0.0');
+    const refuse = (why: string, reply: string): void => {
+      this.d.logger.notice({ client, sessions: this.sessions.size }, why);
+      sock.on('error', () => undefined);
+      sock.end(reply + '\r\n');
+      setTimeout(() => sock.destroy(), 2000).unref();
+    };
+    if (this.stopping) return refuse('connection refused: shutting down', '421 Service not available, proxy shutting down');
+    if (this.sessions.size >= cfg.maxSessions) {
+      return refuse('session limit reached', `421 Too many sessions (${cfg.maxSessions}), try again later`);
+    }
+    const mine = this.perClient.get(client) ?? 0;
+    if (cfg.maxSessionsPerClient > 0 && mine >= cfg.maxSessionsPerClient) {
+      return refuse('per-client session limit reached', `421 Too many sessions from your address (${cfg.maxSessionsPerClient}), try again later`);
+    }
+    const sid = String(++this.seq);
+    const session = new Session(sock, {
+      sid,
+      mode: cfg.mode,
+      resolveServer: this.d.resolveServer,
+      dataPlane: this.d.dataPlane,
+      logger: this.d.logger,
+      ...(cfg.proxyAddress !== undefined ? { proxyAddress: cfg.proxyAddress } : {}),
+      ...(cfg.masqueradeAddress !== undefined ? { masqueradeAddress: cfg.masqueradeAddress } : {}),
+      anonymousOnly: cfg.anonymousOnly,
+      rewriteSourcePort: cfg.rewriteSourcePort,
+      connectTimeout: cfg.connectTimeout,
+      idleTimeout: cfg.idleTimeout,
+      maxLineLength: cfg.maxLineLength,
+      onClose: (s) => this.forget(s, client),
+    });
+    this.sessions.set(sid, session);
+    this.perClient.set(client, mine + 1);
+    session.start();
+  }
+
+  private forget(s: Session, client: string): void {
+    this.sessions.delete(s.sid);
+    const n = (this.perClient.get(client) ?? 1) - 1;
+    if (n > 0) this.perClient.set(client, n);
+    else this.perClient.delete(client);
+    if (this.sessions.size === 0) {
+      for (const w of this.drainWaiters.splice(0)) w();
+    }
+  }
+
+  /**
+   * Graceful close: stop accepting, give sessions `graceSec` to finish, then end the rest
+   * with 421. Resolves when every session has released what it held.
+   */
+  async close(graceSec: number): Promise<void> {
+    this.stopping = true;
+    this.listener.close();
+    if (this.sessions.size > 0 && graceSec > 0) {
+      this.d.logger.notice({ sessions: this.sessions.size, graceSec }, 'shutting down: waiting for sessions');
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceSec * 1000);
+        this.drainWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    const left = [...this.sessions.values()];
+    for (const s of left) s.teardown('shutdown', '421 Service not available, proxy shutting down');
+    await Promise.all(left.map((s) => s.closed));
+  }
+}

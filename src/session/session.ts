@@ -1,0 +1,327 @@
+// The I/O shell of one FTP session: the client and server sockets, line framing, named
+// timers, backpressure, and the one idempotent teardown that releases what the session holds.
+
+import net from 'node:net';
+import { LineFramer } from '../protocol/lines.js';
+import { ReplyAssembler } from '../protocol/replies.js';
+import { FtpProxyError, ProtocolError } from '../errors.js';
+import { canonical, familyOf } from '../net/address.js';
+import type { DataPlane, Endpoint } from '../dataplane/types.js';
+import type { AppLogger } from '../log.js';
+import { SessionMachine, type Action, type Addressing } from './machine.js';
+
+export interface SessionOptions {
+  readonly sid: string;
+  readonly mode: 'reverse' | 'outbound';
+  /** Finds the server this client meant to reach (reverse: fixed; outbound: original destination). */
+  readonly resolveServer: (client: net.Socket) => Promise<Endpoint>;
+  readonly dataPlane: DataPlane;
+  readonly logger: AppLogger;
+  readonly proxyAddress?: string;
+  readonly masqueradeAddress?: string;
+  readonly anonymousOnly: boolean;
+  readonly rewriteSourcePort: boolean;
+  /** Seconds. */
+  readonly connectTimeout: number;
+  /** Seconds; 0 = none. */
+  readonly idleTimeout: number;
+  readonly maxLineLength: number;
+  /** Called once, after teardown has released everything. */
+  readonly onClose: (s: Session) => void;
+}
+
+/** End a socket after what was written is flushed; a peer that never reads is cut after a while. */
+function finish(s: net.Socket): void {
+  if (s.destroyed) return;
+  if (s.writable) {
+    s.end();
+    setTimeout(() => s.destroy(), 2000).unref();
+  } else {
+    s.destroy();
+  }
+}
+
+/** Commands in flight past which the client socket is paused until replies catch up. */
+const PAUSE_OUTSTANDING = 64;
+const RESUME_OUTSTANDING = 16;
+const MAX_REPLY_LINES = 20000;
+
+export class Session {
+  readonly sid: string;
+  readonly client: Endpoint;
+  private server: net.Socket | null = null;
+  private machine: SessionMachine | null = null;
+  private readonly log: AppLogger;
+  private connectTimer: NodeJS.Timeout | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private closing: string | null = null;
+  private readonly openTokens = new Set<number>();
+  private clientPausedForReplies = false;
+  private readonly startedAt = Date.now();
+  /** Resolves when teardown has finished releasing. */
+  readonly closed: Promise<void>;
+  private resolveClosed!: () => void;
+
+  constructor(
+    private readonly sock: net.Socket,
+    private readonly o: SessionOptions,
+  ) {
+    this.sid = o.sid;
+    this.client = { address: canonical(sock.remoteAddress ?? '0.0.0.0'), port: sock.remotePort ?? 0 };
+    this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
+    this.closed = new Promise((r) => (this.resolveClosed = r));
+  }
+
+  /** Reason of the teardown, once it started. */
+  get closeReason(): string | null {
+    return this.closing;
+  }
+
+  start(): void {
+    const c = this.sock;
+    c.setNoDelay(true);
+    c.setKeepAlive(true, 60_000);
+    // Nothing is read from the client until its server is connected.
+    c.pause();
+    c.on('error', (err) => this.teardown(`client error: ${err.message}`));
+    c.on('close', () => this.teardown('client closed'));
+    c.on('end', () => this.teardown('client closed'));
+    this.connectTimer = setTimeout(
+      () => this.teardown('server connect timeout', '421 Service not available: the server did not answer in time'),
+      this.o.connectTimeout * 1000,
+    );
+    this.o
+      .resolveServer(c)
+      .then((server) => this.connect(server))
+      .catch((err: unknown) => {
+        const e = err instanceof FtpProxyError ? err : null;
+        this.log.warn({ code: e?.code, err: err instanceof Error ? err.message : String(err) }, 'cannot find the server for this session');
+        this.teardown('no server', `421 Service not available: ${err instanceof Error ? err.message : 'no server'}`);
+      });
+  }
+
+  private connect(server: Endpoint): void {
+    if (this.closing) return;
+    this.log.info({ server: `${server.address}:${server.port}` }, 'session started');
+    const s = net.connect({
+      host: server.address,
+      port: server.port,
+      ...(this.o.proxyAddress && familyOf(this.o.proxyAddress) === familyOf(server.address)
+        ? { localAddress: this.o.proxyAddress }
+        : {}),
+    });
+    this.server = s;
+    s.on('error', (err) => {
+      const connecting = this.machine === null;
+      this.teardown(
+        `server error: ${err.message}`,
+        connecting ? `421 Service not available: cannot connect to the server (${(err as NodeJS.ErrnoException).code ?? err.message})` : undefined,
+      );
+    });
+    s.on('close', () => this.teardown('server closed'));
+    s.on('end', () => this.teardown('server closed'));
+    s.once('connect', () => this.connected(server, s));
+  }
+
+  private connected(server: Endpoint, s: net.Socket): void {
+    if (this.closing) return;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+    s.setNoDelay(true);
+    s.setKeepAlive(true, 60_000);
+    const clientLocal = canonical(this.sock.localAddress ?? '');
+    const serverLocal = canonical(s.localAddress ?? '');
+    const addressing = this.addressing(clientLocal, serverLocal, server);
+    this.machine = new SessionMachine({
+      sid: this.sid,
+      client: this.client,
+      server,
+      addressing,
+      anonymousOnly: this.o.anonymousOnly,
+      rewriteSourcePort: this.o.rewriteSourcePort,
+    });
+    const clientLines = new LineFramer(this.o.maxLineLength);
+    const serverLines = new LineFramer(this.o.maxLineLength);
+    const replies = new ReplyAssembler(MAX_REPLY_LINES);
+    this.sock.on('data', (chunk: Buffer) => {
+      this.touch();
+      let lines: string[];
+      try {
+        lines = clientLines.push(chunk);
+      } catch (e) {
+        return this.protocolFailure('client', e);
+      }
+      for (const line of lines) {
+        this.run(this.machine!.clientLine(line));
+        if (this.closing) return;
+      }
+      this.throttleClient();
+    });
+    s.on('data', (chunk: Buffer) => {
+      this.touch();
+      try {
+        for (const line of serverLines.push(chunk)) {
+          const reply = replies.push(line);
+          if (reply) this.run(this.machine!.serverReply(reply));
+          if (this.closing) return;
+        }
+      } catch (e) {
+        return this.protocolFailure('server', e);
+      }
+      this.throttleClient();
+    });
+    this.touch();
+    this.sock.resume();
+  }
+
+  private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
+    if (this.o.mode === 'outbound' && this.o.dataPlane.name !== 'relay') {
+      // The kernel carries data between client and server as if the gateway were not there:
+      // the client connects to the server's own address, the server to the gateway's.
+      return {
+        passiveListen: server.address,
+        passiveAdvertise: server.address,
+        passiveSource: serverLocal,
+        activeListen: serverLocal,
+        activeSource: server.address,
+      };
+    }
+    return {
+      passiveListen: clientLocal,
+      passiveAdvertise: this.o.masqueradeAddress ?? clientLocal,
+      passiveSource: serverLocal,
+      activeListen: serverLocal,
+      activeSource: clientLocal,
+    };
+  }
+
+  private protocolFailure(side: 'client' | 'server', e: unknown): void {
+    const err = e instanceof ProtocolError ? e : new ProtocolError('BAD_INPUT', String(e));
+    this.log.notice({ side, code: err.code, err: err.message }, `bad input from ${side}`);
+    const reply =
+      side === 'client'
+        ? err.code === 'LINE_TOO_LONG'
+          ? '500 Command line too long, closing control connection'
+          : '500 Malformed command, closing control connection'
+        : '421 Service not available: the server sent a malformed reply';
+    this.teardown(`${side} protocol error: ${err.code}`, reply);
+  }
+
+  /** Pause the client while many of its commands wait for replies: bounded memory. */
+  private throttleClient(): void {
+    const m = this.machine;
+    if (!m || this.closing) return;
+    if (!this.clientPausedForReplies && m.outstanding > PAUSE_OUTSTANDING) {
+      this.clientPausedForReplies = true;
+      this.sock.pause();
+    } else if (this.clientPausedForReplies && m.outstanding <= RESUME_OUTSTANDING) {
+      this.clientPausedForReplies = false;
+      this.sock.resume();
+    }
+  }
+
+  private run(actions: readonly Action[]): void {
+    for (const a of actions) {
+      if (this.closing) return;
+      switch (a.type) {
+        case 'toClient':
+          this.write(this.sock, this.server, a.text);
+          break;
+        case 'toServer':
+          this.write(this.server!, this.sock, a.text);
+          break;
+        case 'open':
+          this.open(a.token, a.request);
+          break;
+        case 'release':
+          this.release(a.id, false);
+          break;
+        case 'transfer':
+          // The control connection is quiet during a long transfer: no idle timeout then.
+          this.touch();
+          break;
+        case 'close':
+          this.teardown(a.reason, a.reply);
+          break;
+        case 'log':
+          this.log[a.level](a.fields ?? {}, a.msg);
+          break;
+      }
+    }
+  }
+
+  /** Write with backpressure: when `to` is full, stop reading from `from` until it drains. */
+  private write(to: net.Socket, from: net.Socket | null, text: string): void {
+    if (!to.write(text + '\r\n', 'latin1') && from) {
+      from.pause();
+      to.once('drain', () => {
+        if (!this.closing && !(from === this.sock && this.clientPausedForReplies)) from.resume();
+      });
+    }
+  }
+
+  private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
+    this.openTokens.add(token);
+    this.o.dataPlane.open(request).then(
+      (path) => {
+        this.openTokens.delete(token);
+        if (this.closing || !this.machine) {
+          this.release(path.id, true);
+          return;
+        }
+        this.run(this.machine.dataOpened(token, path));
+        this.throttleClient();
+      },
+      (err: unknown) => {
+        this.openTokens.delete(token);
+        if (this.closing || !this.machine) return;
+        const e = err instanceof FtpProxyError ? err : new ProtocolError('BACKEND_FAILED', String(err));
+        this.run(this.machine.dataFailed(token, e));
+        this.throttleClient();
+      },
+    );
+  }
+
+  private release(id: string, abort: boolean): void {
+    this.o.dataPlane.release(id, abort).catch((err: unknown) => {
+      this.log.error({ dataPath: id, err: err instanceof Error ? err.message : String(err) }, 'data path release failed');
+    });
+  }
+
+  /** Any control traffic, or a transfer starting or ending, restarts the idle timer. */
+  private touch(): void {
+    if (this.closing || this.o.idleTimeout === 0) return;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    if (this.machine?.transferActive) {
+      this.idleTimer = null;
+      return;
+    }
+    this.idleTimer = setTimeout(
+      () => this.teardown('idle timeout', '421 Timeout: closing control connection'),
+      this.o.idleTimeout * 1000,
+    );
+  }
+
+  /**
+   * The one way a session ends. Records the first reason, says `reply` to the client when
+   * given, closes both sockets, releases the data path and tells the server registry.
+   */
+  teardown(reason: string, reply?: string): void {
+    if (this.closing) return;
+    this.closing = reason;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.connectTimer = this.idleTimer = null;
+    const path = this.machine?.currentPath ?? null;
+    this.machine?.close();
+    if (reply && this.sock.writable) this.sock.write(reply + '\r\n', 'latin1');
+    finish(this.sock);
+    if (this.server) finish(this.server);
+    const releasing = path ? this.o.dataPlane.release(path.id, true).catch(() => undefined) : Promise.resolve();
+    this.log.info({ reason, durationMs: Date.now() - this.startedAt }, 'session ended');
+    void releasing.then(() => {
+      this.resolveClosed();
+      this.o.onClose(this);
+    });
+  }
+}
