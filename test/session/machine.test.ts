@@ -1,0 +1,243 @@
+import t from 'tap';
+import { SessionMachine, type Action, type Addressing } from '../../src/session/machine.js';
+import { DataPlaneError } from '../../src/errors.js';
+import type { Reply } from '../../src/protocol/replies.js';
+
+const addressing: Addressing = {
+  passiveListen: '192.0.2.1',
+  passiveAdvertise: '203.0.113.9',
+  passiveSource: '198.51.100.1',
+  activeListen: '198.51.100.1',
+  activeSource: '192.0.2.1',
+};
+
+function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> = {}): SessionMachine {
+  return new SessionMachine({
+    sid: '7',
+    client: { address: '192.0.2.2', port: 40000 },
+    server: { address: '198.51.100.2', port: 21 },
+    addressing,
+    anonymousOnly: false,
+    rewriteSourcePort: false,
+    ...over,
+  });
+}
+
+const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
+const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
+  as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
+const opens = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'open' }> => a.type === 'open');
+const releases = (as: Action[]) => as.filter((a) => a.type === 'release').map((a) => (a as { id: string }).id);
+
+t.test('greeting and plain commands pass through in order', async (t) => {
+  const m = machine();
+  t.same(sent(m.serverReply(reply('220-Welcome', '220 ready')), 'toClient'), ['220-Welcome\r\n220 ready']);
+  t.same(sent(m.clientLine('USER anonymous'), 'toServer'), ['USER anonymous']);
+  t.same(sent(m.clientLine('PASS x@y'), 'toServer'), ['PASS x@y']);
+  t.equal(m.outstanding, 2);
+  t.same(sent(m.serverReply(reply('331 pw')), 'toClient'), ['331 pw']);
+  t.same(sent(m.serverReply(reply('230 ok')), 'toClient'), ['230 ok']);
+  t.equal(m.outstanding, 0);
+});
+
+t.test('PASV: server address ignored, data path to the control server, 227 with the advertised address', async (t) => {
+  const m = machine();
+  t.same(sent(m.clientLine('PASV'), 'toServer'), ['PASV']);
+  const a = m.serverReply(reply('227 Entering Passive Mode (10,9,9,9,19,137).'));
+  t.same(sent(a, 'toClient'), [], 'nothing to the client until the path exists');
+  const [open] = opens(a);
+  t.ok(open);
+  t.same(open!.request, {
+    sid: '7',
+    kind: 'passive',
+    family: 4,
+    peer: '192.0.2.2',
+    listen: '192.0.2.1',
+    target: { address: '198.51.100.2', port: 5001 },
+    source: '198.51.100.1',
+  });
+  const b = m.dataOpened(open!.token, { id: 'p1', port: 50001 });
+  t.same(sent(b, 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,81).']);
+});
+
+t.test('P@SW is PASV; EPSV answers 229; EPSV with the wrong family gets 522', async (t) => {
+  const m = machine();
+  t.same(sent(m.clientLine('P@SW'), 'toServer'), ['PASV']);
+  const a = m.serverReply(reply('227 =10,0,0,1,4,1'));
+  t.same(sent(m.dataOpened(opens(a)[0]!.token, { id: 'p1', port: 50002 }), 'toClient'), [
+    '227 Entering Passive Mode (203,0,113,9,195,82).',
+  ]);
+  t.same(sent(m.clientLine('EPSV'), 'toServer'), ['PASV'], 'IPv4 servers are asked with PASV');
+  const b = m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,4,2)'));
+  const c = m.dataOpened(opens(b)[0]!.token, { id: 'p2', port: 50003 });
+  t.same(sent(c, 'toClient'), ['229 Entering Extended Passive Mode (|||50003|)']);
+  t.same(releases(c), ['p1'], 'a new negotiation releases the previous path');
+  t.same(sent(m.clientLine('EPSV 2'), 'toClient'), ['522 Network protocol not supported, use (1)']);
+});
+
+t.test('IPv6 server legs get EPSV and EPRT', async (t) => {
+  const m = machine({
+    server: { address: '2001:db8:2::2', port: 21 },
+    addressing: { ...addressing, activeListen: '2001:db8:2::1', passiveSource: '2001:db8:2::1' },
+  });
+  t.same(sent(m.clientLine('PASV'), 'toServer'), ['EPSV']);
+  const a = m.serverReply(reply('229 Extended (!!!6000!)'));
+  t.equal(opens(a)[0]!.request.target.port, 6000);
+  m.dataOpened(opens(a)[0]!.token, { id: 'p', port: 50000 });
+  const b = m.clientLine('PORT 192,0,2,2,200,1');
+  t.equal(opens(b)[0]!.request.peer, '2001:db8:2::2');
+  t.same(sent(m.dataOpened(opens(b)[0]!.token, { id: 'a', port: 50010 }), 'toServer'), ['EPRT |2|2001:db8:2::1|50010|']);
+});
+
+t.test('PORT: data goes to the client control address; PORT sent to the server carries the proxy', async (t) => {
+  const m = machine({ rewriteSourcePort: true });
+  const a = m.clientLine('PORT 192,0,2,2,156,64');
+  t.same(sent(a, 'toServer'), []);
+  const [open] = opens(a);
+  t.same(open!.request, {
+    sid: '7',
+    kind: 'active',
+    family: 4,
+    peer: '198.51.100.2',
+    listen: '198.51.100.1',
+    target: { address: '192.0.2.2', port: 40000 },
+    source: '192.0.2.1',
+    sourcePort: 20,
+  });
+  t.same(sent(m.dataOpened(open!.token, { id: 'a1', port: 50020 }), 'toServer'), ['PORT 198,51,100,1,195,100']);
+  t.same(sent(m.serverReply(reply('200 PORT ok')), 'toClient'), ['200 PORT ok']);
+  t.same(sent(m.clientLine('RETR f'), 'toServer'), ['RETR f']);
+  const x = m.serverReply(reply('150 Opening'));
+  t.same(x.filter((a) => a.type === 'transfer'), [{ type: 'transfer', active: true }]);
+  t.ok(m.transferActive);
+  const y = m.serverReply(reply('226 done'));
+  t.same(releases(y), ['a1'], 'the end of the transfer releases its path');
+  t.notOk(m.transferActive);
+  t.equal(m.currentPath, null);
+});
+
+t.test('bounce attempts and privileged ports are refused with 501 and open nothing', async (t) => {
+  const cases = [
+    'PORT 203,0,113,5,156,64', // third party
+    'PORT 198,51,100,2,0,21', // the server itself, port 21
+    'PORT 192,0,2,1,156,64', // the gateway
+    'PORT 255,255,255,255,156,64', // broadcast
+    'PORT 127,0,0,1,156,64', // loopback
+    'PORT 192,0,2,2,0,22', // own address, low port
+    'PORT 192,0,2,2,3,255', // 1023
+    'EPRT |1|203.0.113.5|40000|',
+    'EPRT |1|192.0.2.2|80|',
+  ];
+  for (const line of cases) {
+    const m = machine();
+    const a = m.clientLine(line);
+    t.equal(opens(a).length, 0, line);
+    t.match(sent(a, 'toClient')[0], /^501 /, line);
+    t.same(sent(a, 'toServer'), [], line);
+  }
+  const m = machine();
+  t.match(sent(m.clientLine('PORT 192,0,2,2,4,0'), 'toClient'), [], '1024 is fine');
+  t.match(sent(machine().clientLine('PORT 1,2,3,4,5'), 'toClient')[0], /^501 /, 'malformed PORT');
+  t.match(sent(machine().clientLine('PORT 192,0,2,2,256,1'), 'toClient')[0], /^501 /, 'byte over 255, no truncation');
+  t.match(sent(machine().clientLine('EPRT |2|2001:db8::1|40000|'), 'toClient')[0], /^522 /, 'wrong family');
+});
+
+t.test('local replies keep command order behind outstanding server replies', async (t) => {
+  const m = machine();
+  t.same(sent(m.clientLine('NOOP'), 'toServer'), ['NOOP']);
+  const a = m.clientLine('LPRT 4,4,1,2,3,4,2,0,20');
+  t.same(sent(a, 'toClient'), [], 'held until the NOOP reply');
+  t.same(sent(m.serverReply(reply('200 NOOP ok')), 'toClient'), ['200 NOOP ok', '502 LPRT is not supported, use EPRT']);
+  t.match(sent(m.clientLine('LPSV'), 'toClient')[0], /^502 /);
+});
+
+t.test('pipelined commands while the data plane works are held and run in order', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 (198,51,100,2,4,1)'));
+  const token = opens(a)[0]!.token;
+  t.same(m.clientLine('TYPE I'), [], 'held');
+  t.same(m.clientLine('RETR x'), [], 'held');
+  const b = m.dataOpened(token, { id: 'p', port: 50000 });
+  t.same(sent(b, 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,80).']);
+  t.same(sent(b, 'toServer'), ['TYPE I', 'RETR x']);
+});
+
+t.test('data plane failures become 425 replies and the session goes on', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 (198,51,100,2,4,1)'));
+  const b = m.dataFailed(opens(a)[0]!.token, new DataPlaneError('PORTS_EXHAUSTED', 'none'));
+  t.match(sent(b, 'toClient')[0], /^425 .*no free data port/);
+  t.ok(b.some((x) => x.type === 'log' && x.level === 'warn'), 'logged');
+  const c = m.clientLine('PORT 192,0,2,2,200,1');
+  const d = m.dataFailed(opens(c)[0]!.token, new DataPlaneError('BACKEND_FAILED', 'nft said no'));
+  t.match(sent(d, 'toClient')[0], /^425 /);
+  t.same(sent(m.clientLine('NOOP'), 'toServer'), ['NOOP'], 'still relaying');
+});
+
+t.test('a bad 227 from the server gives the client 425, not a crash', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 Entering Passive Mode (300,1,1,1,1,1)'));
+  t.equal(opens(a).length, 0);
+  t.match(sent(a, 'toClient')[0], /^425 /);
+  m.clientLine('EPSV');
+  t.match(sent(m.serverReply(reply('229 (|||0|)')), 'toClient')[0], /^425 /);
+  m.clientLine('PASV');
+  t.same(sent(m.serverReply(reply('500 no')), 'toClient'), ['500 no'], 'refusals pass through');
+});
+
+t.test('a late data path after close is handed back', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 (198,51,100,2,4,1)'));
+  m.close();
+  t.same(releases(m.dataOpened(opens(a)[0]!.token, { id: 'late', port: 50000 })), ['late']);
+  t.same(m.clientLine('NOOP'), []);
+});
+
+t.test('-A admits only anonymous logins', async (t) => {
+  const m = machine({ anonymousOnly: true });
+  t.match(sent(m.clientLine('USER alice'), 'toClient')[0], /^530 /);
+  t.same(sent(m.clientLine('user Anonymous'), 'toServer'), ['user Anonymous']);
+  m.serverReply(reply('331 ok'));
+  t.same(sent(m.clientLine('USER ftp'), 'toServer'), ['USER ftp']);
+});
+
+t.test('AUTH is refused so clients fall back to plain FTP; EPSV ALL is honoured', async (t) => {
+  const m = machine();
+  t.match(sent(m.clientLine('AUTH TLS'), 'toClient')[0], /^534 /);
+  t.same(sent(m.clientLine('EPSV ALL'), 'toClient'), ['200 EPSV ALL ok']);
+  t.match(sent(m.clientLine('PASV'), 'toClient')[0], /^503 /);
+  t.match(sent(m.clientLine('PORT 192,0,2,2,200,1'), 'toClient')[0], /^503 /);
+  t.same(sent(m.clientLine('EPSV'), 'toServer'), ['PASV']);
+});
+
+t.test('IPv6 clients: PASV refused, EPSV works', async (t) => {
+  const m = machine({ client: { address: '2001:db8:1::2', port: 4000 } });
+  t.match(sent(m.clientLine('PASV'), 'toClient')[0], /^500 /);
+  t.same(sent(m.clientLine('EPSV 2'), 'toServer'), ['PASV']);
+  const a = m.clientLine('EPRT |2|2001:db8:1::2|40000|');
+  t.same(opens(a)[0]?.request.target, { address: '2001:db8:1::2', port: 40000 }, 'data goes to the IPv6 client');
+});
+
+t.test('a flood of pipelined lines while waiting ends the session', async (t) => {
+  const m = machine({ maxQueued: 4 });
+  m.clientLine('PASV');
+  m.serverReply(reply('227 (198,51,100,2,4,1)'));
+  for (let i = 0; i < 4; i++) t.same(m.clientLine('NOOP'), []);
+  const a = m.clientLine('NOOP');
+  t.equal(a[0]?.type, 'close');
+});
+
+t.test('a transfer refused without a preliminary reply releases the path', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 (198,51,100,2,4,1)'));
+  m.dataOpened(opens(a)[0]!.token, { id: 'p', port: 50000 });
+  m.clientLine('SIZE nofile');
+  t.same(releases(m.serverReply(reply('550 no such file'))), [], 'an unrelated 550 keeps the path');
+  m.clientLine('RETR nofile');
+  t.same(releases(m.serverReply(reply('550 no such file'))), ['p']);
+});
