@@ -1,0 +1,277 @@
+import t from 'tap';
+import net from 'node:net';
+import { once } from 'node:events';
+import { parseArgs } from '../../src/cli.js';
+import { buildConfig, type Config } from '../../src/config.js';
+import { FakeDataPlane } from '../../src/dataplane/fake.js';
+import { createLogger } from '../../src/log.js';
+import { PortAllocator } from '../../src/net/ports.js';
+import { ProxyServer } from '../../src/server.js';
+import type { Endpoint } from '../../src/dataplane/types.js';
+import { Control, ScriptedServer, basicResponder, type Responder } from '../lib/scripted.js';
+
+const quiet = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
+
+function config(extra: string[] = []): Config {
+  const parsed = parseArgs(['-R', '127.0.0.1', ...extra], { out: () => undefined, err: (s) => { throw new Error(s); } });
+  if (parsed.kind !== 'run') throw new Error('bad test flags');
+  return { ...buildConfig(parsed.options), port: 0 };
+}
+
+interface Rig {
+  proxyPort: number;
+  server: ScriptedServer;
+  dp: FakeDataPlane;
+  proxy: ProxyServer;
+}
+
+async function rig(
+  t: Tap.Test,
+  opts: { respond?: Responder; flags?: string[]; resolve?: () => Promise<Endpoint>; ports?: PortAllocator } = {},
+): Promise<Rig> {
+  const server = new ScriptedServer(opts.respond ?? basicResponder);
+  const sport = await server.listen();
+  const dp = new FakeDataPlane(opts.ports);
+  const cfg = config(opts.flags);
+  const proxy = new ProxyServer({
+    config: cfg,
+    dataPlane: dp,
+    logger: quiet,
+    resolveServer: opts.resolve ?? (async () => ({ address: '127.0.0.1', port: sport })),
+  });
+  const addr = await proxy.listen();
+  t.teardown(async () => {
+    await proxy.close(0);
+    await server.close();
+  });
+  return { proxyPort: addr.port, server, dp, proxy };
+}
+
+async function login(c: Control): Promise<void> {
+  t.match(await c.line(), /^220 /);
+  c.send('USER anonymous');
+  await c.line();
+  c.send('PASS x');
+  await c.line();
+}
+
+/** Poll until `cond` holds (the proxy releases asynchronously). */
+async function eventually(cond: () => boolean, ms = 3000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return true;
+}
+
+t.test('relays a session and rewrites PASV through the data plane', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PASV');
+  t.match(await c.line(), /^227 Entering Passive Mode \(127,0,0,1,\d+,\d+\)\.$/);
+  t.equal(r.dp.live.size, 1);
+  const path = r.dp.opened[0]!;
+  t.same(path.target, { address: '127.0.0.1', port: 5001 }, "the server's announced port, on the control address");
+  t.equal(path.peer, '127.0.0.1');
+  c.send('QUIT');
+  t.equal(await c.line(), '221 bye');
+  await c.closedWithin();
+  t.ok(await eventually(() => r.dp.live.size === 0), 'teardown released the path');
+  t.ok(await eventually(() => r.proxy.sessions.size === 0));
+});
+
+t.test('bounce attempt: 501, nothing admitted, nothing sent to the server', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PORT 10,1,2,3,200,1');
+  t.match(await c.line(), /^501 /);
+  c.send('PORT 127,0,0,1,0,25');
+  t.match(await c.line(), /^501 .*1024/);
+  c.send('EPRT |1|192.0.2.77|40000|');
+  t.match(await c.line(), /^501 /);
+  t.equal(r.dp.opened.length, 0);
+  t.notOk(r.server.received.some((l) => /^(PORT|EPRT)/.test(l)));
+  c.send('NOOP');
+  t.equal(await c.line(), '200 NOOP ok', 'session goes on');
+  c.end();
+});
+
+t.test('range exhaustion: 425 and the session goes on', async (t) => {
+  const r = await rig(t, { ports: new PortAllocator(50000, 50000) });
+  const a = new Control(r.proxyPort);
+  await login(a);
+  a.send('PASV');
+  t.match(await a.line(), /^227 /);
+  const b = new Control(r.proxyPort);
+  await login(b);
+  b.send('PASV');
+  t.match(await b.line(), /^425 .*no free data port/);
+  b.send('NOOP');
+  t.equal(await b.line(), '200 NOOP ok');
+  a.end();
+  t.ok(await eventually(() => r.dp.live.size === 0));
+  b.send('PASV');
+  t.match(await b.line(), /^227 /, 'the port came back when the other session ended');
+  b.end();
+});
+
+t.test('backend failure mid-session: 425, session goes on', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  await login(c);
+  r.dp.failNextOpen('BACKEND_FAILED');
+  c.send('PORT 127,0,0,1,200,1');
+  t.match(await c.line(), /^425 /);
+  c.send('PORT 127,0,0,1,200,1');
+  t.equal(await c.line(), '200 PORT ok');
+  t.match(r.server.received.at(-1), /^PORT 127,0,0,1,\d+,\d+$/);
+  t.not(r.server.received.at(-1), 'PORT 127,0,0,1,200,1', "the server is told the proxy's port");
+  c.end();
+});
+
+t.test('server unreachable: 421 at once when refused', async (t) => {
+  const closed = net.createServer();
+  closed.listen(0, '127.0.0.1');
+  await once(closed, 'listening');
+  const port = (closed.address() as net.AddressInfo).port;
+  await new Promise((r) => closed.close(r));
+  const r = await rig(t, { resolve: async () => ({ address: '127.0.0.1', port }) });
+  const c = new Control(r.proxyPort);
+  t.match(await c.line(2000), /^421 .*cannot connect/);
+  await c.closedWithin();
+});
+
+t.test('server silent: 421 within the connect timeout', async (t) => {
+  const r = await rig(t, { flags: ['--connect-timeout', '1'], resolve: () => new Promise(() => undefined) });
+  const c = new Control(r.proxyPort);
+  const started = Date.now();
+  t.match(await c.line(3000), /^421 .*did not answer/);
+  t.ok(Date.now() - started < 2500);
+  await c.closedWithin();
+});
+
+t.test('server closing mid-transfer: client told, path released', async (t) => {
+  const r = await rig(t, {
+    respond: (line, sock) => {
+      if (line.startsWith('RETR')) {
+        sock.write('150 here it comes\r\n');
+        setTimeout(() => sock.destroy(), 50);
+        return null;
+      }
+      return basicResponder(line, sock);
+    },
+  });
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PASV');
+  t.match(await c.line(), /^227 /);
+  c.send('RETR big');
+  t.match(await c.line(), /^150 /);
+  await c.closedWithin();
+  t.ok(await eventually(() => r.dp.live.size === 0));
+  t.same(r.dp.released.map((x) => x.abort), [true]);
+});
+
+t.test('client closing mid-transfer: server side closed, path released', async (t) => {
+  const r = await rig(t, {
+    respond: (line, sock) => (line.startsWith('RETR') ? '150 here it comes' : basicResponder(line, sock)),
+  });
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PASV');
+  await c.line();
+  c.send('RETR big');
+  t.match(await c.line(), /^150 /);
+  c.end();
+  t.ok(await eventually(() => r.dp.live.size === 0));
+  t.ok(await eventually(() => r.server.sockets.size === 0), 'server connection closed');
+});
+
+t.test('session limit answers 421 and recovers', async (t) => {
+  const r = await rig(t, { flags: ['-m', '1'] });
+  const a = new Control(r.proxyPort);
+  t.match(await a.line(), /^220 /);
+  const b = new Control(r.proxyPort);
+  t.match(await b.line(), /^421 Too many sessions/);
+  await b.closedWithin();
+  a.end();
+  t.ok(await eventually(() => r.proxy.sessions.size === 0));
+  const c = new Control(r.proxyPort);
+  t.match(await c.line(), /^220 /);
+  c.end();
+});
+
+t.test('per-client limit', async (t) => {
+  const r = await rig(t, { flags: ['--max-sessions-per-client', '1'] });
+  const a = new Control(r.proxyPort);
+  t.match(await a.line(), /^220 /);
+  const b = new Control(r.proxyPort);
+  t.match(await b.line(), /^421 Too many sessions from your address/);
+  a.end();
+  b.end();
+});
+
+t.test('an over-long line ends the session with 500', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.sock.write('NOOP ' + 'x'.repeat(2000));
+  t.match(await c.line(), /^500 .*too long/);
+  await c.closedWithin();
+  t.ok(await eventually(() => r.proxy.sessions.size === 0));
+});
+
+t.test('idle timeout: 421, but not while a transfer runs', async (t) => {
+  const r = await rig(t, {
+    flags: ['-t', '1'],
+    respond: (line, sock) => {
+      if (line.startsWith('RETR')) {
+        sock.write('150 slow transfer\r\n');
+        setTimeout(() => sock.write('226 done\r\n'), 1600);
+        return null;
+      }
+      return basicResponder(line, sock);
+    },
+  });
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PASV');
+  await c.line();
+  c.send('RETR slow');
+  t.match(await c.line(), /^150 /);
+  t.equal(await c.line(3000), '226 done', 'quiet control connection survived the transfer');
+  t.match(await c.line(3000), /^421 Timeout/);
+  await c.closedWithin();
+});
+
+t.test('graceful close: sessions get 421, everything released', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PASV');
+  await c.line();
+  await r.proxy.close(0);
+  t.match(await c.line(), /^421 .*shutting down/);
+  t.equal(r.dp.live.size, 0);
+  t.equal(r.proxy.sessions.size, 0);
+});
+
+t.test('split and pipelined commands are handled as whole lines in order', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  t.match(await c.line(), /^220 /);
+  const bytes = Buffer.from('USER anonymous\r\nPASS x\r\nNOOP\r\nPASV\r\nNOOP\r\n', 'latin1');
+  for (let i = 0; i < bytes.length; i += 3) {
+    c.sock.write(bytes.subarray(i, i + 3));
+    await new Promise((res) => setImmediate(res));
+  }
+  t.match(await c.line(), /^331 /);
+  t.match(await c.line(), /^230 /);
+  t.equal(await c.line(), '200 NOOP ok');
+  t.match(await c.line(), /^227 /);
+  t.equal(await c.line(), '200 NOOP ok');
+  c.end();
+});
