@@ -1,0 +1,157 @@
+import t from 'tap';
+import { spawn, spawnSync } from 'node:child_process';
+import net from 'node:net';
+import { once } from 'node:events';
+import { existsSync } from 'node:fs';
+import { parseArgs } from '../src/cli.js';
+import { buildConfig } from '../src/config.js';
+import { ConfigError } from '../src/errors.js';
+
+/** What main() would do with these flags: exit status and what it printed on stderr. */
+function run(argv: string[]): { code: number; err: string; out: string; config?: ReturnType<typeof buildConfig> } {
+  let err = '';
+  let out = '';
+  const parsed = parseArgs(argv, { out: (s) => (out += s), err: (s) => (err += s) });
+  if (parsed.kind === 'exit') return { code: parsed.code, err, out };
+  try {
+    return { code: 0, err, out, config: buildConfig(parsed.options) };
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    return { code: 2, err: `ftp-proxy: ${e.message}\n`, out };
+  }
+}
+
+t.test('defaults match the documented contract', async (t) => {
+  const c = run([]).config!;
+  t.equal(c.mode, 'outbound');
+  t.equal(c.bind, '127.0.0.1');
+  t.equal(c.port, 8021);
+  t.same(c.dataPorts, { low: 49152, high: 65535 });
+  t.equal(c.backend, 'nftables');
+  t.equal(c.maxSessions, 100);
+  t.equal(c.idleTimeout, 86400);
+  t.equal(c.debugLevel, 5);
+  t.equal(c.connectTimeout, 30);
+  t.equal(c.maxLineLength, 1024);
+  t.equal(c.nftTable, 'ftp_proxy');
+  t.notOk(c.anonymousOnly || c.rewriteSourcePort || c.logRules || c.foreground);
+  t.equal(run(['-6']).config!.bind, '::1');
+  t.ok(Object.isFrozen(c));
+});
+
+t.test('every flag, short and long', async (t) => {
+  const c = run([
+    '-6', '-A', '-a', '198.51.100.1', '-b', '::', '-D', '7', '-d', '-m', '500', '-P', '2121', '-p', '21',
+    '-R', '2001:DB8:0::2', '-r', '-T', '0x10', '-t', '60', '-v', '--masquerade-address', '203.0.113.1',
+    '--data-ports', '50000-50100', '--backend', 'relay',
+  ]).config!;
+  t.match(c, {
+    mode: 'reverse',
+    bind: '::',
+    port: 21,
+    reverse: { address: '2001:db8::2', port: 2121 },
+    proxyAddress: '198.51.100.1',
+    masqueradeAddress: '203.0.113.1',
+    dataPorts: { low: 50000, high: 50100 },
+    backend: 'relay',
+    rewriteSourcePort: true,
+    maxSessions: 500,
+    idleTimeout: 60,
+    anonymousOnly: true,
+    debugLevel: 7,
+    foreground: true,
+    logRules: true,
+    mark: 16,
+  });
+  const l = run([
+    '--ipv6', '--anonymous-only', '--proxy-address', '198.51.100.1', '--bind', '192.0.2.1', '--debug-level', '3',
+    '--foreground', '--max-sessions', '5', '--reverse', '192.0.2.10', '--server-port', '21', '--port', '8021',
+    '--rewrite-source-port', '--mark', '7', '--timeout', '0', '--log-rules',
+  ]).config!;
+  t.match(l, { bind: '192.0.2.1', debugLevel: 3, maxSessions: 5, mark: 7, idleTimeout: 0, reverse: { address: '192.0.2.10' } });
+  t.equal(run(['--tag', '3']).config!.mark, 3);
+});
+
+t.test('every invalid value: exit 2 and one line naming the flag', async (t) => {
+  const bad: [string[], RegExp][] = [
+    [['-p', '0'], /-p\/--port/],
+    [['-p', '65536'], /-p\/--port/],
+    [['-p', '80x'], /-p\/--port/],
+    [['-p', '-1'], /-p/],
+    [['-P', '70000', '-R', '192.0.2.1'], /-P\/--server-port/],
+    [['-P', '2121'], /-P\/--server-port: only has a meaning with -R/],
+    [['-m', '0'], /-m\/--max-sessions/],
+    [['-m', '100001'], /-m\/--max-sessions/],
+    [['-m', 'lots'], /-m\/--max-sessions/],
+    [['--max-sessions-per-client', '-3'], /--max-sessions-per-client/],
+    [['-t', '86401'], /-t\/--timeout/],
+    [['-t', '1.5'], /-t\/--timeout/],
+    [['-D', '8'], /-D\/--debug-level/],
+    [['-D', 'debug'], /-D\/--debug-level/],
+    [['-b', '1.2.3'], /-b\/--bind: '1.2.3' is not an IP address/],
+    [['-b', 'localhost'], /-b\/--bind/],
+    [['-b', '01.02.03.04'], /-b\/--bind/],
+    [['-b', 'fe80::1%eth0'], /-b\/--bind/],
+    [['-R', '999.1.1.1'], /-R\/--reverse/],
+    [['-R', '0.0.0.0'], /-R\/--reverse: '0.0.0.0' is a unspecified address/],
+    [['-R', '224.0.0.1'], /-R\/--reverse: .* multicast/],
+    [['-a', 'gateway'], /-a\/--proxy-address/],
+    [['-R', '192.0.2.1', '--masquerade-address', '2001:db8::1'], /--masquerade-address: must be an IPv4/],
+    [['--masquerade-address', '203.0.113.1'], /--masquerade-address: only has a meaning with -R/],
+    [['--data-ports', '100-200'], /--data-ports/],
+    [['--data-ports', '60000-50000'], /--data-ports: .*above/],
+    [['--data-ports', '50000'], /--data-ports: '50000' is not a range/],
+    [['--data-ports', '50000-70000'], /--data-ports/],
+    [['--backend', 'pf'], /--backend: 'pf' is not one of nftables, relay/],
+    [['-T', 'ftpproxy'], /-T\/--tag/],
+    [['--mark', '0'], /--mark/],
+    [['--mark', '0x100000000'], /--mark/],
+    [['-T', '1', '--mark', '2'], /-T\/--tag: give either/],
+    [['--connect-timeout', '0'], /--connect-timeout/],
+    [['--data-timeout', '3601'], /--data-timeout/],
+    [['--max-line-length', '100'], /--max-line-length/],
+    [['--nft-table', 'my-table'], /--nft-table/],
+    [['--shutdown-grace', 'x'], /--shutdown-grace/],
+    [['--bogus'], /unknown option '--bogus'/],
+    [['-x'], /unknown option '-x'/],
+    [['-p'], /argument missing/],
+    [['stray'], /too many arguments/],
+  ];
+  for (const [argv, re] of bad) {
+    const r = run(argv);
+    t.equal(r.code, 2, argv.join(' '));
+    t.match(r.err, re, argv.join(' '));
+    t.match(r.err, /^ftp-proxy: [^\n]+\n$/, `one line: ${argv.join(' ')}`);
+  }
+});
+
+t.test('--help documents every flag with its default; the built program runs', async (t) => {
+  const h = run(['--help']);
+  t.equal(h.code, 0);
+  for (const flag of ['-6', '-A', '-a', '-b', '-D', '-d', '-m', '-P', '-p', '-R', '-r', '-T', '-t', '-v', '--masquerade-address', '--data-ports', '--backend', '--mark']) {
+    t.match(h.out, new RegExp(`(^|\\s)${flag}[, ]`), flag);
+  }
+  for (const def of ['"8021"', '"21"', '"100"', '"86400"', '"5"', '"49152-65535"', '"nftables"']) t.match(h.out, def);
+  const cli = new URL('../dist/cli.js', import.meta.url);
+  if (!existsSync(cli)) {
+    t.fail('dist/cli.js missing: npm test builds it first');
+    return;
+  }
+  const help = spawnSync(process.execPath, [cli.pathname, '--help'], { encoding: 'utf8' });
+  t.equal(help.status, 0);
+  t.match(help.stdout, /Usage: ftp-proxy/);
+  const bad = spawnSync(process.execPath, [cli.pathname, '--port', 'nope'], { encoding: 'utf8' });
+  t.equal(bad.status, 2);
+  t.equal(bad.stderr.trim().split('\n').length, 1);
+  t.match(bad.stderr, /^ftp-proxy: -p\/--port:/);
+  const taken = net.createServer().listen(0, '127.0.0.1');
+  await once(taken, 'listening');
+  const port = String((taken.address() as net.AddressInfo).port);
+  const busy = spawn(process.execPath, [cli.pathname, '-R', '127.0.0.1', '--backend', 'relay', '-p', port], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  busy.stderr.on('data', (d) => (stderr += d));
+  const [status] = (await once(busy, 'exit')) as [number];
+  taken.close();
+  t.equal(status, 1, 'a listen failure exits 1');
+  t.match(stderr, /cannot listen on 127.0.0.1 port \d+: EADDRINUSE/);
+});
