@@ -1,0 +1,71 @@
+// Test-side handle on a real ftp-proxy process (dist/cli.js) running inside a lab namespace:
+// start it, wait until it listens, read its JSON log, stop it with SIGTERM and check the exit.
+
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { Lab, NsName } from './lab.js';
+
+export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
+
+export interface LogRecord {
+  level: number;
+  msg: string;
+  [k: string]: unknown;
+}
+
+export class ProxyProcess {
+  readonly logs: LogRecord[] = [];
+  stderr = '';
+  private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(readonly child: ChildProcess) {
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          this.logs.push(JSON.parse(line) as LogRecord);
+        } catch {
+          this.logs.push({ level: 0, msg: line });
+        }
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => (this.stderr += d.toString()));
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  /** Resolves once the proxy logged 'listening'; rejects if it exits first. */
+  async ready(ms = 15000): Promise<void> {
+    const end = Date.now() + ms;
+    while (!this.logs.some((l) => l.msg === 'listening')) {
+      if (this.child.exitCode !== null) throw new Error(`ftp-proxy exited ${this.child.exitCode}: ${this.stderr}`);
+      if (Date.now() > end) throw new Error(`ftp-proxy not listening after ${ms} ms: ${this.stderr}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** SIGTERM and wait; returns the exit status. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill(signal);
+    return this.exited;
+  }
+
+  get exit(): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
+    return this.exited;
+  }
+
+  find(msg: string): LogRecord[] {
+    return this.logs.filter((l) => l.msg === msg);
+  }
+}
+
+/** Start `node dist/cli.js args` in namespace `ns` (default: the gateway) and wait until it listens. */
+export async function startProxy(lab: Lab, args: readonly string[], ns: NsName = 'gw'): Promise<ProxyProcess> {
+  const child = lab.spawn(ns, process.execPath, [CLI, '-D', '7', ...args]);
+  const p = new ProxyProcess(child);
+  await p.ready();
+  return p;
+}
