@@ -1,0 +1,71 @@
+// How a batch reaches the kernel: in-process libnftables (koffi) or a spawned `nft -j`. Both
+// apply one JSON document as one transaction and report failures as DataPlaneError codes.
+
+import { DataPlaneError } from '../../errors.js';
+import type { Batch } from './schema.js';
+
+/** Error codes of this backend, beyond the DataPlane contract's PORTS_EXHAUSTED/BACKEND_FAILED. */
+export type NftErrorCode = 'NFT_UNAVAILABLE' | 'NFT_NOT_PERMITTED' | 'BACKEND_FAILED';
+
+export type RunnerName = 'libnftables' | 'nft';
+export type RunnerChoice = 'auto' | 'lib' | 'spawn';
+
+export interface RunOptions {
+  /** Return the objects as the kernel created them, with handles (`nft --echo --handle`). */
+  readonly echo?: boolean;
+}
+
+export interface NftRunner {
+  readonly name: RunnerName;
+  /**
+   * Apply `batch` as one transaction: all of it or nothing. Resolves with the echoed objects
+   * (the `nftables` array of nft's JSON output) when `echo` is set, else with [].
+   */
+  run(batch: Batch, opts?: RunOptions): Promise<unknown[]>;
+  /** Release the runner's resources once every pending run has finished. */
+  close(): Promise<void>;
+}
+
+const RELAY_HINT = 'use --backend relay on hosts without nftables';
+
+export function unavailable(what: string, cause?: unknown): DataPlaneError {
+  return new DataPlaneError('NFT_UNAVAILABLE', `${what}; ${RELAY_HINT}`, { cause });
+}
+
+/** Turn nft's error text (identical from the library and the command) into a coded error. */
+export function nftFailure(errorText: string, cause?: unknown): DataPlaneError {
+  const text = errorText.trim() || 'nft failed without a message';
+  if (/Operation not permitted|Permission denied/i.test(text)) {
+    return new DataPlaneError(
+      'NFT_NOT_PERMITTED',
+      `nftables refused: ${firstLine(text)} (needs root or CAP_NET_ADMIN); or ${RELAY_HINT}`,
+      { cause },
+    );
+  }
+  return new DataPlaneError('BACKEND_FAILED', `nft: ${firstLine(text)}`, { cause: cause ?? text });
+}
+
+const firstLine = (s: string): string => s.split('\n').find((l) => l.trim() !== '')?.trim() ?? s;
+
+/** The `nftables` array of nft's JSON output ('' when nothing was echoed). */
+export function parseOutput(text: string): unknown[] {
+  if (text.trim() === '') return [];
+  const doc = JSON.parse(text) as { nftables?: unknown[] };
+  return Array.isArray(doc.nftables) ? doc.nftables : [];
+}
+
+/** Runs calls one at a time, in call order (one libnftables context is not reentrant). */
+export class SerialQueue {
+  private tail: Promise<unknown> = Promise.resolve();
+
+  push<T>(job: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(job);
+    this.tail = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Resolves when every job pushed so far has settled. */
+  drain(): Promise<void> {
+    return this.tail.then(() => undefined);
+  }
+}
