@@ -19,6 +19,12 @@ export interface Addressing {
   readonly activeListen: string;
   /** The client sees active data connections come from here (port 20 with -r). */
   readonly activeSource: string;
+  /**
+   * Passive data needs no data path: the client is sent straight to the server's announced
+   * port on the control connection's server address, which plain NAT already carries
+   * (outbound mode with the relay, where nothing could intercept a connection to the server).
+   */
+  readonly passiveDirect?: boolean;
 }
 
 export interface MachineOptions {
@@ -407,6 +413,14 @@ export class SessionMachine {
       return;
     }
     const a = this.o.addressing;
+    if (a.passiveDirect) {
+      out.push({ type: 'log', level: 'info', msg: 'passive data direct to server', fields: { dataPort: port } });
+      out.push({
+        type: 'toClient',
+        text: want === 227 ? format227({ address: this.o.server.address, port }) : format229(port),
+      });
+      return;
+    }
     this.startOpen(
       {
         kind: 'passive',

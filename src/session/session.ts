@@ -175,23 +175,35 @@ export class Session {
   }
 
   private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
-    if (this.o.mode === 'outbound' && this.o.dataPlane.name !== 'relay') {
-      // The kernel carries data between client and server as if the gateway were not there:
-      // the client connects to the server's own address, the server to the gateway's.
+    if (this.o.mode === 'reverse') {
       return {
-        passiveListen: server.address,
-        passiveAdvertise: server.address,
+        passiveListen: clientLocal,
+        passiveAdvertise: this.o.masqueradeAddress ?? clientLocal,
         passiveSource: serverLocal,
         activeListen: serverLocal,
-        activeSource: server.address,
+        activeSource: clientLocal,
       };
     }
+    if (this.o.dataPlane.name === 'relay') {
+      // Nothing can catch the client's connection to the server's address in userspace, and
+      // the gateway's NAT carries it anyway; only active data needs the proxy.
+      return {
+        passiveListen: clientLocal,
+        passiveAdvertise: server.address,
+        passiveSource: serverLocal,
+        passiveDirect: true,
+        activeListen: serverLocal,
+        activeSource: clientLocal,
+      };
+    }
+    // The kernel carries data between client and server as if the gateway were not there:
+    // the client connects to the server's own address, the server to the gateway's.
     return {
-      passiveListen: clientLocal,
-      passiveAdvertise: this.o.masqueradeAddress ?? clientLocal,
+      passiveListen: server.address,
+      passiveAdvertise: server.address,
       passiveSource: serverLocal,
       activeListen: serverLocal,
-      activeSource: clientLocal,
+      activeSource: server.address,
     };
   }
 

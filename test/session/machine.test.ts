@@ -241,3 +241,13 @@ t.test('a transfer refused without a preliminary reply releases the path', async
   m.clientLine('RETR nofile');
   t.same(releases(m.serverReply(reply('550 no such file'))), ['p']);
 });
+
+t.test('passiveDirect: the client is sent to the server address and port, no data path', async (t) => {
+  const m = machine({ addressing: { ...addressing, passiveDirect: true } });
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 Entering Passive Mode (10,0,0,5,19,137)'));
+  t.same(opens(a), []);
+  t.same(sent(a, 'toClient'), ['227 Entering Passive Mode (198,51,100,2,19,137).'], 'private address replaced');
+  m.clientLine('EPSV');
+  t.same(sent(m.serverReply(reply('229 ok (|||6000|)')), 'toClient'), ['229 Entering Extended Passive Mode (|||6000|)']);
+});

@@ -1,0 +1,81 @@
+// The outbound (transparent) end-to-end suite, run once per data plane: the gateway's nat
+// rule redirects LAN clients' FTP to the proxy, which finds each real server from conntrack.
+// No kernel FTP helper anywhere: active FTP works only if the proxy does its job.
+
+import { join } from 'node:path';
+import { startLab, isRoot, sha256File, type FtpMode, type FtpTarget, type Lab, type ServerName } from './lab.js';
+import { startProxy, type ProxyProcess } from './proxy.js';
+
+const SERVERS: readonly ServerName[] = ['vsftpd', 'pyftpd', 'pureftpd'];
+const FAMILY_MODES: Record<4 | 6, readonly FtpMode[]> = { 4: ['pasv', 'epsv', 'port', 'eprt'], 6: ['epsv', 'eprt'] };
+
+export interface OutboundRig {
+  lab: Lab;
+  proxy: ProxyProcess;
+}
+
+export async function outboundSuite(
+  t: Tap.Test,
+  backend: 'relay' | 'nftables',
+  hooks: { afterEach?: (rig: OutboundRig, t: Tap.Test) => Promise<void>; atEnd?: (rig: OutboundRig, t: Tap.Test) => Promise<void> } = {},
+): Promise<void> {
+  if (!isRoot) {
+    t.fail('end-to-end tests need root (network namespaces)');
+    return;
+  }
+  const lab = await startLab(t);
+  const small = await lab.expectedSha256('1MiB.bin');
+  const uploadSrc = join(lab.env.cacheDir, '1MiB.bin');
+  const server = (s: ServerName, family: 4 | 6, mode: FtpMode, user = false): FtpTarget => ({
+    ...lab.target(s, family),
+    mode,
+    timeoutMs: 30_000,
+    ...(user ? { user: lab.env.user, pass: lab.env.pass } : {}),
+  });
+
+  await t.test('control: without the proxy, active FTP fails through this firewall and passive works', async (t) => {
+    const active = await lab.curlGet({ ...server('vsftpd', 4, 'port'), path: '1MiB.bin', timeoutMs: 8000 });
+    t.notOk(active.ok, 'PORT fails without the proxy');
+    const passive = await lab.curlGet({ ...server('vsftpd', 4, 'pasv'), path: '1MiB.bin' });
+    t.equal(passive.sha256, small, 'PASV works through plain NAT');
+  });
+
+  await lab.redirect(true, 8021);
+  const proxy = await startProxy(lab, ['-b', '::', '-p', '8021', '--backend', backend]);
+  const rig = { lab, proxy };
+
+  for (const s of SERVERS) {
+    for (const family of [4, 6] as const) {
+      for (const mode of FAMILY_MODES[family]) {
+        await t.test(`${s} IPv${family} ${mode}: curl, lftp, ftplib down and up`, async (t) => {
+          const get = await lab.curlGet({ ...server(s, family, mode), path: '1MiB.bin' });
+          t.equal(get.sha256, small, `curl download ${get.stderr}`);
+          const name = `out-${backend}-${family}-${mode}`;
+          const put = await lab.curlPut({ ...server(s, family, mode, true), path: `${name}-curl`, file: uploadSrc });
+          t.ok(put.ok, `curl upload ${put.stderr}`);
+          t.equal(await sha256File(join(lab.env.upload[s], `${name}-curl`)), small, 'curl upload checksum');
+
+          if (mode !== 'eprt') {
+            const out = lab.tmpPath(`lftp-${s}-${family}-${mode}`);
+            const l = await lab.lftp(server(s, family, mode), [`get /1MiB.bin -o ${out}`]);
+            t.equal(l.code, 0, `lftp download ${l.stderr}`);
+            t.equal(l.code === 0 ? await sha256File(out) : '', small, 'lftp download checksum');
+          }
+
+          const py = await lab.pyftp(server(s, family, mode), ['get', '1MiB.bin']);
+          t.equal(py.sha256, small, `ftplib download ${py.error ?? ''}`);
+          const pyPut = await lab.pyftp(server(s, family, mode, true), ['put', uploadSrc, `${name}-py`]);
+          t.ok(pyPut.ok, `ftplib upload ${pyPut.error ?? ''}`);
+          t.equal(await sha256File(join(lab.env.upload[s], `${name}-py`)), small, 'ftplib upload checksum');
+          if (hooks.afterEach) await hooks.afterEach(rig, t);
+        });
+      }
+    }
+  }
+
+  await t.test('the proxy logged no errors; SIGTERM exits 0', async (t) => {
+    if (hooks.atEnd) await hooks.atEnd(rig, t);
+    t.same(proxy.logs.filter((l) => l.level >= 50), [], 'no error-level log lines');
+    t.equal((await proxy.stop()).code, 0);
+  });
+}
