@@ -1,0 +1,184 @@
+"""A scriptable FTP client on Python's ftplib for the lab tests (run with /usr/bin/python3).
+
+usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|epsv|port|eprt]
+                    [--source ADDR] [--timeout S] [--skip-pasv-ip] OP ...
+  OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE | list [PATH] | nlst [PATH]
+      | abor REMOTE [--after BYTES] [--style ftplib|rfc959]
+
+Prints one JSON object: {"ok", "op", "mode", ..., "replies": [control transcript], "elapsed_ms"}
+and exits 0 when ok, 1 on an FTP or network error (with "error" set).
+"""
+import argparse
+import ftplib
+import hashlib
+import json
+import socket
+import sys
+import time
+
+CHUNK = 65536
+
+
+class LabFTP(ftplib.FTP):
+    """ftplib with the data-connection command forced by --mode and a recorded transcript."""
+
+    def __init__(self, mode: str, skip_pasv_ip: bool, **kw):
+        self.mode = mode
+        self.skip_pasv_ip = skip_pasv_ip
+        self.transcript: list[str] = []
+        super().__init__(**kw)
+        self.set_pasv(mode in ("pasv", "epsv"))
+
+    def putline(self, line: str) -> None:
+        self.transcript.append("> " + ("PASS ****" if line.startswith("PASS ") else line))
+        super().putline(line)
+
+    def getline(self) -> str:
+        line = super().getline()
+        self.transcript.append("< " + line)
+        return line
+
+    def makepasv(self):
+        peer = self.sock.getpeername()
+        if self.mode == "pasv":
+            host, port = ftplib.parse227(self.sendcmd("PASV"))
+            # ftplib's own default ignores the 227 address; classic clients use it.
+            return (peer[0] if self.skip_pasv_ip else host), port
+        return ftplib.parse229(self.sendcmd("EPSV"), peer)
+
+    def makeport(self):
+        local = self.sock.getsockname()[0]
+        sock = socket.create_server((local, 0), family=self.af, backlog=1)
+        port = sock.getsockname()[1]
+        if self.mode == "port":
+            self.sendport(local, port)
+        else:
+            self.sendeprt(local, port)
+        if self.timeout is not socket._GLOBAL_DEFAULT_TIMEOUT:
+            sock.settimeout(self.timeout)
+        return sock
+
+
+def op_get(ftp: LabFTP, a) -> dict:
+    digest = hashlib.sha256()
+    size = 0
+    out = open(a.out, "wb") if a.out else None
+    try:
+        def sink(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            digest.update(chunk)
+            if out:
+                out.write(chunk)
+        ftp.retrbinary("RETR " + a.remote, sink, blocksize=CHUNK, rest=a.rest)
+    finally:
+        if out:
+            out.close()
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def op_put(ftp: LabFTP, a) -> dict:
+    digest = hashlib.sha256()
+    size = 0
+    with open(a.local, "rb") as f:
+        def seen(chunk: bytes) -> None:
+            nonlocal size
+            size += len(chunk)
+            digest.update(chunk)
+        ftp.storbinary("STOR " + a.remote, f, blocksize=CHUNK, callback=seen)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def op_lines(ftp: LabFTP, a) -> dict:
+    lines: list[str] = []
+    cmd = ("LIST" if a.op == "list" else "NLST") + (" " + a.path if a.path else "")
+    ftp.retrlines(cmd, lines.append)
+    return {"count": len(lines), "lines": lines}
+
+
+def op_abor(ftp: LabFTP, a) -> dict:
+    """Start RETR, read --after bytes, abort; report the replies and whether NOOP still works."""
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR " + a.remote)
+    got = 0
+    while got < a.after:
+        chunk = conn.recv(CHUNK)
+        if not chunk:
+            break
+        got += len(chunk)
+    if a.style == "rfc959":
+        # Telnet IP, then IAC DM as urgent data (the "synch"), then ABOR: what BSD ftp sends.
+        ftp.sock.sendall(b"\xff\xf4\xff")
+        ftp.sock.sendall(b"\xf2", socket.MSG_OOB)
+        ftp.sock.sendall(b"ABOR\r\n")
+    else:
+        ftp.sock.sendall(b"ABOR\r\n", socket.MSG_OOB)
+    conn.close()
+    first = ftp.getmultiline()
+    abort_replies = [first]
+    if first.startswith("426"):
+        abort_replies.append(ftp.getmultiline())
+    # NOOP re-synchronises: any late reply to ABOR arrives before NOOP's own 200.
+    ftp.putcmd("NOOP")
+    while not (reply := ftp.getmultiline()).startswith("200"):
+        abort_replies.append(reply)
+    return {"bytes_before_abort": got, "abort_replies": abort_replies, "noop_ok": True}
+
+
+OPS = {"login": lambda ftp, a: {}, "get": op_get, "put": op_put, "list": op_lines,
+       "nlst": op_lines, "abor": op_abor}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="FTP client for the ftp-proxy lab")
+    ap.add_argument("--host", required=True)
+    ap.add_argument("--port", type=int, default=21)
+    ap.add_argument("--user", default="anonymous")
+    ap.add_argument("--password", default="lab@example.org")
+    ap.add_argument("--mode", choices=("pasv", "epsv", "port", "eprt"), default="pasv")
+    ap.add_argument("--source", help="local address to bind the control connection to")
+    ap.add_argument("--timeout", type=float, default=20)
+    ap.add_argument("--skip-pasv-ip", action="store_true",
+                    help="connect to the control peer instead of the 227 address")
+    sub = ap.add_subparsers(dest="op", required=True)
+    sub.add_parser("login")
+    g = sub.add_parser("get")
+    g.add_argument("remote")
+    g.add_argument("--out")
+    g.add_argument("--rest", type=int)
+    p = sub.add_parser("put")
+    p.add_argument("local")
+    p.add_argument("remote")
+    for name in ("list", "nlst"):
+        sub.add_parser(name).add_argument("path", nargs="?")
+    b = sub.add_parser("abor")
+    b.add_argument("remote")
+    b.add_argument("--after", type=int, default=CHUNK)
+    b.add_argument("--style", choices=("ftplib", "rfc959"), default="ftplib")
+    return ap.parse_args()
+
+
+def main() -> int:
+    a = parse_args()
+    started = time.monotonic()
+    result: dict = {"op": a.op, "mode": a.mode, "host": a.host, "port": a.port}
+    ftp = LabFTP(a.mode, a.skip_pasv_ip, timeout=a.timeout,
+                 source_address=(a.source, 0) if a.source else None)
+    try:
+        result["welcome"] = ftp.connect(a.host, a.port)
+        ftp.login(a.user, a.password)
+        result.update(OPS[a.op](ftp, a))
+        ftp.quit()
+        result["ok"] = True
+    except (ftplib.Error, OSError, EOFError) as e:
+        result["ok"] = False
+        result["error"] = f"{type(e).__name__}: {e}"
+        ftp.close()
+    result["replies"] = ftp.transcript
+    result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
