@@ -1,0 +1,113 @@
+// Server replies: grouping lines into (multi-line) replies, and reading the data address
+// out of 227 and 229 replies.
+
+import { ProtocolError } from '../errors.js';
+import type { Endpoint } from '../dataplane/types.js';
+import { parseDecimalPort, parsePort } from './commands.js';
+
+/** lines[0] starts with the code; no line carries its CR LF. */
+export interface Reply {
+  readonly code: number;
+  readonly lines: readonly string[];
+}
+
+export const DEFAULT_MAX_REPLY_LINES = 100000;
+
+const FIRST_LINE = /^[1-5][0-9][0-9](?:[ -]|$)/;
+
+/**
+ * Groups server lines into replies. Throws ProtocolError 'BAD_REPLY' for a first line that
+ * is not 3 digits (100-599) then ' ', '-' or nothing, 'REPLY_TOO_LONG' past maxLines; after
+ * a throw every later push throws again.
+ */
+export class ReplyAssembler {
+  readonly maxLines: number;
+  private code = '';
+  private lines: string[] = [];
+  private failure: ProtocolError | undefined;
+
+  constructor(maxLines: number = DEFAULT_MAX_REPLY_LINES) {
+    if (!Number.isInteger(maxLines) || maxLines < 1) {
+      throw new RangeError(`bad maximum reply length ${maxLines}`);
+    }
+    this.maxLines = maxLines;
+  }
+
+  push(line: string): Reply | null {
+    if (this.failure) throw this.failure;
+    if (this.code === '') {
+      if (!FIRST_LINE.test(line)) {
+        return this.fail('BAD_REPLY', `not an FTP reply: ${JSON.stringify(line.slice(0, 80))}`);
+      }
+      const code = line.slice(0, 3);
+      if (line.charAt(3) !== '-') return { code: Number(code), lines: [line] };
+      this.code = code;
+      this.lines = [line];
+      return null;
+    }
+    if (this.lines.length >= this.maxLines) {
+      return this.fail('REPLY_TOO_LONG', `reply ${this.code} longer than ${this.maxLines} lines`);
+    }
+    this.lines.push(line);
+    // RFC 959 4.2: only the code followed by a space (or alone) closes the reply; text lines
+    // inside may begin with anything, including the same code and a hyphen.
+    if (!line.startsWith(this.code) || (line.length > 3 && line.charAt(3) !== ' ')) return null;
+    const reply = { code: Number(this.code), lines: this.lines };
+    this.code = '';
+    this.lines = [];
+    return reply;
+  }
+
+  private fail(code: string, message: string): never {
+    this.failure = new ProtocolError(code, message);
+    this.lines = [];
+    throw this.failure;
+  }
+}
+
+function replyCode(line: string, expected: string, errorCode: string): void {
+  if (!line.startsWith(expected) || /^[0-9]/.test(line.charAt(3))) {
+    throw new ProtocolError(errorCode, `not a ${expected} reply: ${JSON.stringify(line.slice(0, 80))}`);
+  }
+}
+
+/** The endpoint of a 227 reply line; ProtocolError 'BAD_227' if there is none. */
+export function parse227(line: string): Endpoint {
+  replyCode(line, '227', 'BAD_227');
+  // RFC 1123 4.1.2.6: the numbers may be anywhere after the code, with or without
+  // parentheses; they are PORT's argument syntax, so they go through the same parser.
+  const first = line.slice(3).search(/[0-9]/);
+  if (first === -1) throw new ProtocolError('BAD_227', `no address in 227 reply: ${JSON.stringify(line.slice(0, 80))}`);
+  const numbers = /^[0-9,]*/.exec(line.slice(3 + first))![0];
+  try {
+    return parsePort(numbers);
+  } catch (err) {
+    throw new ProtocolError('BAD_227', `bad address in 227 reply: ${JSON.stringify(line.slice(0, 80))}`, { cause: err });
+  }
+}
+
+/** The port of a 229 reply line, '(<d><d><d>port<d>)' with d in ASCII 33-126; ProtocolError 'BAD_229'. */
+export function parse229(line: string): number {
+  replyCode(line, '229', 'BAD_229');
+  // Any '(' may open the RFC 2428 form; the first one that has its shape is taken. The
+  // delimiter may be a digit, so the closing one can sit at the end of the digit run.
+  for (let open = line.indexOf('(', 3); open !== -1; open = line.indexOf('(', open + 1)) {
+    const d = line.charCodeAt(open + 1);
+    if (!(d >= 33 && d <= 126) || line.charCodeAt(open + 2) !== d || line.charCodeAt(open + 3) !== d) continue;
+    const from = open + 4;
+    let end = from;
+    while (isDigit(line.charCodeAt(end))) end++;
+    let to: number;
+    if (line.charCodeAt(end) === d && line.charCodeAt(end + 1) === 0x29) to = end;
+    else if (isDigit(d) && line.charCodeAt(end) === 0x29 && line.charCodeAt(end - 1) === d) to = end - 1;
+    else continue;
+    const port = parseDecimalPort(line.slice(from, to));
+    if (port === undefined) break;
+    return port;
+  }
+  throw new ProtocolError('BAD_229', `no port in 229 reply: ${JSON.stringify(line.slice(0, 80))}`);
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}

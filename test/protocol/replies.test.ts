@@ -1,0 +1,133 @@
+import t from 'tap';
+import { ReplyAssembler, parse227, parse229, type Reply } from '../../src/protocol/replies.js';
+import { ProtocolError } from '../../src/errors.js';
+
+const protocolError = (code: string) => ({ name: 'ProtocolError', code });
+
+function assemble(lines: string[], a = new ReplyAssembler()): Array<Reply | null> {
+  return lines.map((l) => a.push(l));
+}
+
+t.test('grouping table', async (t) => {
+  const cases: Array<[string, string[], Array<Reply | null>]> = [
+    ['single line', ['220 ready'], [{ code: 220, lines: ['220 ready'] }]],
+    ['code alone', ['200'], [{ code: 200, lines: ['200'] }]],
+    ['lowest and highest code', ['100 a', '599 b'], [{ code: 100, lines: ['100 a'] }, { code: 599, lines: ['599 b'] }]],
+    ['multi-line', ['211-Features:', ' EPSV', '211 End'], [null, null, { code: 211, lines: ['211-Features:', ' EPSV', '211 End'] }]],
+    ['ends at the bare code', ['211-Status', 'x', '211'], [null, null, { code: 211, lines: ['211-Status', 'x', '211'] }]],
+    ['code and hyphen inside', ['230-a', '230-b', '230 c'], [null, null, { code: 230, lines: ['230-a', '230-b', '230 c'] }]],
+    [
+      'other codes and digits inside',
+      ['123-First line', 'Second line', '  234 A line beginning with numbers', '200 not ours', '1234 no', '123 The last line'],
+      [null, null, null, null, null, { code: 123, lines: ['123-First line', 'Second line', '  234 A line beginning with numbers', '200 not ours', '1234 no', '123 The last line'] }],
+    ],
+    ['code followed by other text is not the end', ['220-a', '220x', '220\tb', '220 c'], [null, null, null, { code: 220, lines: ['220-a', '220x', '220\tb', '220 c'] }]],
+    ['empty text lines inside', ['214-', '', '214 '], [null, null, { code: 214, lines: ['214-', '', '214 '] }]],
+    ['one reply after another', ['230-a', '230 b', '200 ok'], [null, { code: 230, lines: ['230-a', '230 b'] }, { code: 200, lines: ['200 ok'] }]],
+  ];
+  for (const [name, lines, want] of cases) t.same(assemble(lines), want, name);
+});
+
+t.test('bad first lines', async (t) => {
+  for (const line of ['', '20', '20 x', '099 x', '600 x', '000 x', '2000 x', '200x', '200\tx', 'abc', ' 200 x', '-200 x', '2a0 x', '\xff\xf4200 x']) {
+    t.throws(() => new ReplyAssembler().push(line), protocolError('BAD_REPLY'), JSON.stringify(line));
+  }
+  const a = new ReplyAssembler();
+  t.throws(() => a.push('hello'), protocolError('BAD_REPLY'));
+  t.throws(() => a.push('200 ok'), protocolError('BAD_REPLY'), 'a failed assembler stays failed');
+});
+
+t.test('reply length limit', async (t) => {
+  const a = new ReplyAssembler(3);
+  t.same(assemble(['211-a', 'b', '211 c'], a), [null, null, { code: 211, lines: ['211-a', 'b', '211 c'] }], 'exactly the limit');
+  const b = new ReplyAssembler(3);
+  t.same(assemble(['211-a', 'b', 'c'], b), [null, null, null]);
+  t.throws(() => b.push('211 d'), protocolError('REPLY_TOO_LONG'), 'one past the limit');
+  t.throws(() => b.push('200 ok'), protocolError('REPLY_TOO_LONG'), 'and stays failed');
+  const c = new ReplyAssembler(1);
+  t.same(c.push('200 single'), { code: 200, lines: ['200 single'] }, 'single lines always fit');
+  t.equal(new ReplyAssembler().maxLines, 100000);
+  for (const bad of [0, -1, 2.5]) t.throws(() => new ReplyAssembler(bad), RangeError);
+});
+
+t.test('parse227', async (t) => {
+  const good: Array<[string, string, number]> = [
+    ['227 Entering Passive Mode (192,0,2,1,195,80).', '192.0.2.1', 50000],
+    ['227 Entering Passive Mode (10,0,0,1,4,1)', '10.0.0.1', 1025],
+    ['227 Entering Passive Mode 10,0,0,1,4,1', '10.0.0.1', 1025],
+    ['227 =192,168,1,1,4,1', '192.168.1.1', 1025],
+    ['227 Entering passive mode (127,0,0,1,156,161).', '127.0.0.1', 40097],
+    ['227 (0,0,0,0,0,1)', '0.0.0.0', 1],
+    ['227 (255,255,255,255,255,255)', '255.255.255.255', 65535],
+    ['227 (1,2,3,4,0,21) and more text, 5,6', '1.2.3.4', 21],
+    ['227 (001,002,003,004,000,021)', '1.2.3.4', 21],
+    ['227-multi-line first line (1,2,3,4,5,6)', '1.2.3.4', 1286],
+    ['227 1,2,3,4,5,6', '1.2.3.4', 1286],
+    ['227 (-1,2,3,4,5,6)', '1.2.3.4', 1286],
+    ['227 Entering Passive Mode (1,2,3,4,5,6)\r', '1.2.3.4', 1286],
+  ];
+  for (const [line, address, port] of good) t.same(parse227(line), { address, port }, line);
+  const bad = [
+    '227 Entering Passive Mode',
+    '227 Entering Passive Mode ()',
+    '227 (1,2,3,4,5)',
+    '227 (1,2,3,4,5,6,7)',
+    '227 (256,2,3,4,5,6)',
+    '227 (1,2,3,4,256,6)',
+    '227 (1,2,3,4,5,1000)',
+    '227 (1,2,3,4,0,0)',
+    '227 (1, 2, 3, 4, 5, 6)',
+    '227 (1,2,3,4,5,)',
+    '227 Mode v2 (1,2,3,4,5,6)',
+    '200 (1,2,3,4,5,6)',
+    '2270 (1,2,3,4,5,6)',
+    '',
+  ];
+  for (const line of bad) t.throws(() => parse227(line), protocolError('BAD_227'), JSON.stringify(line));
+  try {
+    parse227('227 (1,2,3,999,5,6)');
+  } catch (err) {
+    t.equal((err as ProtocolError).cause instanceof ProtocolError, true, 'keeps the parse error as cause');
+  }
+});
+
+t.test('parse229', async (t) => {
+  const good: Array<[string, number]> = [
+    ['229 Entering Extended Passive Mode (|||50000|)', 50000],
+    ['229 Entering extended passive mode (|||40058|).', 40058],
+    ['229 Extended Passive mode OK (|||40074|)', 40074],
+    ['229 (!!!6446!)', 6446],
+    ['229 (~~~1~)', 1],
+    ['229 (|||65535|)', 65535],
+    ['229 (|||00021|)', 21],
+    ['229 text (a) then (|||2121|)', 2121],
+    ['229 ((((21()', 21],
+    ['229 ()))21))', 21],
+    ['229 (11121211)', 2121],
+    ['229 (0002120)', 212],
+    ['229-(|||21|)', 21],
+    ['229 (|||21|) trailing', 21],
+  ];
+  for (const [line, port] of good) t.equal(parse229(line), port, line);
+  const bad = [
+    '229 Entering Extended Passive Mode',
+    '229 (|||0|)',
+    '229 (|||65536|)',
+    '229 (|||+21|)',
+    '229 (||| 21|)',
+    '229 (|||21 |)',
+    '229 (|||21!)',
+    '229 (!||21|)',
+    '229 (|||21|',
+    '229 (||||)',
+    '229 (   21 )',
+    '229 (\x7f\x7f\x7f21\x7f)',
+    '229 (|||0x15|)',
+    '229 (|||2e3|)',
+    '229 (|1|::1|21|)',
+    '200 (|||21|)',
+    '2290 (|||21|)',
+    '',
+  ];
+  for (const line of bad) t.throws(() => parse229(line), protocolError('BAD_229'), JSON.stringify(line));
+});
