@@ -20,9 +20,10 @@ export interface NftablesDataPlaneOptions {
   readonly logRules?: boolean;
   /** Set this packet and conntrack mark on admitted connections. */
   readonly mark?: number;
-  /** 'auto' (default): libnftables if it loads, else the nft command. */
-  readonly runner?: RunnerChoice;
-  readonly logger: Logger;
+  /** 'auto' (default): libnftables if it loads, else the nft command; or a runner to use. */
+  readonly runner?: RunnerChoice | NftRunner;
+  /** Any pino logger (custom levels or not): only debug/info/warn are used. */
+  readonly logger: Pick<Logger, 'debug' | 'info' | 'warn'>;
 }
 
 /**
@@ -76,7 +77,7 @@ export class NftablesDataPlane implements DataPlane {
       ...(o.mark !== undefined ? { mark: o.mark } : {}),
       timeoutSec,
     };
-    this.runner = createRunner(o.runner);
+    this.runner = typeof o.runner === 'object' ? o.runner : createRunner(o.runner);
   }
 
   /** 'libnftables' (in-process) or 'nft' (spawned per batch), for the start-up log line. */

@@ -1,0 +1,158 @@
+// The nftables data plane with real TCP through a gateway namespace: admission is single use and
+// only for the peer, DNAT reaches the target, SNAT shows `source`, release and timeouts clean up,
+// and an established connection outlives its entries.
+
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { pino } from 'pino';
+import { PortAllocator } from '../../src/net/ports.js';
+import { NftablesDataPlane, type RunnerChoice } from '../../src/dataplane/nftables/index.js';
+import type { DataPathRequest } from '../../src/dataplane/types.js';
+import {
+  buildTopology,
+  connect,
+  destroyTopology,
+  elements,
+  insideNetns,
+  isRoot,
+  listen,
+  runInside,
+  runPrefix,
+  type Topology,
+} from './lib/netns.js';
+
+const inside = insideNetns<Topology>();
+
+if (!inside) {
+  t.test('nftables data plane with real traffic', { skip: isRoot ? false : 'needs root (netns, nftables)' }, async (t) => {
+    const topo = buildTopology(runPrefix());
+    t.teardown(() => destroyTopology(topo));
+    await runInside(t, topo.ns.gw, topo, `gateway ${topo.ns.gw}`);
+  });
+} else {
+  const topo = inside;
+  const logger = pino({ level: 'silent' });
+  const TABLE = 'fp_kernel';
+  const MARK = 0x42;
+
+  const start = async (t: { teardown(fn: () => unknown): void }, runner: RunnerChoice, entryTimeoutSec = 30) => {
+    const ports = new PortAllocator(50000, 50999);
+    const dp = new NftablesDataPlane({ table: TABLE, ports, runner, logger, entryTimeoutSec, logRules: true, mark: MARK });
+    await dp.start();
+    t.teardown(() => dp.close());
+    return dp;
+  };
+  const empty = (family: 4 | 6): boolean =>
+    elements(TABLE, 'set', `admit${family}`).length === 0 &&
+    ['dnat', 'dnatport', 'snat', 'snatport'].every((m) => elements(TABLE, 'map', `${m}${family}`).length === 0);
+
+  for (const runner of ['lib', 'spawn'] as const) {
+    t.test(`${runner}: passive IPv4 is admitted once, only from the peer, and carried through NAT`, async (t) => {
+      const dp = await start(t, runner);
+      const server = await listen(topo.ns.server, topo.server4, 40000);
+      t.teardown(() => server.close());
+      const req: DataPathRequest = {
+        sid: '1',
+        kind: 'passive',
+        family: 4,
+        peer: topo.client4,
+        listen: topo.gwLan4,
+        target: { address: topo.server4, port: 40000 },
+        source: topo.gwWan4,
+        sourcePort: 2020,
+      };
+      const path = await dp.open(req);
+
+      const other = await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4Alt);
+      t.match(other, { ok: false, error: /refused/i }, 'another LAN host is not admitted');
+
+      const first = await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4);
+      t.ok(first.ok, 'the peer is admitted');
+      if (!first.ok) return;
+      t.same(await server.accepted(), { peer: topo.gwWan4, port: 2020 }, 'the target sees source:sourcePort');
+      t.equal(await first.conn.roundTrip('hello'), 'hello');
+      t.same(elements(TABLE, 'set', 'admit4'), [], 'the first SYN used up the admission');
+      const ct = execFileSync('conntrack', ['-L', '-p', 'tcp', '--orig-port-dst', String(path.port)], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+      t.match(ct, `mark=${MARK}`, 'the connection carries the mark');
+
+      const second = await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4);
+      t.match(second, { ok: false, error: /refused/i }, 'a second connection is not admitted');
+
+      await dp.release(path.id, false);
+      t.ok(empty(4), 'no element remains after release');
+      t.equal(await first.conn.roundTrip('still there'), 'still there', 'the established connection survives release');
+      await first.conn.close();
+    });
+  }
+
+  t.test('active IPv4: the client sees the source address, not the server', async (t) => {
+    const dp = await start(t, 'auto');
+    const client = await listen(topo.ns.client, topo.client4, 45000);
+    t.teardown(() => client.close());
+    const path = await dp.open({
+      sid: '2',
+      kind: 'active',
+      family: 4,
+      peer: topo.server4,
+      listen: topo.gwWan4,
+      target: { address: topo.client4, port: 45000 },
+      source: topo.gwLan4,
+    });
+    const c = await connect(topo.ns.server, topo.gwWan4, path.port, topo.server4);
+    t.ok(c.ok, 'the server is admitted');
+    if (!c.ok) return;
+    t.equal((await client.accepted()).peer, topo.gwLan4, 'SNAT to source (masquerade would not touch LAN traffic)');
+    t.equal(await c.conn.roundTrip('data'), 'data');
+    await c.conn.close();
+    await dp.release(path.id, true);
+    t.ok(empty(4));
+  });
+
+  t.test('passive IPv6', async (t) => {
+    const dp = await start(t, 'auto');
+    const server = await listen(topo.ns.server, topo.server6, 40006);
+    t.teardown(() => server.close());
+    const path = await dp.open({
+      sid: '3',
+      kind: 'passive',
+      family: 6,
+      peer: topo.client6,
+      listen: topo.gwLan6,
+      target: { address: topo.server6, port: 40006 },
+      source: topo.gwWan6,
+      sourcePort: 2021,
+    });
+    t.match(await connect(topo.ns.client, topo.gwLan6, path.port, topo.client6Alt), { ok: false }, 'other source refused');
+    const c = await connect(topo.ns.client, topo.gwLan6, path.port, topo.client6);
+    t.ok(c.ok, 'the peer is admitted');
+    if (!c.ok) return;
+    t.same(await server.accepted(), { peer: topo.gwWan6, port: 2021 });
+    t.equal(await c.conn.roundTrip('six'), 'six');
+    t.match(await connect(topo.ns.client, topo.gwLan6, path.port, topo.client6), { ok: false }, 'single use');
+    await dp.release(path.id, false);
+    t.ok(empty(6));
+    t.equal(await c.conn.roundTrip('after'), 'after');
+    await c.conn.close();
+  });
+
+  t.test('an unused admission times out in the kernel', async (t) => {
+    const dp = await start(t, 'auto', 1);
+    const server = await listen(topo.ns.server, topo.server4, 40001);
+    t.teardown(() => server.close());
+    const path = await dp.open({
+      sid: '4',
+      kind: 'passive',
+      family: 4,
+      peer: topo.client4,
+      listen: topo.gwLan4,
+      target: { address: topo.server4, port: 40001 },
+      source: topo.gwWan4,
+    });
+    t.notOk(empty(4), 'entries installed');
+    const deadline = Date.now() + 5000;
+    while (!empty(4) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    t.ok(empty(4), 'all entries gone after the timeout');
+    t.match(await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4), { ok: false, error: /refused/i }, 'not admitted any more');
+    await dp.release(path.id, false);
+  });
+}

@@ -1,0 +1,216 @@
+// The nftables data plane against the real kernel, for both runners (in-process libnftables and
+// spawned nft), in a namespace of its own: what start/open/release/close leave in the table.
+
+import t from 'tap';
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { DataPlaneError } from '../../src/errors.js';
+import { PortAllocator } from '../../src/net/ports.js';
+import { createRunner, NftablesDataPlane, renderRuleset, type RunnerChoice } from '../../src/dataplane/nftables/index.js';
+import { LibnftablesRunner } from '../../src/dataplane/nftables/libnftables.js';
+import { SpawnRunner } from '../../src/dataplane/nftables/spawn.js';
+import { add, batch, concat, elem } from '../../src/dataplane/nftables/schema.js';
+import type { DataPathRequest } from '../../src/dataplane/types.js';
+import { addNetns, delNetns, elements, insideNetns, isRoot, nft, runInside, runPrefix } from './lib/netns.js';
+
+const inside = insideNetns<{ ns: string }>();
+
+if (!inside) {
+  t.test('nftables runners in a network namespace', { skip: isRoot ? false : 'needs root (netns, nftables)' }, async (t) => {
+    const ns = `${runPrefix()}-gw`;
+    addNetns(ns);
+    t.teardown(() => delNetns(ns));
+    await runInside(t, ns, { ns }, `inside ${ns}`);
+  });
+} else {
+  const logger = pino({ level: 'silent' });
+  const passive4: DataPathRequest = {
+    sid: '7',
+    kind: 'passive',
+    family: 4,
+    peer: '192.0.2.2',
+    listen: '192.0.2.1',
+    target: { address: '198.51.100.2', port: 40000 },
+    source: '198.51.100.1',
+  };
+  const active6: DataPathRequest = {
+    sid: '8',
+    kind: 'active',
+    family: 6,
+    peer: '2001:db8:2::2',
+    listen: '2001:db8:2::1',
+    target: { address: '2001:db8:1::2', port: 45678 },
+    source: '2001:db8:1::1',
+    sourcePort: 20,
+  };
+  const tableExists = (name: string): boolean => {
+    try {
+      nft('list', 'table', 'inet', name);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const logRules = (table: string): string[] =>
+    nft('list', 'chain', 'inet', table, 'admit_log')
+      .split('\n')
+      .filter((l) => l.includes('log prefix'))
+      .map((l) => l.trim());
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  for (const runner of ['lib', 'spawn'] as const satisfies readonly RunnerChoice[]) {
+    const table = `fp_${runner}`;
+    const make = (extra: { entryTimeoutSec?: number; logRules?: boolean; mark?: number } = {}) => {
+      const ports = new PortAllocator(50000, 50099);
+      return { ports, dp: new NftablesDataPlane({ table, ports, runner, logger, logRules: true, mark: 0x42, ...extra }) };
+    };
+
+    t.test(`${runner}: start, open, release, close`, async (t) => {
+      const { ports, dp } = make();
+      t.equal(dp.runnerName, runner === 'lib' ? 'libnftables' : 'nft');
+      await dp.start();
+      t.ok(tableExists(table), 'start creates the table');
+
+      const a = await dp.open(passive4);
+      const b = await dp.open(active6);
+      t.equal(ports.used, 2);
+      const k4 = `192.0.2.2 . 192.0.2.1 . ${a.port}`;
+      t.same(elements(table, 'set', 'admit4'), [k4]);
+      t.same(elements(table, 'map', 'dnat4'), [`${k4} : 198.51.100.2`]);
+      t.same(elements(table, 'map', 'dnatport4'), [`${k4} : 40000`]);
+      t.same(elements(table, 'map', 'snat4'), ['192.0.2.2 . 198.51.100.2 . 40000 : 198.51.100.1']);
+      t.same(elements(table, 'map', 'snatport4'), []);
+      const k6 = `2001:db8:2::2 . 2001:db8:2::1 . ${b.port}`;
+      t.same(elements(table, 'set', 'admit6'), [k6]);
+      t.same(elements(table, 'map', 'dnat6'), [`${k6} : 2001:db8:1::2`]);
+      t.same(elements(table, 'map', 'snatport6'), ['2001:db8:2::2 . 2001:db8:1::2 . 45678 : 20']);
+      t.same(logRules(table), [
+        `ip6 saddr 2001:db8:2::2 ip6 daddr 2001:db8:2::1 tcp dport ${b.port} log prefix "ftp-proxy #8 "`,
+        `ip saddr 192.0.2.2 ip daddr 192.0.2.1 tcp dport ${a.port} log prefix "ftp-proxy #7 "`,
+      ]);
+
+      await dp.release(a.id, false);
+      for (const s of ['admit4']) t.same(elements(table, 'set', s), [], `${s} empty after release`);
+      for (const m of ['dnat4', 'dnatport4', 'snat4']) t.same(elements(table, 'map', m), [], `${m} empty after release`);
+      t.equal(logRules(table).length, 1, 'only the other path logs');
+      t.same(elements(table, 'set', 'admit6'), [k6], 'the other path is untouched');
+      await dp.release(b.id, true);
+      for (const m of ['dnat6', 'dnatport6', 'snat6', 'snatport6']) t.same(elements(table, 'map', m), [], `${m} empty`);
+      t.same(logRules(table), []);
+      t.equal(ports.used, 0, 'ports given back');
+      await dp.release(a.id, false);
+      await dp.release('nft-unknown', true);
+      t.pass('releasing twice or an unknown id is a no-op');
+
+      await dp.close();
+      t.notOk(tableExists(table), 'close removes the table');
+    });
+
+    t.test(`${runner}: release after the entries timed out`, async (t) => {
+      const { ports, dp } = make({ entryTimeoutSec: 1 });
+      await dp.start();
+      t.teardown(() => dp.close());
+      const a = await dp.open(passive4);
+      const deadline = Date.now() + 5000;
+      while (elements(table, 'set', 'admit4').length > 0 && Date.now() < deadline) await sleep(100);
+      t.same(elements(table, 'set', 'admit4'), [], 'the kernel removed the admission');
+      t.same(elements(table, 'map', 'snat4'), [], 'and the SNAT entry');
+      await dp.release(a.id, false);
+      t.equal(ports.used, 0);
+      t.same(logRules(table), [], 'the log rule (no timeout) went with release');
+    });
+
+    t.test(`${runner}: paths sharing a SNAT entry`, async (t) => {
+      const { ports, dp } = make();
+      await dp.start();
+      t.teardown(() => dp.close());
+      const a = await dp.open(passive4);
+      const b = await dp.open(passive4);
+      t.not(a.port, b.port);
+      const snat = ['192.0.2.2 . 198.51.100.2 . 40000 : 198.51.100.1'];
+      t.same(elements(table, 'map', 'snat4'), snat);
+      await t.rejects(dp.open({ ...passive4, source: '198.51.100.9' }), { code: 'BACKEND_FAILED' }, 'a different source for the same tuple');
+      t.equal(ports.used, 2, 'the refused open gave its port back');
+      await dp.release(a.id, false);
+      t.same(elements(table, 'map', 'snat4'), snat, 'kept while the other path lives');
+      await dp.release(b.id, false);
+      t.same(elements(table, 'map', 'snat4'), []);
+    });
+
+    t.test(`${runner}: start replaces a crashed run's table`, async (t) => {
+      nft('add', 'table', 'inet', table);
+      nft('add', 'chain', 'inet', table, 'leftover');
+      nft('add', 'set', 'inet', table, 'admit4', '{ type ipv4_addr; }');
+      const { dp } = make();
+      await dp.start();
+      t.teardown(() => dp.close());
+      const listing = nft('list', 'table', 'inet', table);
+      t.notMatch(listing, 'leftover');
+      t.match(listing, 'type ipv4_addr . ipv4_addr . inet_service');
+      const a = await dp.open(passive4);
+      t.equal(elements(table, 'set', 'admit4').length, 1);
+      await dp.release(a.id, false);
+    });
+
+    t.test(`${runner}: a failed batch leaves no trace`, async (t) => {
+      const { ports, dp } = make();
+      await dp.start();
+      t.teardown(() => dp.close());
+      const r = createRunner(runner);
+      t.teardown(() => r.close());
+      const good = add({ element: { family: 'inet', table, name: 'admit4', elem: [elem(concat('192.0.2.2', '192.0.2.1', 50000), 30)] } });
+      const bad = add({ element: { family: 'inet', table, name: 'no_such_set', elem: [concat('192.0.2.2', '192.0.2.1', 50000)] } });
+      await t.rejects(r.run(batch(good, bad)), { code: 'BACKEND_FAILED' });
+      t.same(elements(table, 'set', 'admit4'), [], 'the good half was not applied');
+
+      // The admin flushed our table behind our back: open fails cleanly.
+      nft('delete', 'table', 'inet', table);
+      await t.rejects(dp.open(passive4), { code: 'BACKEND_FAILED', cause: { code: 'BACKEND_FAILED' } });
+      t.equal(ports.used, 0, 'the port is given back');
+    });
+
+    t.test(`${runner}: close without (or after a failed) start`, async (t) => {
+      const { dp } = make();
+      await dp.close();
+      t.notOk(tableExists(table));
+    });
+  }
+
+  t.test('rendered text installs the same table as the JSON batch', async (t) => {
+    for (const opts of [{ logRules: false }, { logRules: true, mark: 0xff00 }]) {
+      const dp = new NftablesDataPlane({ table: 'fp_json', ports: new PortAllocator(50000, 50001), logger, ...opts });
+      await dp.start();
+      const dir = await mkdtemp(join(tmpdir(), 'fp-render-'));
+      const file = join(dir, 'ruleset.nft');
+      await writeFile(file, renderRuleset({ table: 'fp_text', ...opts }));
+      nft('-f', file);
+      await rm(dir, { recursive: true });
+      const fromText = nft('list', 'table', 'inet', 'fp_text').replace('fp_text', 'fp_json');
+      t.equal(fromText, nft('list', 'table', 'inet', 'fp_json'), JSON.stringify(opts));
+      nft('delete', 'table', 'inet', 'fp_text');
+      await dp.close();
+    }
+  });
+
+  t.test('startup errors name the cause and the way out', async (t) => {
+    t.throws(() => LibnftablesRunner.load('/nonexistent/libnftables.so.1'), { code: 'NFT_UNAVAILABLE', message: /--backend relay/ });
+    const missing = new NftablesDataPlane({ ports: new PortAllocator(50000, 50001), logger, runner: new SpawnRunner('/nonexistent/nft') });
+    await t.rejects(missing.start(), { code: 'NFT_UNAVAILABLE', message: /--backend relay/ });
+
+    // nft as an unprivileged user: the kernel says EPERM.
+    const dir = await mkdtemp(join(tmpdir(), 'fp-nobody-'));
+    t.teardown(() => rm(dir, { recursive: true }));
+    const wrapper = join(dir, 'nft-as-nobody');
+    await writeFile(wrapper, '#!/bin/sh\nexec setpriv --reuid=65534 --regid=65534 --clear-groups nft "$@"\n');
+    await chmod(wrapper, 0o755);
+    const denied = new NftablesDataPlane({ ports: new PortAllocator(50000, 50001), logger, runner: new SpawnRunner(wrapper) });
+    const e = await denied.start().then(
+      () => undefined,
+      (err: unknown) => err,
+    );
+    t.type(e, DataPlaneError);
+    t.match(e, { code: 'NFT_NOT_PERMITTED', message: /--backend relay/ });
+  });
+}
