@@ -9,6 +9,7 @@ import { createLogger, type AppLogger } from './log.js';
 import { PortAllocator } from './net/ports.js';
 import { originalDestination } from './net/origdst.js';
 import { RelayDataPlane } from './dataplane/relay.js';
+import { NftablesDataPlane, renderRuleset } from './dataplane/nftables/index.js';
 import type { DataPlane, Endpoint } from './dataplane/types.js';
 import { ProxyServer } from './server.js';
 
@@ -16,7 +17,15 @@ const out = { out: (s: string) => void process.stdout.write(s), err: (s: string)
 
 function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
   const ports = new PortAllocator(cfg.dataPorts.low, cfg.dataPorts.high);
-  return new RelayDataPlane({ ports, dataTimeout: cfg.dataTimeout, logger });
+  if (cfg.backend === 'relay') return new RelayDataPlane({ ports, dataTimeout: cfg.dataTimeout, logger });
+  return new NftablesDataPlane({
+    table: cfg.nftTable,
+    ports,
+    entryTimeoutSec: cfg.dataTimeout,
+    logRules: cfg.logRules,
+    ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}),
+    logger,
+  });
 }
 
 function serverResolver(cfg: Config): (client: net.Socket) => Promise<Endpoint> {
@@ -41,13 +50,18 @@ export async function main(argv: readonly string[]): Promise<number> {
     }
     throw e;
   }
+  if (cfg.printRuleset) {
+    out.out(renderRuleset({ table: cfg.nftTable, logRules: cfg.logRules, ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}) }));
+    return 0;
+  }
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });
   const dataPlane = createDataPlane(cfg, logger);
   try {
     await dataPlane.start();
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
-    out.err(`ftp-proxy: cannot start the ${dataPlane.name} data plane: ${msg}\n`);
+    const hint = dataPlane.name === 'nftables' ? ' (without nftables, use --backend relay)' : '';
+    out.err(`ftp-proxy: cannot start the ${dataPlane.name} data plane: ${msg}${hint}\n`);
     logger.flush();
     return 2;
   }
@@ -67,6 +81,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       mode: cfg.mode,
       ...(cfg.reverse ? { server: `${cfg.reverse.address}:${cfg.reverse.port}` } : {}),
       dataPlane: dataPlane.name,
+      ...(dataPlane instanceof NftablesDataPlane ? { nftRunner: dataPlane.runnerName, nftTable: cfg.nftTable } : {}),
       dataPorts: `${cfg.dataPorts.low}-${cfg.dataPorts.high}`,
       maxSessions: cfg.maxSessions,
     },
