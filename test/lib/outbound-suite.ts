@@ -77,5 +77,9 @@ export async function outboundSuite(
     if (hooks.atEnd) await hooks.atEnd(rig, t);
     t.same(proxy.logs.filter((l) => l.level >= 50), [], 'no error-level log lines');
     t.equal((await proxy.stop()).code, 0);
+    if (backend === 'nftables') {
+      const r = await lab.exec('gw', 'nft', ['list', 'table', 'inet', 'ftp_proxy']);
+      t.not(r.code, 0, 'SIGTERM removed the table');
+    }
   });
 }

@@ -37,7 +37,14 @@ export async function reverseRig(t: Tap.Test, backend: 'relay' | 'nftables', ext
 }
 
 /** Every transfer the issue asks for, through the proxy in reverse mode. */
-export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', after?: (rig: ReverseRig) => Promise<void>): Promise<void> {
+export interface SuiteHooks {
+  /** Runs at the end of every subtest (e.g. "the nftables table holds no element"). */
+  afterEach?: (rig: ReverseRig, t: Tap.Test) => Promise<void>;
+  /** Runs after the proxies stopped. */
+  atEnd?: (rig: ReverseRig, t: Tap.Test) => Promise<void>;
+}
+
+export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', hooks: SuiteHooks = {}): Promise<void> {
   if (!isRoot) {
     t.fail('end-to-end tests need root (network namespaces)');
     return;
@@ -56,6 +63,9 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', a
     ...(user ? { user: lab.env.user, pass: lab.env.pass } : {}),
   });
   const uploadSrc = join(lab.env.cacheDir, '1MiB.bin');
+  const check = async (t: Tap.Test): Promise<void> => {
+    if (hooks.afterEach) await hooks.afterEach(rig, t);
+  };
 
   for (const server of SERVERS) {
     for (const mode of MODES) {
@@ -67,6 +77,7 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', a
         const put = await lab.curlPut({ ...via(server, mode, true), path: name, file: uploadSrc });
         t.ok(put.ok, `upload: ${put.stderr}`);
         t.equal(await sha256File(join(lab.env.upload[server], name)), sums.small, 'upload checksum');
+        await check(t);
       });
       await t.test(`lftp ${server} ${mode}: 1 MiB down and up, LIST of 1000`, async (t) => {
         const out = lab.tmpPath(`lftp-${mode}`);
@@ -78,6 +89,7 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', a
         t.equal(up.code, 0, `lftp upload: ${up.stderr}`);
         t.equal(await sha256File(join(lab.env.upload[server], name)), sums.small, 'upload checksum');
         t.equal(r.stdout.trim().split('\n').filter((l) => l.length > 0).length, 1000, 'LIST of 1000 entries');
+        await check(t);
       });
     }
     for (const mode of ['pasv', 'port'] as const) {
@@ -94,6 +106,7 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', a
         });
         t.ok(put.ok, `upload: ${put.stderr}`);
         t.equal(await sha256File(join(lab.env.upload[server], name)), sums.big, 'upload checksum');
+        await check(t);
       });
     }
   }
@@ -104,15 +117,16 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', a
     );
     const results = await Promise.all(runs);
     t.equal(results.filter((r) => r.ok && r.sha256 === sums.small).length, 20, 'all 20 transfers intact');
+    await check(t);
   });
 
   await t.test('the proxies logged no errors and stop cleanly', async (t) => {
-    if (after) await after(rig);
     for (const [server, { proc }] of rig.proxies) {
       const errors = proc.logs.filter((l) => l.level >= 50);
       t.same(errors, [], `${server}: no error-level log lines`);
       const { code } = await proc.stop();
       t.equal(code, 0, `${server}: exit 0 after SIGTERM`);
     }
+    if (hooks.atEnd) await hooks.atEnd(rig, t);
   });
 }
