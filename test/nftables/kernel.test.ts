@@ -8,29 +8,19 @@ import { pino } from 'pino';
 import { PortAllocator } from '../../src/net/ports.js';
 import { NftablesDataPlane, type RunnerChoice } from '../../src/dataplane/nftables/index.js';
 import type { DataPathRequest } from '../../src/dataplane/types.js';
-import {
-  buildTopology,
-  connect,
-  destroyTopology,
-  elements,
-  insideNetns,
-  isRoot,
-  listen,
-  runInside,
-  runPrefix,
-  type Topology,
-} from './lib/netns.js';
+import { isRoot, startLab, type LabEnv } from '../lib/lab.js';
+import { connect, elements, insideNetns, listen, runInside } from './lib/netns.js';
 
-const inside = insideNetns<Topology>();
+const inside = insideNetns<LabEnv>();
 
 if (!inside) {
   t.test('nftables data plane with real traffic', { skip: isRoot ? false : 'needs root (netns, nftables)' }, async (t) => {
-    const topo = buildTopology(runPrefix());
-    t.teardown(() => destroyTopology(topo));
-    await runInside(t, topo.ns.gw, topo, `gateway ${topo.ns.gw}`);
+    // The lab's gateway: forward policy drop with `ct status dnat accept`, masquerade on wan0.
+    const lab = await startLab(t);
+    await runInside(t, lab.nsName('gw'), lab.env, `gateway ${lab.nsName('gw')}`);
   });
 } else {
-  const topo = inside;
+  const env = inside;
   const logger = pino({ level: 'silent' });
   const TABLE = 'fp_kernel';
   const MARK = 0x42;
@@ -42,40 +32,43 @@ if (!inside) {
     t.teardown(() => dp.close());
     return dp;
   };
+  /** client -> gateway LAN address:port -> server:targetPort, from the gateway's WAN address. */
+  const passive = (family: 4 | 6, targetPort: number, sourcePort?: number): DataPathRequest => ({
+    sid: String(targetPort),
+    kind: 'passive',
+    family,
+    peer: family === 4 ? env.client4 : env.client6,
+    listen: family === 4 ? env.gwLan4 : env.gwLan6,
+    target: { address: family === 4 ? env.server4 : env.server6, port: targetPort },
+    source: family === 4 ? env.gwWan4 : env.gwWan6,
+    ...(sourcePort !== undefined ? { sourcePort } : {}),
+  });
   const empty = (family: 4 | 6): boolean =>
     elements(TABLE, 'set', `admit${family}`).length === 0 &&
     ['dnat', 'dnatport', 'snat', 'snatport'].every((m) => elements(TABLE, 'map', `${m}${family}`).length === 0);
 
-  for (const runner of ['lib', 'spawn'] as const) {
+  // A target port per runner: the first run's connection stays in conntrack (TIME_WAIT) with
+  // the reply tuple target -> source:2020, which a second connection could not be NATed onto.
+  for (const [runner, targetPort] of [['lib', 40000], ['spawn', 40010]] as const) {
     t.test(`${runner}: passive IPv4 is admitted once, only from the peer, and carried through NAT`, async (t) => {
       const dp = await start(t, runner);
-      const server = await listen(topo.ns.server, topo.server4, 40000);
+      const server = await listen(env.ns.server, env.server4, targetPort);
       t.teardown(() => server.close());
-      const req: DataPathRequest = {
-        sid: '1',
-        kind: 'passive',
-        family: 4,
-        peer: topo.client4,
-        listen: topo.gwLan4,
-        target: { address: topo.server4, port: 40000 },
-        source: topo.gwWan4,
-        sourcePort: 2020,
-      };
-      const path = await dp.open(req);
+      const path = await dp.open(passive(4, targetPort, 2020));
 
-      const other = await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4Alt);
+      const other = await connect(env.ns.client, env.gwLan4, path.port, env.client4Alt);
       t.match(other, { ok: false, error: /refused/i }, 'another LAN host is not admitted');
 
-      const first = await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4);
+      const first = await connect(env.ns.client, env.gwLan4, path.port, env.client4);
       t.ok(first.ok, 'the peer is admitted');
       if (!first.ok) return;
-      t.same(await server.accepted(), { peer: topo.gwWan4, port: 2020 }, 'the target sees source:sourcePort');
+      t.same(await server.accepted(), { peer: env.gwWan4, port: 2020 }, 'the target sees source:sourcePort');
       t.equal(await first.conn.roundTrip('hello'), 'hello');
       t.same(elements(TABLE, 'set', 'admit4'), [], 'the first SYN used up the admission');
       const ct = execFileSync('conntrack', ['-L', '-p', 'tcp', '--orig-port-dst', String(path.port)], { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
       t.match(ct, `mark=${MARK}`, 'the connection carries the mark');
 
-      const second = await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4);
+      const second = await connect(env.ns.client, env.gwLan4, path.port, env.client4);
       t.match(second, { ok: false, error: /refused/i }, 'a second connection is not admitted');
 
       await dp.release(path.id, false);
@@ -87,21 +80,21 @@ if (!inside) {
 
   t.test('active IPv4: the client sees the source address, not the server', async (t) => {
     const dp = await start(t, 'auto');
-    const client = await listen(topo.ns.client, topo.client4, 45000);
+    const client = await listen(env.ns.client, env.client4, 45000);
     t.teardown(() => client.close());
     const path = await dp.open({
-      sid: '2',
+      sid: 'active',
       kind: 'active',
       family: 4,
-      peer: topo.server4,
-      listen: topo.gwWan4,
-      target: { address: topo.client4, port: 45000 },
-      source: topo.gwLan4,
+      peer: env.server4,
+      listen: env.gwWan4,
+      target: { address: env.client4, port: 45000 },
+      source: env.gwLan4,
     });
-    const c = await connect(topo.ns.server, topo.gwWan4, path.port, topo.server4);
+    const c = await connect(env.ns.server, env.gwWan4, path.port, env.server4);
     t.ok(c.ok, 'the server is admitted');
     if (!c.ok) return;
-    t.equal((await client.accepted()).peer, topo.gwLan4, 'SNAT to source (masquerade would not touch LAN traffic)');
+    t.equal((await client.accepted()).peer, env.gwLan4, 'SNAT to source (masquerade would not touch LAN traffic)');
     t.equal(await c.conn.roundTrip('data'), 'data');
     await c.conn.close();
     await dp.release(path.id, true);
@@ -110,25 +103,16 @@ if (!inside) {
 
   t.test('passive IPv6', async (t) => {
     const dp = await start(t, 'auto');
-    const server = await listen(topo.ns.server, topo.server6, 40006);
+    const server = await listen(env.ns.server, env.server6, 40006);
     t.teardown(() => server.close());
-    const path = await dp.open({
-      sid: '3',
-      kind: 'passive',
-      family: 6,
-      peer: topo.client6,
-      listen: topo.gwLan6,
-      target: { address: topo.server6, port: 40006 },
-      source: topo.gwWan6,
-      sourcePort: 2021,
-    });
-    t.match(await connect(topo.ns.client, topo.gwLan6, path.port, topo.client6Alt), { ok: false }, 'other source refused');
-    const c = await connect(topo.ns.client, topo.gwLan6, path.port, topo.client6);
+    const path = await dp.open(passive(6, 40006, 2021));
+    t.match(await connect(env.ns.client, env.gwLan6, path.port, env.client6Alt), { ok: false }, 'other source refused');
+    const c = await connect(env.ns.client, env.gwLan6, path.port, env.client6);
     t.ok(c.ok, 'the peer is admitted');
     if (!c.ok) return;
-    t.same(await server.accepted(), { peer: topo.gwWan6, port: 2021 });
+    t.same(await server.accepted(), { peer: env.gwWan6, port: 2021 });
     t.equal(await c.conn.roundTrip('six'), 'six');
-    t.match(await connect(topo.ns.client, topo.gwLan6, path.port, topo.client6), { ok: false }, 'single use');
+    t.match(await connect(env.ns.client, env.gwLan6, path.port, env.client6), { ok: false }, 'single use');
     await dp.release(path.id, false);
     t.ok(empty(6));
     t.equal(await c.conn.roundTrip('after'), 'after');
@@ -137,22 +121,14 @@ if (!inside) {
 
   t.test('an unused admission times out in the kernel', async (t) => {
     const dp = await start(t, 'auto', 1);
-    const server = await listen(topo.ns.server, topo.server4, 40001);
+    const server = await listen(env.ns.server, env.server4, 40001);
     t.teardown(() => server.close());
-    const path = await dp.open({
-      sid: '4',
-      kind: 'passive',
-      family: 4,
-      peer: topo.client4,
-      listen: topo.gwLan4,
-      target: { address: topo.server4, port: 40001 },
-      source: topo.gwWan4,
-    });
+    const path = await dp.open(passive(4, 40001));
     t.notOk(empty(4), 'entries installed');
     const deadline = Date.now() + 5000;
     while (!empty(4) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     t.ok(empty(4), 'all entries gone after the timeout');
-    t.match(await connect(topo.ns.client, topo.gwLan4, path.port, topo.client4), { ok: false, error: /refused/i }, 'not admitted any more');
+    t.match(await connect(env.ns.client, env.gwLan4, path.port, env.client4), { ok: false, error: /refused/i }, 'not admitted any more');
     await dp.release(path.id, false);
   });
 }

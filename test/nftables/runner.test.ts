@@ -13,7 +13,8 @@ import { LibnftablesRunner } from '../../src/dataplane/nftables/libnftables.js';
 import { SpawnRunner } from '../../src/dataplane/nftables/spawn.js';
 import { add, batch, concat, elem } from '../../src/dataplane/nftables/schema.js';
 import type { DataPathRequest } from '../../src/dataplane/types.js';
-import { addNetns, delNetns, elements, insideNetns, isRoot, nft, runInside, runPrefix } from './lib/netns.js';
+import { isRoot } from '../lib/lab.js';
+import { addNetns, delNetns, elements, insideNetns, nft, runInside, runPrefix } from './lib/netns.js';
 
 const inside = insideNetns<{ ns: string }>();
 

@@ -143,6 +143,9 @@ export class NftablesDataPlane implements DataPlane {
     this.paths.delete(id);
     const lastSnatUser = this.dropSnat(path.snatKey);
     try {
+      // add element inet T admit4 { peer . listen . port }; delete element inet T admit4 { ... }
+      // and the same for dnat4, dnatport4, [snat4, snatport4 if no other path uses them]
+      // [; delete rule inet T admit_log handle H]
       await this.runner.run(
         releaseBatch(this.opts, path.spec, {
           snat: lastSnatUser,

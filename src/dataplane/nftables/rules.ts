@@ -34,6 +34,22 @@ import {
   type Stmt,
 } from './schema.js';
 
+// How one data connection goes through (all keyed by peer . listen . port, the port being ours):
+//  - prerouting (nat, before the admin's own dstnat chains): the first SYN from `peer` to
+//    listen:port finds its admission, deletes it (single use, in the kernel) and is DNATed to
+//    the target. Nothing else from anyone matches.
+//  - postrouting (nat, before the admin's masquerade): a DNATed connection whose post-DNAT tuple
+//    (peer . target . target port) has an SNAT entry is SNATed to `source` (and `sourcePort`).
+//  - the rest of the flow follows conntrack; entries can go at once (release) or time out.
+// There is no forward chain: an accept in our table cannot override a drop in the admin's table
+// at the same hook, so the admin's forward policy must let these connections through, with
+// `ct status dnat accept` or, with --mark N, `ct mark N accept` (the mark is set on admission,
+// early enough for routing policy too).
+// Caveats: two SYNs of different connections arriving in the same instant could both pass the
+// lookup before either deletes the element. A SYN dropped inside the gateway after our
+// prerouting chain (the admin's filter, or a NAT clash such as source:20 to a client port whose
+// previous connection is still in conntrack) has used its admission all the same.
+
 export interface TableOptions {
   /** Table name; the family is always inet (one table for IPv4 and IPv6). */
   readonly table: string;

@@ -1,12 +1,11 @@
-// Test helpers for the nftables data plane: per-run network namespaces (a bare one, or client /
-// gateway / server wired like the lab), running a test file inside one, and TCP peers in them.
+// Test helpers for the nftables data plane: a bare per-run network namespace, running a test
+// file inside a namespace (so the in-process runner acts there), and TCP peers in namespaces.
 
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
+import { SYSTEM_PYTHON as PYTHON } from '../../lib/lab.js';
 
-export const isRoot = process.getuid?.() === 0;
-export const PYTHON = '/usr/bin/python3';
 const INSIDE_ENV = 'FTP_PROXY_NFT_TEST_NETNS';
 
 /** A per-run prefix for namespace names: 'nf' + 6 base-36 characters. */
@@ -14,8 +13,8 @@ export function runPrefix(): string {
   return `nf${BigInt('0x' + randomBytes(5).toString('hex')).toString(36).slice(0, 6)}`;
 }
 
-function must(cmd: string, args: readonly string[], input?: string): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', input });
+function must(cmd: string, args: readonly string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr || r.error?.message || r.status}`);
   return r.stdout;
 }
@@ -37,93 +36,6 @@ export function delNetns(name: string): void {
   spawnSync('ip', ['netns', 'del', name]);
   ours.delete(name);
 }
-
-/** Addresses as in the lab (scripts/lab): LAN 192.0.2.0/24, WAN 198.51.100.0/24, and IPv6. */
-export interface Topology {
-  readonly ns: { readonly client: string; readonly gw: string; readonly server: string };
-  readonly client4: string;
-  readonly client4Alt: string;
-  readonly gwLan4: string;
-  readonly gwWan4: string;
-  readonly server4: string;
-  readonly client6: string;
-  readonly client6Alt: string;
-  readonly gwLan6: string;
-  readonly gwWan6: string;
-  readonly server6: string;
-}
-
-/**
- * client -- gateway -- server, with the admin firewall the lab's gateway has: forward policy
- * drop, established/related and LAN->WAN accepted, `ct status dnat accept`, masquerade on wan0.
- */
-export function buildTopology(prefix: string): Topology {
-  const topo: Topology = {
-    ns: { client: `${prefix}-cli`, gw: `${prefix}-gw`, server: `${prefix}-srv` },
-    client4: '192.0.2.2',
-    client4Alt: '192.0.2.3',
-    gwLan4: '192.0.2.1',
-    gwWan4: '198.51.100.1',
-    server4: '198.51.100.2',
-    client6: '2001:db8:1::2',
-    client6Alt: '2001:db8:1::3',
-    gwLan6: '2001:db8:1::1',
-    gwWan6: '2001:db8:2::1',
-    server6: '2001:db8:2::2',
-  };
-  const { client, gw, server } = topo.ns;
-  try {
-    for (const ns of [client, gw, server]) addNetns(ns);
-    const ip = (ns: string, ...args: string[]): string => must('ip', ['-n', ns, ...args]);
-    must('ip', ['link', 'add', 'lan0', 'netns', gw, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client]);
-    must('ip', ['link', 'add', 'wan0', 'netns', gw, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', server]);
-    const addrs: [string, string, string][] = [
-      [gw, 'lan0', `${topo.gwLan4}/24`],
-      [gw, 'lan0', `${topo.gwLan6}/64`],
-      [gw, 'wan0', `${topo.gwWan4}/24`],
-      [gw, 'wan0', `${topo.gwWan6}/64`],
-      [client, 'eth0', `${topo.client4}/24`],
-      [client, 'eth0', `${topo.client4Alt}/24`],
-      [client, 'eth0', `${topo.client6}/64`],
-      [client, 'eth0', `${topo.client6Alt}/64`],
-      [server, 'eth0', `${topo.server4}/24`],
-      [server, 'eth0', `${topo.server6}/64`],
-    ];
-    for (const [ns, dev, a] of addrs) ip(ns, 'addr', 'add', a, 'dev', dev, ...(a.includes(':') ? ['nodad'] : []));
-    for (const [ns, dev] of [[gw, 'lan0'], [gw, 'wan0'], [client, 'eth0'], [server, 'eth0']] as const) {
-      ip(ns, 'link', 'set', dev, 'up');
-    }
-    ip(client, 'route', 'add', 'default', 'via', topo.gwLan4);
-    ip(client, '-6', 'route', 'add', 'default', 'via', topo.gwLan6);
-    ip(server, 'route', 'add', 'default', 'via', topo.gwWan4);
-    ip(server, '-6', 'route', 'add', 'default', 'via', topo.gwWan6);
-    must('ip', ['netns', 'exec', gw, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
-    must('ip', ['netns', 'exec', gw, 'nft', '-f', '/dev/stdin'], ADMIN_FIREWALL);
-  } catch (e) {
-    for (const ns of [client, gw, server]) delNetns(ns);
-    throw e;
-  }
-  return topo;
-}
-
-export function destroyTopology(topo: Topology): void {
-  for (const ns of Object.values(topo.ns)) delNetns(ns);
-}
-
-const ADMIN_FIREWALL = `
-table inet lab_fw {
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state established,related accept
-    iifname "lan0" oifname "wan0" accept
-    ct status dnat accept
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan0" masquerade
-  }
-}
-`;
 
 // --- running a test file inside a namespace ------------------------------------------------
 
