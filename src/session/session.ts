@@ -30,6 +30,11 @@ export interface SessionOptions {
   readonly onClose: (s: Session) => void;
 }
 
+/** A control line fit for a log: no passwords. */
+function maskPass(line: string): string {
+  return /^\s*PASS\b/i.test(line) ? 'PASS ****' : line;
+}
+
 /** End a socket after what was written is flushed; a peer that never reads is cut after a while. */
 function finish(s: net.Socket): void {
   if (s.destroyed) return;
@@ -58,6 +63,7 @@ export class Session {
   private readonly openTokens = new Set<number>();
   private clientPausedForReplies = false;
   private readonly startedAt = Date.now();
+  private readonly debug: boolean;
   /** Resolves when teardown has finished releasing. */
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
@@ -70,6 +76,7 @@ export class Session {
     this.client = { address: canonical(sock.remoteAddress ?? '0.0.0.0'), port: sock.remotePort ?? 0 };
     this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
     this.closed = new Promise((r) => (this.resolveClosed = r));
+    this.debug = this.log.isLevelEnabled('debug');
   }
 
   /** Reason of the teardown, once it started. */
@@ -131,6 +138,7 @@ export class Session {
     s.setKeepAlive(true, 60_000);
     const clientLocal = canonical(this.sock.localAddress ?? '');
     const serverLocal = canonical(s.localAddress ?? '');
+    this.log.debug({ via: `${serverLocal}:${s.localPort}` }, 'server connected');
     const addressing = this.addressing(clientLocal, serverLocal, server);
     this.machine = new SessionMachine({
       sid: this.sid,
@@ -152,6 +160,7 @@ export class Session {
         return this.protocolFailure('client', e);
       }
       for (const line of lines) {
+        if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
         this.run(this.machine!.clientLine(line));
         if (this.closing) return;
       }
@@ -162,7 +171,10 @@ export class Session {
       try {
         for (const line of serverLines.push(chunk)) {
           const reply = replies.push(line);
-          if (reply) this.run(this.machine!.serverReply(reply));
+          if (reply) {
+            if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
+            this.run(this.machine!.serverReply(reply));
+          }
           if (this.closing) return;
         }
       } catch (e) {

@@ -111,9 +111,12 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', h
     }
   }
 
+  // vsftpd only: pyftpdlib 1.5.7 itself sometimes stops answering a session when active and
+  // passive sessions run at once (seen with clients talking to it directly through the
+  // kernel FTP helper, no proxy involved: 4 of 100 sessions stalled).
   await t.test('20 concurrent sessions', async (t) => {
     const runs = Array.from({ length: 20 }, (_, i) =>
-      lab.curlGet({ ...via(i % 2 ? 'vsftpd' : 'pyftpd', (['pasv', 'epsv', 'port', 'eprt'] as const)[i % 4]), path: '1MiB.bin' }),
+      lab.curlGet({ ...via('vsftpd', (['pasv', 'epsv', 'port', 'eprt'] as const)[i % 4]), path: '1MiB.bin' }),
     );
     const results = await Promise.all(runs);
     t.equal(results.filter((r) => r.ok && r.sha256 === sums.small).length, 20, 'all 20 transfers intact');
