@@ -2,6 +2,7 @@
 // rule redirects LAN clients' FTP to the proxy, which finds each real server from conntrack.
 // No kernel FTP helper anywhere: active FTP works only if the proxy does its job.
 
+import type { Test } from 'tap';
 import { join } from 'node:path';
 import { startLab, isRoot, sha256File, type FtpMode, type FtpTarget, type Lab, type ServerName } from './lab.js';
 import { startProxy, type ProxyProcess } from './proxy.js';
@@ -15,9 +16,9 @@ export interface OutboundRig {
 }
 
 export async function outboundSuite(
-  t: Tap.Test,
+  t: Test,
   backend: 'relay' | 'nftables',
-  hooks: { afterEach?: (rig: OutboundRig, t: Tap.Test) => Promise<void>; atEnd?: (rig: OutboundRig, t: Tap.Test) => Promise<void> } = {},
+  hooks: { afterEach?: (rig: OutboundRig, t: Test) => Promise<void>; atEnd?: (rig: OutboundRig, t: Test) => Promise<void> } = {},
 ): Promise<void> {
   if (!isRoot) {
     t.fail('end-to-end tests need root (network namespaces)');

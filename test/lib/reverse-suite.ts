@@ -1,6 +1,7 @@
 // The reverse-mode end-to-end suite, run once per data plane: real clients (curl, lftp)
 // in the client namespace, the proxy on the gateway fronting real servers in the server namespace.
 
+import type { Test } from 'tap';
 import type { Lab, FtpMode, ServerName } from './lab.js';
 import { startLab, isRoot, sha256File } from './lab.js';
 import { startProxy, type ProxyProcess } from './proxy.js';
@@ -16,7 +17,7 @@ export interface ReverseRig {
   proxies: Map<ServerName, { proc: ProxyProcess; port: number }>;
 }
 
-export async function reverseRig(t: Tap.Test, backend: 'relay' | 'nftables', extra: string[] = []): Promise<ReverseRig> {
+export async function reverseRig(t: Test, backend: 'relay' | 'nftables', extra: string[] = []): Promise<ReverseRig> {
   const lab = await startLab(t);
   const proxies = new Map<ServerName, { proc: ProxyProcess; port: number }>();
   let i = 0;
@@ -39,12 +40,12 @@ export async function reverseRig(t: Tap.Test, backend: 'relay' | 'nftables', ext
 /** Every transfer the issue asks for, through the proxy in reverse mode. */
 export interface SuiteHooks {
   /** Runs at the end of every subtest (e.g. "the nftables table holds no element"). */
-  afterEach?: (rig: ReverseRig, t: Tap.Test) => Promise<void>;
+  afterEach?: (rig: ReverseRig, t: Test) => Promise<void>;
   /** Runs after the proxies stopped. */
-  atEnd?: (rig: ReverseRig, t: Tap.Test) => Promise<void>;
+  atEnd?: (rig: ReverseRig, t: Test) => Promise<void>;
 }
 
-export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', hooks: SuiteHooks = {}): Promise<void> {
+export async function reverseSuite(t: Test, backend: 'relay' | 'nftables', hooks: SuiteHooks = {}): Promise<void> {
   if (!isRoot) {
     t.fail('end-to-end tests need root (network namespaces)');
     return;
@@ -63,7 +64,7 @@ export async function reverseSuite(t: Tap.Test, backend: 'relay' | 'nftables', h
     ...(user ? { user: lab.env.user, pass: lab.env.pass } : {}),
   });
   const uploadSrc = join(lab.env.cacheDir, '1MiB.bin');
-  const check = async (t: Tap.Test): Promise<void> => {
+  const check = async (t: Test): Promise<void> => {
     if (hooks.afterEach) await hooks.afterEach(rig, t);
   };
 

@@ -37,7 +37,7 @@ t.test('start: the table is replaced in one batch', async (t) => {
     ['admit4', 'dnat4', 'dnatport4', 'snat4', 'snatport4', 'admit6', 'dnat6', 'dnatport6', 'snat6', 'snatport6'],
   );
   t.same(
-    b.filter((c) => 'add' in c && 'chain' in c.add).map((c) => (c as { add: { chain: unknown } }).add.chain),
+    b.filter((c) => 'add' in c && 'chain' in c.add).map((c) => (c as unknown as { add: { chain: unknown } }).add.chain),
     [
       { family: 'inet', table: T, name: 'prerouting', type: 'nat', hook: 'prerouting', prio: -110, policy: 'accept' },
       { family: 'inet', table: T, name: 'postrouting', type: 'nat', hook: 'postrouting', prio: 90, policy: 'accept' },
@@ -56,7 +56,7 @@ t.test('start: the table is replaced in one batch', async (t) => {
       },
     },
   );
-  const rules = b.filter((c) => 'add' in c && 'rule' in c.add).map((c) => (c as { add: { rule: { chain: string; expr: unknown[] } } }).add.rule);
+  const rules = b.filter((c) => 'add' in c && 'rule' in c.add).map((c) => (c as unknown as { add: { rule: { chain: string; expr: unknown[] } } }).add.rule);
   t.same(rules.map((r) => r.chain), ['prerouting', 'prerouting', 'postrouting', 'postrouting', 'postrouting', 'postrouting']);
   t.same(rules[0]!.expr, [
     { match: { op: '==', left: { '&': [{ payload: { protocol: 'tcp', field: 'flags' } }, ['fin', 'syn', 'rst', 'ack']] }, right: 'syn' } },
@@ -76,8 +76,8 @@ t.test('start: mark and log rules', async (t) => {
   t.ok(b.some((c) => 'add' in c && 'chain' in c.add && c.add.chain.name === 'admit_log'), 'admit_log chain');
   const pre = b.flatMap((c) => ('add' in c && 'rule' in c.add && c.add.rule.chain === 'prerouting' ? [c.add.rule] : []));
   t.equal(pre.length, 4, 'a jump rule before each admission rule');
-  t.same((pre[0] as { expr: unknown[] }).expr.at(-1), { jump: { target: 'admit_log' } });
-  t.same((pre[1] as { expr: unknown[] }).expr.slice(3, 5), [
+  t.same((pre[0] as unknown as { expr: unknown[] }).expr.at(-1), { jump: { target: 'admit_log' } });
+  t.same((pre[1] as unknown as { expr: unknown[] }).expr.slice(3, 5), [
     { mangle: { key: { meta: { key: 'mark' } }, value: 0x42 } },
     { mangle: { key: { ct: { key: 'mark' } }, value: 0x42 } },
   ]);
@@ -105,7 +105,7 @@ t.test('open: admission elements, refreshed SNAT entry, optional log rule', asyn
   });
   const withPort = openBatch({ table: T, logRules: true, timeoutSec: 5 }, { ...passive, family: 4, sourcePort: 20 }).nftables;
   t.same(withPort.slice(6, 9).map((c) => Object.keys(c)[0]), ['add', 'delete', 'add']);
-  t.same((withPort[8] as { add: { element: { name: string; elem: unknown[] } } }).add.element, {
+  t.same((withPort[8] as unknown as { add: { element: { name: string; elem: unknown[] } } }).add.element, {
     family: 'inet',
     table: T,
     name: 'snatport4',

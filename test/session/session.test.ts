@@ -1,3 +1,4 @@
+import type { Test } from 'tap';
 import t from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
@@ -26,7 +27,7 @@ interface Rig {
 }
 
 async function rig(
-  t: Tap.Test,
+  t: Test,
   opts: { respond?: Responder; flags?: string[]; resolve?: () => Promise<Endpoint>; ports?: PortAllocator } = {},
 ): Promise<Rig> {
   const server = new ScriptedServer(opts.respond ?? basicResponder);
