@@ -1,12 +1,12 @@
 // Where a redirected connection was really going: SO_ORIGINAL_DST from the kernel (libc
-// getsockopt through koffi), with the /proc/net/nf_conntrack reply-tuple lookup as fallback.
+// getsockopt, see libc.ts), with the /proc/net/nf_conntrack reply-tuple lookup as fallback.
 
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import type net from 'node:net';
 import { OrigDstError } from '../errors.js';
 import type { Endpoint } from '../dataplane/types.js';
 import { canonical, familyOf } from './address.js';
+import { fdOf, loadLibc } from './libc.js';
 
 const SOL_IP = 0;
 const SOL_IPV6 = 41;
@@ -14,25 +14,6 @@ const SOL_IPV6 = 41;
 const SO_ORIGINAL_DST = 80;
 const AF_INET = 2;
 const AF_INET6 = 10;
-
-type GetSockOpt = (fd: number, level: number, name: number, val: Buffer, len: number[]) => number;
-
-let getsockopt: GetSockOpt | null | undefined;
-let errnoOf: (() => number) | null = null;
-
-/** libc getsockopt via koffi, or null where koffi or libc cannot be loaded. */
-function libcGetsockopt(): GetSockOpt | null {
-  if (getsockopt !== undefined) return getsockopt;
-  try {
-    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
-    const libc = koffi.load('libc.so.6');
-    getsockopt = libc.func('int getsockopt(int, int, int, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as GetSockOpt;
-    errnoOf = () => koffi.errno();
-  } catch {
-    getsockopt = null;
-  }
-  return getsockopt;
-}
 
 /** Decode a sockaddr_in / sockaddr_in6 as the kernel wrote it. */
 export function decodeSockaddr(buf: Buffer, len: number): Endpoint {
@@ -49,22 +30,17 @@ export function decodeSockaddr(buf: Buffer, len: number): Endpoint {
   throw new OrigDstError('BAD_SOCKADDR', `unexpected socket address family ${family}`);
 }
 
-function fdOf(sock: net.Socket): number | null {
-  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  return typeof fd === 'number' && fd >= 0 ? fd : null;
-}
-
 function bySockopt(sock: net.Socket): Endpoint | null {
-  const fn = libcGetsockopt();
+  const c = loadLibc();
   const fd = fdOf(sock);
-  if (!fn || fd === null) return null;
+  if (!c || fd === null) return null;
   // An IPv4 client on a dual-stack (::) listener shows as ::ffff:a.b.c.d and is NATed as IPv4.
   const mapped = (sock.localAddress ?? '').startsWith('::ffff:');
   const level = familyOf(canonical(sock.localAddress ?? '')) === 4 || mapped ? SOL_IP : SOL_IPV6;
   const buf = Buffer.alloc(28);
   const len = [buf.length];
-  if (fn(fd, level, SO_ORIGINAL_DST, buf, len) !== 0) {
-    const errno = errnoOf?.() ?? 0;
+  if (c.getsockopt(fd, level, SO_ORIGINAL_DST, buf, len) !== 0) {
+    const errno = c.errno();
     // ENOENT: no conntrack entry (conntrack not loaded for this flow).
     throw new OrigDstError('NO_ORIGINAL_DST', `SO_ORIGINAL_DST failed (errno ${errno})`);
   }

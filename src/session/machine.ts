@@ -44,7 +44,8 @@ export type LogLevel = 'debug' | 'info' | 'notice' | 'warn' | 'error';
 
 export type Action =
   | { readonly type: 'toClient'; readonly text: string }
-  | { readonly type: 'toServer'; readonly text: string }
+  /** `urgent`: an ABOR, to be sent with the Telnet Synch (TCP urgent data). */
+  | { readonly type: 'toServer'; readonly text: string; readonly urgent?: boolean }
   | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
   | { readonly type: 'release'; readonly id: string }
   | { readonly type: 'transfer'; readonly active: boolean }
@@ -54,8 +55,9 @@ export type Action =
 /** What a forwarded (or locally answered) command expects as its reply. */
 type Pending =
   | { readonly kind: 'passive'; readonly reply: 227 | 229 }
-  | { readonly kind: 'active' }
-  | { readonly kind: 'transfer'; readonly verb: string }
+  | { readonly kind: 'active'; readonly pathId: string }
+  /** pathId: the data path the transfer was sent with, released when its final reply comes. */
+  | { readonly kind: 'transfer'; readonly verb: string; readonly pathId: string | null }
   | { readonly kind: 'other'; readonly verb: string }
   /** Answered by the proxy itself; emitted in turn so replies stay in command order. */
   | { readonly kind: 'local'; readonly text: string };
@@ -150,7 +152,7 @@ export class SessionMachine {
     } else {
       const ep = { address: this.o.addressing.activeListen, port: path.port };
       out.push({ type: 'log', level: 'info', msg: 'active data path', fields: { dataPort: path.port } });
-      this.pending.push({ kind: 'active' });
+      this.pending.push({ kind: 'active', pathId: path.id });
       out.push({ type: 'toServer', text: this.serverFamily === 4 ? formatPort(ep) : formatEprt(ep) });
     }
     this.flushLocal(out);
@@ -251,8 +253,12 @@ export class SessionMachine {
         out.push({ type: 'log', level: 'notice', msg: 'AUTH refused: TLS cannot pass an FTP proxy', fields: { mechanism: cmd.mechanism } });
         return this.answerLocally('534 AUTH not available through this proxy, continue without TLS', out);
       case 'TRANSFER':
-        return this.forward(line, { kind: 'transfer', verb: cmd.verb }, out);
+        return this.forward(line, { kind: 'transfer', verb: cmd.verb, pathId: this.path?.id ?? null }, out);
       case 'ABOR':
+        // Sent clean; the shell adds Telnet IP and the Synch the server may need to notice it.
+        this.pending.push({ kind: 'other', verb: 'ABOR' });
+        out.push({ type: 'toServer', text: 'ABOR', urgent: true });
+        return;
       case 'QUIT':
       case 'CCC':
         return this.forward(line, { kind: 'other', verb: cmd.kind }, out);
@@ -348,6 +354,10 @@ export class SessionMachine {
     this.path = path;
   }
 
+  private releaseIfCurrent(pathId: string | null, out: Action[]): void {
+    if (pathId !== null && this.path?.id === pathId) this.replacePath(null, out);
+  }
+
   private handleServer(reply: Reply, out: Action[]): void {
     const head = this.pending[0];
     if (reply.code < 200) {
@@ -373,12 +383,14 @@ export class SessionMachine {
         }
         break;
       case 'active':
-        if (reply.code >= 400) this.replacePath(null, out);
+        if (reply.code >= 400) this.releaseIfCurrent(head.pathId, out);
         out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
         break;
       case 'transfer':
-        // The transfer is over (or never started): its data path admits nothing more.
-        this.replacePath(null, out);
+        // The transfer is over (or never started): its data path admits nothing more. Only
+        // that path: a server that skips a reply (pure-ftpd after ABOR) must not make us
+        // release a path negotiated after it.
+        this.releaseIfCurrent(head.pathId, out);
         if (this.transferring) {
           this.transferring = false;
           out.push({ type: 'transfer', active: false });

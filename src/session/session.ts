@@ -6,6 +6,7 @@ import { LineFramer } from '../protocol/lines.js';
 import { ReplyAssembler } from '../protocol/replies.js';
 import { FtpProxyError, ProtocolError } from '../errors.js';
 import { canonical, familyOf } from '../net/address.js';
+import { sendUrgent, setOobInline } from '../net/libc.js';
 import type { DataPlane, Endpoint } from '../dataplane/types.js';
 import type { AppLogger } from '../log.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
@@ -88,6 +89,7 @@ export class Session {
     const c = this.sock;
     c.setNoDelay(true);
     c.setKeepAlive(true, 60_000);
+    if (!setOobInline(c)) this.log.debug({}, 'SO_OOBINLINE not set: urgent ABOR bytes may be lost');
     // Nothing is read from the client until its server is connected.
     c.pause();
     c.on('error', (err) => this.teardown(`client error: ${err.message}`));
@@ -252,6 +254,7 @@ export class Session {
           this.write(this.sock, this.server, a.text);
           break;
         case 'toServer':
+          if (a.urgent && sendUrgent(this.server!, Buffer.from(a.text + '\r\n', 'latin1'))) break;
           this.write(this.server!, this.sock, a.text);
           break;
         case 'open':

@@ -4,6 +4,8 @@ usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|ep
                     [--source ADDR] [--timeout S] [--skip-pasv-ip] OP ...
   OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE | list [PATH] | nlst [PATH]
       | abor REMOTE [--after BYTES] [--style ftplib|rfc959]
+      | session STEP... (one login: get=F, rest=F@OFFSET, put=LOCAL@REMOTE, list=DIR, abor=F,
+        abor959=F: ABOR after Telnet IP + Synch)
 
 Prints one JSON object: {"ok", "op", "mode", ..., "replies": [control transcript], "elapsed_ms"}
 and exits 0 when ok, 1 on an FTP or network error (with "error" set).
@@ -125,8 +127,38 @@ def op_abor(ftp: LabFTP, a) -> dict:
     return {"bytes_before_abort": got, "abort_replies": abort_replies, "noop_ok": True}
 
 
+def op_session(ftp: LabFTP, a) -> dict:
+    """Several operations on one control connection, e.g. get=F rest=F@N abor=F put=L@R list=D."""
+    steps = []
+    for step in a.steps:
+        kind, _, arg = step.partition("=")
+        ns = argparse.Namespace(out=None, rest=None, after=CHUNK, style="ftplib", path=None, op=kind)
+        if kind == "get":
+            ns.remote = arg
+            r = op_get(ftp, ns)
+        elif kind == "rest":
+            ns.remote, _, offset = arg.partition("@")
+            ns.rest = int(offset)
+            r = op_get(ftp, ns)
+        elif kind == "put":
+            ns.local, _, ns.remote = arg.partition("@")
+            r = op_put(ftp, ns)
+        elif kind in ("list", "nlst"):
+            ns.path = arg or None
+            r = op_lines(ftp, ns)
+            r.pop("lines")
+        elif kind in ("abor", "abor959"):
+            ns.remote = arg
+            ns.style = "rfc959" if kind == "abor959" else "ftplib"
+            r = op_abor(ftp, ns)
+        else:
+            raise ValueError(f"unknown step {step!r}")
+        steps.append({"step": step, **r})
+    return {"steps": steps}
+
+
 OPS = {"login": lambda ftp, a: {}, "get": op_get, "put": op_put, "list": op_lines,
-       "nlst": op_lines, "abor": op_abor}
+       "nlst": op_lines, "abor": op_abor, "session": op_session}
 
 
 def parse_args() -> argparse.Namespace:
@@ -155,6 +187,7 @@ def parse_args() -> argparse.Namespace:
     b.add_argument("remote")
     b.add_argument("--after", type=int, default=CHUNK)
     b.add_argument("--style", choices=("ftplib", "rfc959"), default="ftplib")
+    sub.add_parser("session").add_argument("steps", nargs="+")
     return ap.parse_args()
 
 

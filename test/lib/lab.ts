@@ -107,6 +107,8 @@ export interface PyFtpResult {
   bytes_before_abort?: number;
   abort_replies?: string[];
   noop_ok?: boolean;
+  /** For the 'session' op: one result per step, in order. */
+  steps?: { step: string; bytes?: number; sha256?: string; count?: number; abort_replies?: string[]; noop_ok?: boolean }[];
   /** Control transcript: "> CMD" sent, "< reply" received (PASS masked). */
   replies: string[];
   elapsed_ms: number;

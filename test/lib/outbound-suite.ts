@@ -3,6 +3,8 @@
 // No kernel FTP helper anywhere: active FTP works only if the proxy does its job.
 
 import type { Test } from 'tap';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startLab, isRoot, sha256File, type FtpMode, type FtpTarget, type Lab, type ServerName } from './lab.js';
 import { startProxy, type ProxyProcess } from './proxy.js';
@@ -71,6 +73,42 @@ export async function outboundSuite(
           if (hooks.afterEach) await hooks.afterEach(rig, t);
         });
       }
+    }
+  }
+
+  const whole = await readFile(join(lab.env.cacheDir, '1MiB.bin'));
+  const tail = createHash('sha256').update(whole.subarray(524288)).digest('hex');
+  for (const s of SERVERS) {
+    for (const [family, mode] of [[4, 'pasv'], [4, 'port'], [6, 'epsv'], [6, 'eprt']] as const) {
+      await t.test(`${s} IPv${family} ${mode}: several transfers, REST and ABOR in one session`, async (t) => {
+        const r = await lab.pyftp(server(s, family, mode, true), [
+          'session',
+          'list=',
+          `put=${uploadSrc}@one-session-${family}-${mode}`,
+          `get=one-session-${family}-${mode}`,
+          `rest=one-session-${family}-${mode}@524288`,
+          `put=${join(lab.env.cacheDir, '100MiB.bin')}@big-${family}-${mode}`,
+          `abor=big-${family}-${mode}`,
+          `get=one-session-${family}-${mode}`,
+          `abor959=big-${family}-${mode}`,
+          'list=',
+        ]);
+        t.ok(r.ok, 'the session ran to the end');
+        if (!r.ok) {
+          t.comment(`${r.error ?? ''}: ${r.replies.slice(-8).join(' | ')}`);
+          const sid = proxy.find('session started').at(-1)?.sid;
+          t.comment(JSON.stringify(proxy.logs.filter((l) => l.sid === sid || l.sid === undefined).slice(-40)));
+        }
+        const steps = r.steps ?? [];
+        t.equal(steps.length, 9, 'every step ran');
+        t.equal(steps[2]?.sha256, small, 'download after upload');
+        t.equal(steps[3]?.sha256, tail, 'REST 524288 resumed at the right byte');
+        t.ok(steps[5]?.noop_ok, `ABOR answered and the session goes on: ${JSON.stringify(steps[5]?.abort_replies)}`);
+        t.equal(steps[6]?.sha256, small, 'a transfer after ABOR');
+        t.ok(steps[7]?.noop_ok, `ABOR after Telnet IP and Synch: ${JSON.stringify(steps[7]?.abort_replies)}`);
+        t.ok((steps[8]?.count ?? 0) >= 2, 'a LIST after it shows the uploaded files');
+        if (hooks.afterEach) await hooks.afterEach(rig, t);
+      });
     }
   }
 

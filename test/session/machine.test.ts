@@ -251,3 +251,31 @@ t.test('passiveDirect: the client is sent to the server address and port, no dat
   m.clientLine('EPSV');
   t.same(sent(m.serverReply(reply('229 ok (|||6000|)')), 'toClient'), ['229 Entering Extended Passive Mode (|||6000|)']);
 });
+
+t.test('a server that skips the reply to ABOR does not make a later path go away', async (t) => {
+  const m = machine();
+  const port = (n: number) => {
+    const a = m.clientLine(`PORT 192,0,2,2,200,${n}`);
+    const [o] = opens(a);
+    return m.dataOpened(o!.token, { id: `a${n}`, port: 50000 + n });
+  };
+  port(1);
+  m.serverReply(reply('200 PORT ok'));
+  m.clientLine('RETR big');
+  m.serverReply(reply('150-Connecting', '150 0.003 seconds (measured here)'));
+  m.clientLine('ABOR'); // pure-ftpd answers neither RETR nor ABOR here
+  m.clientLine('NOOP');
+  t.same(releases(m.serverReply(reply('200 Zzz'))), ['a1'], "taken as RETR's final reply: its own path goes");
+  const b = port(2);
+  t.same(releases(b), []);
+  t.same(releases(m.serverReply(reply('200 PORT ok'))), [], 'a reply that pairs with the stale ABOR releases nothing');
+  m.clientLine('RETR small');
+  t.same(releases(m.serverReply(reply('200 PORT ok'))), [], 'nor one that pairs with NOOP');
+  t.equal(m.currentPath?.id, 'a2', 'the new path stays admitted');
+});
+
+t.test('ABOR goes to the server marked urgent, without the client Telnet prefix', async (t) => {
+  const m = machine();
+  const a = m.clientLine('\xff\xf4\xff\xf2ABOR');
+  t.same(a.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: true }]);
+});

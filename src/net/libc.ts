@@ -1,0 +1,88 @@
+// The few libc socket calls Node does not offer, through koffi: getsockopt (for
+// SO_ORIGINAL_DST) and setsockopt (for SO_OOBINLINE). Loaded once, lazily; null where
+// koffi or libc cannot be loaded, and callers fall back.
+
+import { createRequire } from 'node:module';
+import type net from 'node:net';
+
+export interface Libc {
+  getsockopt(fd: number, level: number, name: number, val: Buffer, len: number[]): number;
+  setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
+  send(fd: number, buf: Buffer, len: number, flags: number): number;
+  errno(): number;
+}
+
+let libc: Libc | null | undefined;
+
+export function loadLibc(): Libc | null {
+  if (libc !== undefined) return libc;
+  try {
+    const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
+    const lib = koffi.load('libc.so.6');
+    libc = {
+      getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt'],
+      setsockopt: lib.func('int setsockopt(int, int, int, const uint8_t *optval, uint32_t optlen)') as Libc['setsockopt'],
+      send: lib.func('long send(int, const uint8_t *buf, size_t len, int flags)') as Libc['send'],
+      errno: () => koffi.errno(),
+    };
+  } catch {
+    libc = null;
+  }
+  return libc;
+}
+
+/** The kernel file descriptor behind a connected net.Socket, or null. */
+export function fdOf(sock: net.Socket): number | null {
+  const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+const SOL_SOCKET = 1;
+const SO_OOBINLINE = 10;
+
+/**
+ * Keep TCP urgent data in the normal byte stream. Clients send ABOR (or the Telnet Synch
+ * before it) with MSG_OOB; without this the kernel takes the last byte of that send out of
+ * the stream (often the LF of "ABOR\r\n") and Node never sees it. Returns false if it could
+ * not be set.
+ */
+export function setOobInline(sock: net.Socket): boolean {
+  const c = loadLibc();
+  const fd = fdOf(sock);
+  if (!c || fd === null) return false;
+  const one = Buffer.alloc(4);
+  one.writeInt32LE(1);
+  return c.setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, one, 4) === 0;
+}
+
+const MSG_OOB = 1;
+const MSG_DONTWAIT = 0x40;
+const TELNET_IP_IAC = Buffer.from([0xff, 0xf4, 0xff]);
+const TELNET_DM = Buffer.from([0xf2]);
+
+/**
+ * Send `line` (ABOR) the way RFC 959 asks: Telnet IP, then the Synch (IAC with DM as TCP
+ * urgent data), then the command. Servers busy sending a file watch for urgent data, not for
+ * the next line (pure-ftpd ignores an in-band ABOR until the transfer ends). Only done when
+ * nothing is queued on the socket, so the bytes cannot overtake earlier writes; returns
+ * false (nothing sent) when it cannot, and the caller writes the line normally.
+ */
+export function sendUrgent(sock: net.Socket, line: Buffer): boolean {
+  const c = loadLibc();
+  const fd = fdOf(sock);
+  if (!c || fd === null || sock.writableLength > 0 || sock.pending) return false;
+  const parts: [Buffer, number][] = [
+    [TELNET_IP_IAC, MSG_DONTWAIT],
+    [TELNET_DM, MSG_DONTWAIT | MSG_OOB],
+    [line, MSG_DONTWAIT],
+  ];
+  for (const [i, [buf, flags]] of parts.entries()) {
+    const n = c.send(fd, buf, buf.length, flags);
+    if (n === buf.length) continue;
+    // The send buffer is full (rare for a few bytes): hand what is left to Node, in order.
+    const rest = Buffer.concat([n > 0 ? buf.subarray(n) : buf, ...parts.slice(i + 1).map(([b]) => b)]);
+    sock.write(rest);
+    return true;
+  }
+  return true;
+}
