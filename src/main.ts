@@ -60,8 +60,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     await dataPlane.start();
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
-    const hint = dataPlane.name === 'nftables' ? ' (without nftables, use --backend relay)' : '';
-    out.err(`ftp-proxy: cannot start the ${dataPlane.name} data plane: ${msg}${hint}\n`);
+    out.err(`ftp-proxy: cannot start the ${dataPlane.name} data plane: ${msg}\n`);
     logger.flush();
     return 2;
   }

@@ -5,7 +5,7 @@ usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|ep
   OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE | list [PATH] | nlst [PATH]
       | abor REMOTE [--after BYTES] [--style ftplib|rfc959]
       | session STEP... (one login: get=F, rest=F@OFFSET, put=LOCAL@REMOTE, list=DIR, abor=F,
-        abor959=F: ABOR after Telnet IP + Synch)
+        abor959=F: ABOR after Telnet IP + Synch) | raw CMD... (replies as they come)
 
 Prints one JSON object: {"ok", "op", "mode", ..., "replies": [control transcript], "elapsed_ms"}
 and exits 0 when ok, 1 on an FTP or network error (with "error" set).
@@ -157,7 +157,20 @@ def op_session(ftp: LabFTP, a) -> dict:
     return {"steps": steps}
 
 
-OPS = {"login": lambda ftp, a: {}, "get": op_get, "put": op_put, "list": op_lines,
+def op_raw(ftp: LabFTP, a) -> dict:
+    """Send each command as is, after login; collect the replies (errors are replies too).
+    A command 'SLEEP=S' waits S seconds instead."""
+    out = []
+    for cmd in a.commands:
+        if cmd.startswith("SLEEP="):
+            time.sleep(float(cmd[6:]))
+            continue
+        ftp.putcmd(cmd)
+        out.append(ftp.getmultiline())
+    return {"raw_replies": out}
+
+
+OPS = {"raw": op_raw, "login": lambda ftp, a: {}, "get": op_get, "put": op_put, "list": op_lines,
        "nlst": op_lines, "abor": op_abor, "session": op_session}
 
 
@@ -188,6 +201,7 @@ def parse_args() -> argparse.Namespace:
     b.add_argument("--after", type=int, default=CHUNK)
     b.add_argument("--style", choices=("ftplib", "rfc959"), default="ftplib")
     sub.add_parser("session").add_argument("steps", nargs="+")
+    sub.add_parser("raw").add_argument("commands", nargs="+")
     return ap.parse_args()
 
 

@@ -107,6 +107,8 @@ export interface PyFtpResult {
   bytes_before_abort?: number;
   abort_replies?: string[];
   noop_ok?: boolean;
+  /** For the 'raw' op: the first line of each reply, in order. */
+  raw_replies?: string[];
   /** For the 'session' op: one result per step, in order. */
   steps?: { step: string; bytes?: number; sha256?: string; count?: number; abort_replies?: string[]; noop_ok?: boolean }[];
   /** Control transcript: "> CMD" sent, "< reply" received (PASS masked). */

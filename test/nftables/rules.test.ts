@@ -328,3 +328,11 @@ t.test('data plane bookkeeping over a recording runner', async (t) => {
     t.throws(() => new NftablesDataPlane({ ports, logger, runner: new RecordingRunner(), mark: -1 }), RangeError);
   });
 });
+
+t.test('CAP_NET_ADMIN is read from CapEff', async (t) => {
+  const { hasNetAdmin } = await import('../../src/dataplane/nftables/runner.js');
+  t.equal(hasNetAdmin('Name:\tnode\nCapEff:\t000001ffffffffff\n'), true, 'root');
+  t.equal(hasNetAdmin('CapEff:\t0000000000000000\n'), false, 'nobody');
+  t.equal(hasNetAdmin('CapEff:\t0000000000001000\n'), true, 'just CAP_NET_ADMIN');
+  t.equal(hasNetAdmin(null), true, 'unknown: let nft decide');
+});

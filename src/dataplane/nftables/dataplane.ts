@@ -1,13 +1,14 @@
 // The nftables data plane: one table of ours on the gateway, and per data connection a few
 // timed set/map elements that let the kernel admit, DNAT and SNAT exactly one connection.
 
+import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { DataPlaneError } from '../../errors.js';
 import type { PortAllocator } from '../../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from '../types.js';
 import { LibnftablesRunner } from './libnftables.js';
 import { closeBatch, CHAIN, openBatch, releaseBatch, snatKeyString, startBatch, type PathSpec, type TableOptions } from './rules.js';
-import type { NftRunner, RunnerChoice, RunnerName } from './runner.js';
+import { hasNetAdmin, notPermitted, type NftRunner, type RunnerChoice, type RunnerName } from './runner.js';
 import { SpawnRunner } from './spawn.js';
 
 export interface NftablesDataPlaneOptions {
@@ -91,6 +92,7 @@ export class NftablesDataPlane implements DataPlane {
   }
 
   async start(): Promise<void> {
+    if (!hasNetAdmin(await readFile('/proc/self/status', 'utf8').catch(() => null))) throw notPermitted();
     // One transaction: add table, delete table, add table and everything in it (rules.ts).
     await this.runner.run(startBatch(this.opts)).catch((e: unknown) => {
       throw startError(e);

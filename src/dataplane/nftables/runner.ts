@@ -45,6 +45,24 @@ export function nftFailure(errorText: string, cause?: unknown): DataPlaneError {
   return new DataPlaneError('BACKEND_FAILED', `nft: ${firstLine(text)}`, { cause: cause ?? text });
 }
 
+const CAP_NET_ADMIN = 12n;
+
+/**
+ * Whether this process holds CAP_NET_ADMIN (from /proc/self/status). Checked before the first
+ * libnftables call, because the library prints its own "you must be root" line on stderr
+ * when it cannot open its netlink socket. Where the status cannot be read, says yes and lets
+ * nft itself decide.
+ */
+export function hasNetAdmin(status: string | null): boolean {
+  const m = status && /^CapEff:\s*([0-9a-f]+)$/im.exec(status);
+  if (!m) return true;
+  return ((BigInt('0x' + m[1]) >> CAP_NET_ADMIN) & 1n) === 1n;
+}
+
+export function notPermitted(): DataPlaneError {
+  return new DataPlaneError('NFT_NOT_PERMITTED', `nftables needs root or CAP_NET_ADMIN; or ${RELAY_HINT}`);
+}
+
 const firstLine = (s: string): string => s.split('\n').find((l) => l.trim() !== '')?.trim() ?? s;
 
 /** The `nftables` array of nft's JSON output ('' when nothing was echoed). */
