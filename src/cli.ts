@@ -30,7 +30,15 @@ export interface RawOptions {
   nftTable: string;
   shutdownGrace: string;
   printRuleset?: boolean;
+  loginTimeout: string;
+  tls: string;
+  allowClient: string[];
+  denyClient: string[];
+  allowServer: string[];
+  denyServer: string[];
 }
+
+const collect = (value: string, previous: string[]): string[] => [...previous, ...value.split(',')];
 
 export const VERSION = '0.1.0';
 
@@ -63,6 +71,12 @@ export function buildCommand(): Command {
     .option('--data-ports <lo-hi>', 'ports used for data connections, 1024-65535', '49152-65535')
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
+    .option('--login-timeout <seconds>', 'time from connect to a successful login, 1-3600', '120')
+    .option('--tls <refuse|pass>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP) or pass (then opaque: no data connections are admitted)', 'refuse')
+    .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
+    .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])
+    .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])
+    .option('--deny-server <cidr>', 'refuse these server addresses (repeatable)', collect, [])
     .option('--data-timeout <seconds>', 'time an admitted data connection may take to arrive, 1-3600', '30')
     .option('--max-line-length <bytes>', 'longest accepted control line, 512-65536', '1024')
     .option('--nft-table <name>', 'name of the inet table ftp-proxy owns', 'ftp_proxy')

@@ -5,6 +5,20 @@ import ipaddr from 'ipaddr.js';
 import type { RawOptions } from './cli.js';
 import { ConfigError } from './errors.js';
 import type { Endpoint } from './dataplane/types.js';
+import { AddressList, parseCidr } from './net/policy.js';
+
+function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCidr>[] {
+  return raw
+    .map((r) => r.trim())
+    .filter((r) => r !== '')
+    .map((r) => {
+      try {
+        return parseCidr(r);
+      } catch {
+        return fail(flag, `'${r}' is not an address or CIDR block`);
+      }
+    });
+}
 
 export type Backend = 'nftables' | 'relay';
 
@@ -36,6 +50,10 @@ export interface Config {
   readonly nftTable: string;
   readonly shutdownGrace: number;
   readonly printRuleset: boolean;
+  readonly loginTimeout: number;
+  readonly tls: 'refuse' | 'pass';
+  readonly clients: AddressList;
+  readonly servers: AddressList;
 }
 
 function fail(flag: string, message: string): never {
@@ -82,6 +100,12 @@ function portRange(flag: string, raw: string): { low: number; high: number } {
   const high = integer(flag, m[2]!, 1024, 65535);
   if (low > high) fail(flag, `'${raw}': ${low} is above ${high}`);
   return { low, high };
+}
+
+function tlsMode(raw: string): 'refuse' | 'pass' {
+  const v = raw.trim().toLowerCase();
+  if (v !== 'refuse' && v !== 'pass') fail('--tls', `'${raw}' is not one of refuse, pass`);
+  return v;
 }
 
 export function buildConfig(o: RawOptions): Config {
@@ -137,6 +161,10 @@ export function buildConfig(o: RawOptions): Config {
     nftTable: table,
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,
+    loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
+    tls: tlsMode(o.tls),
+    clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
+    servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
   };
   if (cfg.masqueradeAddress !== undefined && ipaddr.parse(cfg.masqueradeAddress).kind() !== 'ipv4') {
     fail('--masquerade-address', 'must be an IPv4 address (227 replies carry IPv4 only; EPSV needs no address)');

@@ -51,6 +51,8 @@ export class ProxyServer {
       setTimeout(() => sock.destroy(), 2000).unref();
     };
     if (this.stopping) return refuse('connection refused: shutting down', '421 Service not available, proxy shutting down');
+    const policy = cfg.clients.refusal(client);
+    if (policy) return refuse(`client refused by policy (${policy})`, '530 Access denied: your address may not use this proxy');
     if (this.sessions.size >= cfg.maxSessions) {
       return refuse('session limit reached', `421 Too many sessions (${cfg.maxSessions}), try again later`);
     }
@@ -69,7 +71,10 @@ export class ProxyServer {
       ...(cfg.masqueradeAddress !== undefined ? { masqueradeAddress: cfg.masqueradeAddress } : {}),
       anonymousOnly: cfg.anonymousOnly,
       rewriteSourcePort: cfg.rewriteSourcePort,
+      tls: cfg.tls,
+      servers: cfg.servers,
       connectTimeout: cfg.connectTimeout,
+      loginTimeout: cfg.loginTimeout,
       idleTimeout: cfg.idleTimeout,
       maxLineLength: cfg.maxLineLength,
       onClose: (s) => this.forget(s, client),

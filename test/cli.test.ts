@@ -70,6 +70,17 @@ t.test('every flag, short and long', async (t) => {
   ]).config!;
   t.match(l, { bind: '192.0.2.1', debugLevel: 3, maxSessions: 5, mark: 7, idleTimeout: 0, reverse: { address: '192.0.2.10' } });
   t.equal(run(['--tag', '3']).config!.mark, 3);
+  const p = run(['--allow-client', '192.0.2.0/24,2001:db8:1::/48', '--allow-client', '203.0.113.7', '--deny-client', '192.0.2.66', '--deny-server', '::ffff:10.0.0.0/104']).config!;
+  t.equal(p.clients.refusal('192.0.2.5'), null);
+  t.equal(p.clients.refusal('203.0.113.7'), null, 'a bare address is a /32');
+  t.equal(p.clients.refusal('2001:db8:1::2'), null);
+  t.equal(p.clients.refusal('192.0.2.66'), 'denied', 'deny wins over allow');
+  t.equal(p.clients.refusal('198.51.100.9'), 'not allowed');
+  t.equal(p.clients.refusal('::ffff:192.0.2.5'), null, 'IPv4-mapped clients match IPv4 blocks');
+  t.equal(p.servers.refusal('10.1.2.3'), 'denied', 'IPv4-mapped blocks match IPv4 servers');
+  t.equal(p.servers.refusal('198.51.100.2'), null, 'no allow list: everything else passes');
+  t.equal(run([]).config!.tls, 'refuse');
+  t.equal(run([]).config!.loginTimeout, 120);
 });
 
 t.test('every invalid value: exit 2 and one line naming the flag', async (t) => {
@@ -112,6 +123,12 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['--max-line-length', '100'], /--max-line-length/],
     [['--nft-table', 'my-table'], /--nft-table/],
     [['--shutdown-grace', 'x'], /--shutdown-grace/],
+    [['--login-timeout', '0'], /--login-timeout/],
+    [['--tls', 'starttls'], /--tls: 'starttls' is not one of refuse, pass/],
+    [['--allow-client', '192.0.2.0/33'], /--allow-client: '192.0.2.0\/33' is not an address or CIDR block/],
+    [['--deny-client', 'lan'], /--deny-client/],
+    [['--allow-server', '10.0.0.0/8,nope'], /--allow-server: 'nope'/],
+    [['--deny-server', '::1/200'], /--deny-server/],
     [['--bogus'], /unknown option '--bogus'/],
     [['-x'], /unknown option '-x'/],
     [['-p'], /argument missing/],

@@ -36,6 +36,11 @@ export interface MachineOptions {
   readonly addressing: Addressing;
   readonly anonymousOnly: boolean;
   readonly rewriteSourcePort: boolean;
+  /**
+   * AUTH TLS/SSL: 'refuse' answers 534 so the client goes on in plain FTP; 'pass' forwards it
+   * and, once the server accepts (234), the session becomes an opaque byte relay.
+   */
+  readonly tls?: 'refuse' | 'pass';
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -49,6 +54,10 @@ export type Action =
   | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
   | { readonly type: 'release'; readonly id: string }
   | { readonly type: 'transfer'; readonly active: boolean }
+  /** The server accepted the login (230/232): login-phase limits end. */
+  | { readonly type: 'loggedIn' }
+  /** TLS starts now: from here on the shell relays bytes without reading them. */
+  | { readonly type: 'opaque' }
   | { readonly type: 'close'; readonly reason: string; readonly reply?: string }
   | { readonly type: 'log'; readonly level: LogLevel; readonly msg: string; readonly fields?: Record<string, unknown> };
 
@@ -59,6 +68,7 @@ type Pending =
   /** pathId: the data path the transfer was sent with, released when its final reply comes. */
   | { readonly kind: 'transfer'; readonly verb: string; readonly pathId: string | null }
   | { readonly kind: 'other'; readonly verb: string }
+  | { readonly kind: 'auth' }
   /** Answered by the proxy itself; emitted in turn so replies stay in command order. */
   | { readonly kind: 'local'; readonly text: string };
 
@@ -80,6 +90,7 @@ export class SessionMachine {
   private path: DataPath | null = null;
   private transferring = false;
   private epsvAll = false;
+  private loggedIn = false;
   private closed = false;
   private readonly clientFamily: 4 | 6;
   private readonly serverFamily: 4 | 6;
@@ -249,6 +260,15 @@ export class SessionMachine {
         out.push({ type: 'log', level: 'info', msg: 'login', fields: { user: cmd.name } });
         return this.forward(line, { kind: 'other', verb: 'USER' }, out);
       case 'AUTH':
+        if (this.o.tls === 'pass') {
+          out.push({
+            type: 'log',
+            level: 'warn',
+            msg: 'AUTH passed through: if the server accepts, this session is encrypted and its data connections are not admitted',
+            fields: { mechanism: cmd.mechanism },
+          });
+          return this.forward(line, { kind: 'auth' }, out);
+        }
         // No ALG can rewrite PORT/PASV inside TLS; refusing lets the client fall back to plain FTP.
         out.push({ type: 'log', level: 'notice', msg: 'AUTH refused: TLS cannot pass an FTP proxy', fields: { mechanism: cmd.mechanism } });
         return this.answerLocally('534 AUTH not available through this proxy, continue without TLS', out);
@@ -398,7 +418,20 @@ export class SessionMachine {
         out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
         break;
       case 'other':
+        if (!this.loggedIn && (reply.code === 230 || reply.code === 232)) {
+          this.loggedIn = true;
+          out.push({ type: 'loggedIn' });
+        }
         out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+        break;
+      case 'auth':
+        out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+        if (reply.code === 234) {
+          this.replacePath(null, out);
+          this.closed = true;
+          out.push({ type: 'opaque' });
+          return;
+        }
         break;
     }
     this.flushLocal(out);

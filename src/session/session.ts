@@ -9,6 +9,7 @@ import { canonical, familyOf } from '../net/address.js';
 import { sendUrgent, setOobInline } from '../net/libc.js';
 import type { DataPlane, Endpoint } from '../dataplane/types.js';
 import type { AppLogger } from '../log.js';
+import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
 
 export interface SessionOptions {
@@ -22,8 +23,13 @@ export interface SessionOptions {
   readonly masqueradeAddress?: string;
   readonly anonymousOnly: boolean;
   readonly rewriteSourcePort: boolean;
+  readonly tls: 'refuse' | 'pass';
+  /** Servers this proxy may connect to. */
+  readonly servers: AddressList;
   /** Seconds. */
   readonly connectTimeout: number;
+  /** Seconds from accept to a successful login (also catches a server that never greets). */
+  readonly loginTimeout: number;
   /** Seconds; 0 = none. */
   readonly idleTimeout: number;
   readonly maxLineLength: number;
@@ -59,6 +65,8 @@ export class Session {
   private machine: SessionMachine | null = null;
   private readonly log: AppLogger;
   private connectTimer: NodeJS.Timeout | null = null;
+  private loginTimer: NodeJS.Timeout | null = null;
+  private opaque = false;
   private idleTimer: NodeJS.Timeout | null = null;
   private closing: string | null = null;
   private readonly openTokens = new Set<number>();
@@ -99,6 +107,10 @@ export class Session {
       () => this.teardown('server connect timeout', '421 Service not available: the server did not answer in time'),
       this.o.connectTimeout * 1000,
     );
+    this.loginTimer = setTimeout(
+      () => this.teardown('login timeout', '421 Login timeout: closing control connection'),
+      this.o.loginTimeout * 1000,
+    );
     this.o
       .resolveServer(c)
       .then((server) => this.connect(server))
@@ -111,6 +123,12 @@ export class Session {
 
   private connect(server: Endpoint): void {
     if (this.closing) return;
+    const refusal = this.o.servers.refusal(server.address);
+    if (refusal) {
+      this.log.notice({ server: `${server.address}:${server.port}`, policy: refusal }, 'server refused by policy');
+      this.teardown('server refused by policy', `530 Access to ${server.address} is not permitted through this proxy`);
+      return;
+    }
     this.log.info({ server: `${server.address}:${server.port}` }, 'session started');
     const s = net.connect({
       host: server.address,
@@ -149,18 +167,21 @@ export class Session {
       addressing,
       anonymousOnly: this.o.anonymousOnly,
       rewriteSourcePort: this.o.rewriteSourcePort,
+      tls: this.o.tls,
     });
     const clientLines = new LineFramer(this.o.maxLineLength);
     const serverLines = new LineFramer(this.o.maxLineLength);
     const replies = new ReplyAssembler(MAX_REPLY_LINES);
     this.sock.on('data', (chunk: Buffer) => {
-      this.touch();
+      if (this.opaque) return;
       let lines: string[];
       try {
         lines = clientLines.push(chunk);
       } catch (e) {
         return this.protocolFailure('client', e);
       }
+      // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
+      if (lines.length > 0) this.touch();
       for (const line of lines) {
         if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
         this.run(this.machine!.clientLine(line));
@@ -169,11 +190,12 @@ export class Session {
       this.throttleClient();
     });
     s.on('data', (chunk: Buffer) => {
-      this.touch();
+      if (this.opaque) return;
       try {
         for (const line of serverLines.push(chunk)) {
           const reply = replies.push(line);
           if (reply) {
+            this.touch();
             if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
             this.run(this.machine!.serverReply(reply));
           }
@@ -270,11 +292,35 @@ export class Session {
         case 'close':
           this.teardown(a.reason, a.reply);
           break;
+        case 'loggedIn':
+          if (this.loginTimer) clearTimeout(this.loginTimer);
+          this.loginTimer = null;
+          break;
+        case 'opaque':
+          this.goOpaque();
+          break;
         case 'log':
           this.log[a.level](a.fields ?? {}, a.msg);
           break;
       }
     }
+  }
+
+  /**
+   * TLS has started: relay bytes both ways without reading them, until either side closes.
+   * Replies already written are flushed first by the sockets' own ordering.
+   */
+  private goOpaque(): void {
+    const s = this.server!;
+    this.opaque = true;
+    if (this.loginTimer) clearTimeout(this.loginTimer);
+    this.loginTimer = null;
+    this.log.warn({}, 'TLS started: relaying the control connection blindly; data connections are not admitted');
+    this.sock.on('data', () => this.touch());
+    s.on('data', () => this.touch());
+    this.sock.pipe(s);
+    s.pipe(this.sock);
+    this.sock.resume();
   }
 
   /** Write with backpressure: when `to` is full, stop reading from `from` until it drains. */
@@ -336,9 +382,8 @@ export class Session {
   teardown(reason: string, reply?: string): void {
     if (this.closing) return;
     this.closing = reason;
-    if (this.connectTimer) clearTimeout(this.connectTimer);
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.connectTimer = this.idleTimer = null;
+    for (const timer of [this.connectTimer, this.loginTimer, this.idleTimer]) if (timer) clearTimeout(timer);
+    this.connectTimer = this.loginTimer = this.idleTimer = null;
     const path = this.machine?.currentPath ?? null;
     this.machine?.close();
     if (reply && this.sock.writable) this.sock.write(reply + '\r\n', 'latin1');

@@ -275,4 +275,134 @@ t.test('split and pipelined commands are handled as whole lines in order', async
   t.match(await c.line(), /^227 /);
   t.equal(await c.line(), '200 NOOP ok');
   c.end();
+  // Every split position of one pipelined buffer, and all of it in one segment.
+  for (let cut = 0; cut <= bytes.length; cut += 7) {
+    const d = new Control(r.proxyPort);
+    t.match(await d.line(), /^220 /);
+    d.sock.write(bytes.subarray(0, cut));
+    await new Promise((res) => setTimeout(res, 5));
+    d.sock.write(bytes.subarray(cut));
+    const got = [await d.line(), await d.line(), await d.line(), await d.line(), await d.line()];
+    t.match(got, [/^331 /, /^230 /, /^200 /, /^227 /, /^200 /], `cut at ${cut}`);
+    d.end();
+  }
+});
+
+t.test('a server that never greets: 421 within the login timeout', async (t) => {
+  const silent = new ScriptedServer(() => null, null);
+  const port = await silent.listen();
+  t.teardown(() => silent.close());
+  const r = await rig(t, { flags: ['--login-timeout', '1'], resolve: async () => ({ address: '127.0.0.1', port }) });
+  const c = new Control(r.proxyPort);
+  t.match(await c.line(3000), /^421 Login timeout/);
+  await c.closedWithin();
+});
+
+t.test('slowloris: a client dribbling a line byte by byte is idle', async (t) => {
+  const r = await rig(t, { flags: ['-t', '1'] });
+  const c = new Control(r.proxyPort);
+  await login(c);
+  let stop = false;
+  void (async () => {
+    for (const ch of 'NOOP'.repeat(100)) {
+      if (stop || c.closed) return;
+      c.sock.write(ch);
+      await new Promise((res) => setTimeout(res, 200));
+    }
+  })();
+  t.match(await c.line(4000), /^421 Timeout/);
+  stop = true;
+  await c.closedWithin();
+});
+
+t.test('login timeout stops counting once logged in', async (t) => {
+  const r = await rig(t, { flags: ['--login-timeout', '1'] });
+  const c = new Control(r.proxyPort);
+  await login(c);
+  await new Promise((res) => setTimeout(res, 1500));
+  c.send('NOOP');
+  t.equal(await c.line(), '200 NOOP ok');
+  c.end();
+});
+
+t.test('access policy: clients and servers by CIDR, checked before connecting', async (t) => {
+  const denied = await rig(t, { flags: ['--deny-client', '127.0.0.0/8'] });
+  const c = new Control(denied.proxyPort);
+  t.match(await c.line(), /^530 Access denied/);
+  await c.closedWithin();
+  t.equal(denied.server.received.length, 0);
+
+  const notAllowed = await rig(t, { flags: ['--allow-client', '192.0.2.0/24,2001:db8::/32'] });
+  const d = new Control(notAllowed.proxyPort);
+  t.match(await d.line(), /^530 /);
+
+  const serverDenied = await rig(t, { flags: ['--allow-server', '10.0.0.0/8'] });
+  const e = new Control(serverDenied.proxyPort);
+  t.match(await e.line(), /^530 Access to 127.0.0.1 is not permitted/);
+  await e.closedWithin();
+  t.equal(serverDenied.server.sockets.size, 0, 'never connected to the server');
+
+  const allowed = await rig(t, { flags: ['--allow-client', '::ffff:127.0.0.0/104', '--deny-server', '10.0.0.0/8'] });
+  const f = new Control(allowed.proxyPort);
+  t.match(await f.line(), /^220 /);
+  f.end();
+});
+
+t.test('--tls pass: after 234 the session is relayed as opaque bytes', async (t) => {
+  const r = await rig(t, {
+    flags: ['--tls', 'pass'],
+    respond: (line, sock) => {
+      if (line === 'AUTH TLS') {
+        sock.write('234 go ahead\r\n');
+        // From here on a real server speaks TLS; echo raw bytes to show they pass untouched.
+        sock.removeAllListeners('data');
+        sock.on('data', (d) => sock.write(Buffer.concat([Buffer.from('echo:'), d])));
+        return null;
+      }
+      return basicResponder(line, sock);
+    },
+  });
+  const c = new Control(r.proxyPort);
+  t.match(await c.line(), /^220 /);
+  c.send('AUTH TLS');
+  t.equal(await c.line(), '234 go ahead');
+  // A NUL would end a parsed session; PASV would be rewritten: neither happens now.
+  c.sock.write(Buffer.concat([Buffer.from([0x16, 0x03, 0x01, 0x00, 0x05]), Buffer.from('PASV\r\n')]));
+  t.equal(await c.line(), 'echo:\x16\x03\x01\x00\x05PASV', 'bytes pass unparsed');
+  t.equal(r.dp.opened.length, 0);
+  c.end();
+});
+
+t.test('a server closing right after 227: client told, path released', async (t) => {
+  const r = await rig(t, {
+    respond: (line, sock) => {
+      if (line === 'PASV') {
+        sock.end('227 Entering Passive Mode (127,0,0,1,19,137)\r\n');
+        return null;
+      }
+      return basicResponder(line, sock);
+    },
+  });
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('PASV');
+  const got = await c.line();
+  t.ok(got === null || /^227 /.test(got), `227 or nothing: ${got}`);
+  await c.closedWithin();
+  t.ok(await eventually(() => r.dp.live.size === 0), 'no path outlives the session');
+});
+
+t.test('NUL and CR floods end the session with 500', async (t) => {
+  const r = await rig(t);
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.sock.write('NOOP\x00\r\n');
+  t.match(await c.line(), /^500 /);
+  await c.closedWithin();
+  const d = new Control(r.proxyPort);
+  await login(d);
+  d.sock.write('\r'.repeat(5000));
+  t.match(await d.line(), /^500 .*too long/);
+  await d.closedWithin();
+  t.ok(await eventually(() => r.proxy.sessions.size === 0));
 });
