@@ -275,9 +275,11 @@ export class SessionMachine {
       case 'TRANSFER':
         return this.forward(line, { kind: 'transfer', verb: cmd.verb, pathId: this.path?.id ?? null }, out);
       case 'ABOR':
-        // Sent clean; the shell adds Telnet IP and the Synch the server may need to notice it.
+        // Sent clean. While a transfer runs the server may only watch for urgent data, so the
+        // shell adds Telnet IP and the Synch; otherwise a plain line, because some servers
+        // (pure-ftpd) silently drop a line with Telnet bytes when they are not transferring.
         this.pending.push({ kind: 'other', verb: 'ABOR' });
-        out.push({ type: 'toServer', text: 'ABOR', urgent: true });
+        out.push({ type: 'toServer', text: 'ABOR', urgent: this.transferring });
         return;
       case 'QUIT':
       case 'CCC':

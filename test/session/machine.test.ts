@@ -274,8 +274,16 @@ t.test('a server that skips the reply to ABOR does not make a later path go away
   t.equal(m.currentPath?.id, 'a2', 'the new path stays admitted');
 });
 
-t.test('ABOR goes to the server marked urgent, without the client Telnet prefix', async (t) => {
+t.test('ABOR goes to the server clean, marked urgent only while a transfer runs', async (t) => {
   const m = machine();
-  const a = m.clientLine('\xff\xf4\xff\xf2ABOR');
-  t.same(a.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: true }]);
+  const idle = m.clientLine('\xff\xf4\xff\xf2ABOR');
+  t.same(idle.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: false }]);
+  m.serverReply(reply('225 no transfer'));
+  m.clientLine('PASV');
+  const o = opens(m.serverReply(reply('227 (198,51,100,2,4,1)')));
+  m.dataOpened(o[0]!.token, { id: 'p', port: 50000 });
+  m.clientLine('RETR big');
+  m.serverReply(reply('150 sending'));
+  const busy = m.clientLine('\xff\xf4\xff\xf2ABOR');
+  t.same(busy.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: true }]);
 });
