@@ -21,7 +21,6 @@ interface RelayPath {
   listener: net.Server | null;
   timer: NodeJS.Timeout | null;
   readonly sockets: Set<net.Socket>;
-  bytes: { toTarget: number; toPeer: number };
 }
 
 export class RelayDataPlane implements DataPlane {
@@ -55,7 +54,7 @@ export class RelayDataPlane implements DataPlane {
       throw e instanceof DataPlaneError ? e : new DataPlaneError('BACKEND_FAILED', 'relay listen failed', { cause: e });
     });
     const id = `relay-${++this.seq}`;
-    const path: RelayPath = { req, port, listener, timer: null, sockets: new Set(), bytes: { toTarget: 0, toPeer: 0 } };
+    const path: RelayPath = { req, port, listener, timer: null, sockets: new Set() };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -97,13 +96,13 @@ export class RelayDataPlane implements DataPlane {
       path.sockets.delete(target);
       peer.destroy();
       target.destroy();
-      log[err ? 'warn' : 'debug']({ ...path.bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
+      // Bytes counted by the sockets themselves: no per-chunk listener on the hot path.
+      const bytes = { toTarget: target.bytesWritten, toPeer: peer.bytesWritten };
+      log[err ? 'warn' : 'debug']({ ...bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
       this.forget(id, path);
     };
     peer.on('error', (err) => done('peer error', err));
     target.on('error', (err) => done('target error', err));
-    peer.on('data', (b: Buffer) => (path.bytes.toTarget += b.length));
-    target.on('data', (b: Buffer) => (path.bytes.toPeer += b.length));
     // pipe() gives backpressure both ways and passes each side's FIN on to the other once
     // its data is written; a side is only gone when it has closed in both directions.
     const closedOne = (): void => {

@@ -4,7 +4,7 @@
 import ipaddr from 'ipaddr.js';
 import { ProtocolError } from '../errors.js';
 import type { Endpoint } from '../dataplane/types.js';
-import { skipTelnetCommand } from './telnet.js';
+import { IAC, skipTelnetCommand } from './telnet.js';
 
 export type TransferVerb = 'RETR' | 'STOR' | 'STOU' | 'APPE' | 'LIST' | 'NLST' | 'MLSD';
 
@@ -54,6 +54,32 @@ export function stripTelnet(line: string): string {
   let i = 0;
   for (let next = skipTelnetCommand(line, i); next !== i; next = skipTelnetCommand(line, i)) i = next;
   return line.slice(i);
+}
+
+/**
+ * The line with every Telnet command sequence removed, wherever it stands; IAC IAC (an
+ * escaped 0xFF data byte) is kept as it is. The proxy classifies and forwards this form, so a
+ * server that drops Telnet bytes reads the same command the proxy vetted.
+ */
+export function removeTelnet(line: string): string {
+  if (!line.includes('\xff')) return line;
+  let out = '';
+  let i = 0;
+  while (i < line.length) {
+    const next = skipTelnetCommand(line, i);
+    if (next !== i) {
+      i = next;
+      continue;
+    }
+    if (line.charCodeAt(i) === IAC && line.charCodeAt(i + 1) === IAC) {
+      out += '\xff\xff';
+      i += 2;
+      continue;
+    }
+    out += line[i];
+    i++;
+  }
+  return out;
 }
 
 /** 'h1,h2,h3,h4,p1,p2' in decimal, every number 0-255, port 1-65535; ProtocolError 'BAD_PORT'. */

@@ -54,8 +54,9 @@ export class LineFramer {
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i]!;
       if (b === NUL) return this.fail('NUL_IN_LINE', `NUL byte in line at offset ${held + i - start}`);
-      if (telnet === TELNET_OPTION) {
-        // An option byte is opaque, even when it is 10 or 13.
+      if (telnet === TELNET_OPTION && b !== LF) {
+        // An option byte is opaque, even a CR. Not an LF: every FTP server ends the line
+        // there, and a line we read differently from the server could smuggle a command.
         telnet = TELNET_NONE;
         crLast = false;
       } else if (telnet === TELNET_COMMAND && (isCommand(b) || b === IAC)) {

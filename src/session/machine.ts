@@ -1,7 +1,7 @@
 // The pure FTP session state machine: client lines, server replies and data-plane results
 // in; lines to send, data paths to open or release, and log records out. No I/O, no timers.
 
-import { classifyCommand, stripTelnet, type Command } from '../protocol/commands.js';
+import { classifyCommand, removeTelnet, stripTelnet, type Command } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
 import type { DataPath, DataPathRequest, Endpoint } from '../dataplane/types.js';
@@ -230,7 +230,14 @@ export class SessionMachine {
     }
   }
 
-  private handleClient(line: string, out: Action[]): void {
+  private handleClient(raw: string, out: Action[]): void {
+    // What the server gets is exactly what was classified: Telnet bytes removed everywhere,
+    // and no bare CR (a server that ends lines at CR would see a second, unvetted command).
+    const line = removeTelnet(raw);
+    if (line.includes('\r')) {
+      out.push({ type: 'log', level: 'notice', msg: 'bare CR in a command refused', fields: {} });
+      return this.answerLocally('500 Bare CR in command line', out);
+    }
     const cmd = classifyCommand(line);
     switch (cmd.kind) {
       case 'PASV':
@@ -275,11 +282,12 @@ export class SessionMachine {
       case 'TRANSFER':
         return this.forward(line, { kind: 'transfer', verb: cmd.verb, pathId: this.path?.id ?? null }, out);
       case 'ABOR':
-        // Sent clean. While a transfer runs the server may only watch for urgent data, so the
-        // shell adds Telnet IP and the Synch; otherwise a plain line, because some servers
-        // (pure-ftpd) silently drop a line with Telnet bytes when they are not transferring.
+        // Sent clean, and urgent (Telnet IP and the Synch) only when the client's own ABOR
+        // came that way: the server sees what it would see without the proxy. (pure-ftpd
+        // drops a line with Telnet bytes once its transfer has ended, so always adding them
+        // loses ABORs; a server that needs them mid-transfer gets them from such clients.)
         this.pending.push({ kind: 'other', verb: 'ABOR' });
-        out.push({ type: 'toServer', text: 'ABOR', urgent: this.transferring });
+        out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') });
         return;
       case 'QUIT':
       case 'CCC':

@@ -1,6 +1,6 @@
 // Bugs the session fuzzer found, each reduced to its smallest input: once through the pure
 // byte path, once through the real session shell against a server that splits lines at LF
-// as vsftpd and pure-ftpd do. A test stays marked todo until its bug is fixed in src.
+// as vsftpd and pure-ftpd do. Both bugs are fixed in src; these keep them fixed.
 import t from 'tap';
 import { LineFramer } from '../../src/protocol/lines.js';
 import { SessionMachine } from '../../src/session/machine.js';
@@ -17,9 +17,8 @@ import { Control, ScriptedServer, basicResponder } from '../lib/scripted.js';
 // hand in the lab: vsftpd and pure-ftpd both answer "200 PORT command successful" to
 // "NOOP \xff\xfe\nPORT <their control peer>,4,1"; pyftpdlib reads it as one line.
 const SMUGGLE = 'NOOP \xff\xfe\nPORT 10,1,2,3,200,1\r\n';
-const TODO = 'bug: a Telnet option byte LF smuggles an unvetted PORT to the server (fix in src/session/machine.ts)';
 
-t.test('no line forwarded to the server holds an LF (Telnet option byte)', { todo: TODO }, async (t) => {
+t.test('no line forwarded to the server holds an LF (Telnet option byte)', async (t) => {
   const m = new SessionMachine({
     sid: 'r1',
     client: { address: '192.0.2.2', port: 40000 },
@@ -43,7 +42,7 @@ t.test('no line forwarded to the server holds an LF (Telnet option byte)', { tod
   t.same(asServerReads.filter((l) => /^\s*PORT/i.test(l)), [], 'a server splitting at LF sees no PORT the proxy did not write');
 });
 
-t.test('through the session shell: the server never receives the client PORT', { todo: TODO }, async (t) => {
+t.test('through the session shell: the server never receives the client PORT', async (t) => {
   const server = new ScriptedServer(basicResponder);
   const serverPort = await server.listen();
   const parsed = parseArgs(['-R', '127.0.0.1'], { out: () => undefined, err: (s) => { throw new Error(s); } });

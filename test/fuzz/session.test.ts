@@ -9,7 +9,7 @@ const MIN_INPUTS = 1_000_000;
 const envSeed = process.env.FTP_PROXY_FUZZ_SEED;
 const seed = envSeed !== undefined && /^[0-9]+$/.test(envSeed) ? Number(envSeed) % 2 ** 32 : Math.floor(Math.random() * 2 ** 32);
 // Counted, not failed, until src fixes it: see test/fuzz/regressions.test.ts.
-const knownBugs = new Set<KnownBug>(['telnet-option-lf']);
+const knownBugs = new Set<KnownBug>();
 
 const parts: { styles: Style[]; inputs: number; what: string }[] = [
   { styles: ['orderly'], inputs: 300_000, what: 'a well-behaved client and server: every client line gets exactly one final reply' },

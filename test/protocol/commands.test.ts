@@ -190,3 +190,13 @@ t.test('parseDecimalPort', async (t) => {
     t.equal(parseDecimalPort(bad), undefined, JSON.stringify(bad));
   }
 });
+
+t.test('removeTelnet drops every Telnet command, keeps IAC IAC', async (t) => {
+  const { removeTelnet } = await import('../../src/protocol/commands.js');
+  t.equal(removeTelnet('\xff\xf4\xff\xf2ABOR'), 'ABOR');
+  t.equal(removeTelnet('P\xff\xf1ORT 1,2,3,4,5,6'), 'PORT 1,2,3,4,5,6', 'a NOP inside the verb');
+  t.equal(removeTelnet('NOOP\xff\xfd\x01X'), 'NOOPX', 'DO with its option byte');
+  t.equal(removeTelnet('RETR a\xff\xffb'), 'RETR a\xff\xffb', 'escaped 0xFF stays escaped');
+  t.equal(removeTelnet('RETR \xff'), 'RETR \xff', 'a stray IAC at the end is data');
+  t.equal(removeTelnet('plain'), 'plain');
+});

@@ -274,16 +274,22 @@ t.test('a server that skips the reply to ABOR does not make a later path go away
   t.equal(m.currentPath?.id, 'a2', 'the new path stays admitted');
 });
 
-t.test('ABOR goes to the server clean, marked urgent only while a transfer runs', async (t) => {
+t.test('ABOR goes to the server clean, urgent only when the client sent Telnet IP', async (t) => {
   const m = machine();
-  const idle = m.clientLine('\xff\xf4\xff\xf2ABOR');
-  t.same(idle.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: false }]);
-  m.serverReply(reply('225 no transfer'));
-  m.clientLine('PASV');
-  const o = opens(m.serverReply(reply('227 (198,51,100,2,4,1)')));
-  m.dataOpened(o[0]!.token, { id: 'p', port: 50000 });
-  m.clientLine('RETR big');
-  m.serverReply(reply('150 sending'));
-  const busy = m.clientLine('\xff\xf4\xff\xf2ABOR');
-  t.same(busy.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: true }]);
+  const rfc959 = m.clientLine('\xff\xf4\xff\xf2ABOR');
+  t.same(rfc959.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: true }]);
+  const plain = m.clientLine('ABOR');
+  t.same(plain.filter((x) => x.type === 'toServer'), [{ type: 'toServer', text: 'ABOR', urgent: false }]);
+});
+
+t.test('what is forwarded is what was vetted: Telnet bytes removed, bare CR refused', async (t) => {
+  const m = machine();
+  const a = m.clientLine('P\xff\xf1ORT 203,0,113,5,156,64');
+  t.match(sent(a, 'toClient')[0], /^501 /, 'a PORT hidden behind a Telnet NOP is still vetted');
+  t.same(sent(a, 'toServer'), []);
+  t.same(sent(m.clientLine('NO\xff\xf1OP'), 'toServer'), ['NOOP']);
+  m.serverReply(reply('200 ok'));
+  const b = m.clientLine('NOOP\rPORT 203,0,113,5,156,64');
+  t.same(sent(b, 'toServer'), []);
+  t.match(sent(b, 'toClient')[0], /^500 Bare CR/);
 });
