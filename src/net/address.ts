@@ -3,8 +3,13 @@
 
 import ipaddr from 'ipaddr.js';
 
+const DOTTED_QUAD = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
 /** Canonical text for an address as sockets report it ('::ffff:192.0.2.1' -> '192.0.2.1'). */
 export function canonical(address: string): string {
+  // Fast path for what sockets report most: plain or IPv4-mapped dotted quads.
+  const v4 = address.startsWith('::ffff:') ? address.slice(7) : address;
+  if (DOTTED_QUAD.test(v4)) return v4;
   const a = ipaddr.process(address);
   return a.kind() === 'ipv6' ? (a as ipaddr.IPv6).toRFC5952String() : a.toString();
 }

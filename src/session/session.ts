@@ -68,6 +68,7 @@ export class Session {
   private loginTimer: NodeJS.Timeout | null = null;
   private opaque = false;
   private idleTimer: NodeJS.Timeout | null = null;
+  private lastActivity = 0;
   private closing: string | null = null;
   private readonly openTokens = new Set<number>();
   private clientPausedForReplies = false;
@@ -361,18 +362,26 @@ export class Session {
     });
   }
 
-  /** Any control traffic, or a transfer starting or ending, restarts the idle timer. */
+  /**
+   * Any control line, or a transfer starting or ending, restarts the idle period. Only a
+   * timestamp moves on the hot path; the one timer re-arms itself for what is left.
+   */
   private touch(): void {
     if (this.closing || this.o.idleTimeout === 0) return;
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    if (this.machine?.transferActive) {
+    this.lastActivity = Date.now();
+    if (!this.idleTimer) this.armIdle(this.o.idleTimeout * 1000);
+  }
+
+  private armIdle(ms: number): void {
+    this.idleTimer = setTimeout(() => {
       this.idleTimer = null;
-      return;
-    }
-    this.idleTimer = setTimeout(
-      () => this.teardown('idle timeout', '421 Timeout: closing control connection'),
-      this.o.idleTimeout * 1000,
-    );
+      if (this.closing) return;
+      const left = this.lastActivity + this.o.idleTimeout * 1000 - Date.now();
+      // A long transfer keeps the control connection quiet: that is not idleness.
+      if (this.machine?.transferActive) this.armIdle(this.o.idleTimeout * 1000);
+      else if (left > 0) this.armIdle(left);
+      else this.teardown('idle timeout', '421 Timeout: closing control connection');
+    }, ms);
   }
 
   /**
