@@ -120,6 +120,15 @@ export async function outboundSuite(
     }
   }
 
+  await t.test('a client connecting to the proxy itself is refused (loop), the proxy goes on', async (t) => {
+    const r = await lab.pyftp({ host: lab.env.gwLan4, port: 8021, timeoutMs: 10_000 }, ['login']);
+    t.notOk(r.ok);
+    t.match(r.error, /421 .*not to the proxy/);
+    t.ok(proxy.logs.some((l) => l.msg === 'cannot find the server for this session' && l.code === 'LOOP'), 'logged with code LOOP');
+    const again = await lab.curlGet({ ...server('vsftpd', 4, 'pasv'), path: 'small.txt' });
+    t.ok(again.ok, 'the next redirected client is served');
+  });
+
   await t.test('the proxy logged no errors; SIGTERM exits 0', async (t) => {
     if (hooks.atEnd) await hooks.atEnd(rig, t);
     t.same(proxy.logs.filter((l) => l.level >= 50), [], 'no error-level log lines');
