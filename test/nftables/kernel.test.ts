@@ -25,11 +25,14 @@ if (!inside) {
   const TABLE = 'fp_kernel';
   const MARK = 0x42;
 
+  // Log rules with lib and spawn; without them 'auto' and 'netlink' send elements over netlink.
   const start = async (t: { teardown(fn: () => unknown): void }, runner: RunnerChoice, entryTimeoutSec = 30) => {
     const ports = new PortAllocator(50000, 50999);
-    const dp = new NftablesDataPlane({ table: TABLE, ports, runner, logger, entryTimeoutSec, logRules: true, mark: MARK });
+    const logRules = runner === 'lib' || runner === 'spawn';
+    const dp = new NftablesDataPlane({ table: TABLE, ports, runner, logger, entryTimeoutSec, logRules, mark: MARK });
     await dp.start();
     t.teardown(() => dp.close());
+    if (!logRules && dp.runnerName !== 'netlink') throw new Error(`elements go through ${dp.runnerName}, not netlink`);
     return dp;
   };
   /** client -> gateway LAN address:port -> server:targetPort, from the gateway's WAN address. */
@@ -49,7 +52,7 @@ if (!inside) {
 
   // A target port per runner: the first run's connection stays in conntrack (TIME_WAIT) with
   // the reply tuple target -> source:2020, which a second connection could not be NATed onto.
-  for (const [runner, targetPort] of [['lib', 40000], ['spawn', 40010]] as const) {
+  for (const [runner, targetPort] of [['lib', 40000], ['spawn', 40010], ['netlink', 40020]] as const) {
     t.test(`${runner}: passive IPv4 is admitted once, only from the peer, and carried through NAT`, async (t) => {
       const dp = await start(t, runner);
       const server = await listen(env.ns.server, env.server4, targetPort);

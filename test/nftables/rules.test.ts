@@ -12,11 +12,12 @@ import {
   logPrefix,
   openBatch,
   PRIORITY,
+  probeBatch,
   releaseBatch,
   startBatch,
   type PathSpec,
 } from '../../src/dataplane/nftables/rules.js';
-import { nftFailure, parseOutput } from '../../src/dataplane/nftables/runner.js';
+import { nftFailure, parseOutput, type RunnerName } from '../../src/dataplane/nftables/runner.js';
 import type { Batch, Command } from '../../src/dataplane/nftables/schema.js';
 import type { DataPathRequest } from '../../src/dataplane/types.js';
 
@@ -154,6 +155,25 @@ t.test('release: add + delete of everything, SNAT only for its last user', async
   const shared = releaseBatch(base, passive, { snat: false, logHandle: 9 });
   t.equal(shared.nftables.length, 7);
   t.same(shared.nftables.at(-1), { delete: { rule: { family: 'inet', table: T, chain: 'admit_log', handle: 9 } } });
+  t.same(releaseBatch(base, passive, { snat: true, destroy: true }).nftables.map(commandText), [
+    'destroy element inet ftp_proxy admit4 { 192.0.2.2 . 192.0.2.1 . 50000 }',
+    'destroy element inet ftp_proxy dnat4 { 192.0.2.2 . 192.0.2.1 . 50000 : 198.51.100.2 }',
+    'destroy element inet ftp_proxy dnatport4 { 192.0.2.2 . 192.0.2.1 . 50000 : 40000 }',
+    'destroy element inet ftp_proxy snat4 { 192.0.2.2 . 198.51.100.2 . 40000 : 198.51.100.1 }',
+  ]);
+});
+
+t.test('probe: add and remove a zero element in every set and map', async (t) => {
+  const text = (destroy: boolean) => probeBatch(T, destroy).nftables.map(commandText);
+  t.equal(text(false).length, 20);
+  t.same(text(false).slice(0, 4), [
+    'add element inet ftp_proxy admit4 { 0.0.0.0 . 0.0.0.0 . 0 timeout 1s }',
+    'delete element inet ftp_proxy admit4 { 0.0.0.0 . 0.0.0.0 . 0 }',
+    'add element inet ftp_proxy dnat4 { 0.0.0.0 . 0.0.0.0 . 0 timeout 1s : 0.0.0.0 }',
+    'delete element inet ftp_proxy dnat4 { 0.0.0.0 . 0.0.0.0 . 0 : 0.0.0.0 }',
+  ]);
+  t.same(text(false).at(-2), 'add element inet ftp_proxy snatport6 { :: . :: . 0 timeout 1s : 0 }');
+  t.same(text(true).at(-1), 'destroy element inet ftp_proxy snatport6 { :: . :: . 0 : 0 }');
 });
 
 t.test('log prefixes are safe', async (t) => {
@@ -235,11 +255,12 @@ t.test('nft errors become codes', async (t) => {
 
 /** An in-memory runner: records batches; fails those `fail` picks; echoes handles for rules. */
 class RecordingRunner implements NftRunner {
-  readonly name = 'nft' as const;
   readonly batches: Batch[] = [];
   fail: (b: Batch) => Error | undefined = () => undefined;
   closed = false;
   private handle = 100;
+
+  constructor(readonly name: RunnerName = 'nft') {}
 
   async run(b: Batch, opts: { echo?: boolean } = {}): Promise<unknown[]> {
     const e = this.fail(b);
@@ -319,6 +340,75 @@ t.test('data plane bookkeeping over a recording runner', async (t) => {
     const { dp } = setup();
     for (let i = 0; i < 3; i++) await dp.open(req);
     await t.rejects(dp.open(req), { code: 'PORTS_EXHAUSTED' });
+  });
+
+  await t.test('open/release over netlink after a good probe, with destroy', async (t) => {
+    const netlink = new RecordingRunner('netlink');
+    const { runner, dp } = setup({ logRules: false, openNetlink: () => netlink });
+    t.equal(dp.runnerName, 'nft', 'before start');
+    await dp.start();
+    t.equal(dp.runnerName, 'netlink');
+    t.same(runner.batches, [startBatch({ table: T, logRules: false })], 'the table through the runner');
+    t.same(netlink.batches, [probeBatch(T, true)], 'one probe, with destroy');
+    const a = await dp.open(req);
+    await dp.release(a.id, false);
+    t.same(netlink.batches.slice(1), [
+      openBatch({ table: T, logRules: false, timeoutSec: 1 }, { ...passive, port: a.port }),
+      releaseBatch({ table: T, logRules: false }, { ...passive, port: a.port }, { snat: true, destroy: true }),
+    ]);
+    await dp.close();
+    t.same(runner.batches.at(-1), closeBatch(T));
+    t.ok(netlink.closed && runner.closed);
+    t.equal(dp.runnerName, 'nft', 'after close');
+  });
+
+  await t.test('a kernel without destroy: the second probe decides', async (t) => {
+    const netlink = new RecordingRunner('netlink');
+    netlink.fail = (b) => (b.nftables.some((c) => 'destroy' in c) ? new DataPlaneError('BACKEND_FAILED', 'invalid argument') : undefined);
+    const { dp } = setup({ logRules: false, openNetlink: () => netlink });
+    await dp.start();
+    t.equal(dp.runnerName, 'netlink');
+    const a = await dp.open(req);
+    await dp.release(a.id, false);
+    t.same(netlink.batches.at(-1), releaseBatch({ table: T, logRules: false }, { ...passive, port: a.port }, { snat: true }));
+  });
+
+  await t.test('netlink unusable: open/release fall back, with a warning', async (t) => {
+    const warned: unknown[] = [];
+    const log = { debug: () => undefined, info: () => undefined, warn: (o: unknown) => void warned.push(o) };
+    for (const openNetlink of [
+      () => {
+        throw new DataPlaneError('NFT_UNAVAILABLE', 'no socket');
+      },
+      () => {
+        const r = new RecordingRunner('netlink');
+        r.fail = () => new DataPlaneError('BACKEND_FAILED', 'rejected');
+        return r;
+      },
+    ]) {
+      const { runner, dp } = setup({ logRules: false, openNetlink, logger: log });
+      await dp.start();
+      t.equal(dp.runnerName, 'nft');
+      await dp.release((await dp.open(req)).id, false);
+      t.equal(runner.batches.length, 3, 'start, open, release through the runner');
+      t.notOk(runner.batches[2]!.nftables.some((c) => 'destroy' in c), 'no destroy for libnftables / nft');
+    }
+    t.match(warned, [{ err: /no socket/, runner: 'nft' }, { err: /rejected/ }]);
+  });
+
+  await t.test('not with log rules (they insert and delete rules)', async (t) => {
+    let opened = false;
+    const { dp } = setup({
+      logRules: true,
+      openNetlink: () => {
+        opened = true;
+        return new RecordingRunner('netlink');
+      },
+    });
+    await dp.start();
+    t.equal(dp.runnerName, 'nft');
+    t.notOk(opened);
+    t.throws(() => new NftablesDataPlane({ ports: new PortAllocator(1, 2), logger, runner: 'netlink', logRules: true }), RangeError);
   });
 
   await t.test('option checks', async (t) => {

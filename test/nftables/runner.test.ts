@@ -1,5 +1,6 @@
-// The nftables data plane against the real kernel, for both runners (in-process libnftables and
-// spawned nft), in a namespace of its own: what start/open/release/close leave in the table.
+// The nftables data plane against the real kernel, for each runner (raw netlink for elements,
+// in-process libnftables, spawned nft), in a namespace of its own: what start/open/release/close
+// leave in the table, and that netlink leaves exactly what libnftables does.
 
 import t from 'tap';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -10,8 +11,10 @@ import { DataPlaneError } from '../../src/errors.js';
 import { PortAllocator } from '../../src/net/ports.js';
 import { createRunner, NftablesDataPlane, renderRuleset, type RunnerChoice } from '../../src/dataplane/nftables/index.js';
 import { LibnftablesRunner } from '../../src/dataplane/nftables/libnftables.js';
+import { NetlinkRunner } from '../../src/dataplane/nftables/netlink.js';
+import { closeBatch, openBatch, releaseBatch, startBatch, type PathSpec } from '../../src/dataplane/nftables/rules.js';
 import { SpawnRunner } from '../../src/dataplane/nftables/spawn.js';
-import { add, batch, concat, elem } from '../../src/dataplane/nftables/schema.js';
+import { add, batch, concat, del, destroy, elem, type Batch, type Element } from '../../src/dataplane/nftables/schema.js';
 import type { DataPathRequest } from '../../src/dataplane/types.js';
 import { isRoot } from '../lib/lab.js';
 import { addNetns, delNetns, elements, insideNetns, nft, runInside, runPrefix } from './lib/netns.js';
@@ -61,17 +64,21 @@ if (!inside) {
       .map((l) => l.trim());
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-  for (const runner of ['lib', 'spawn'] as const satisfies readonly RunnerChoice[]) {
+  const runnerNames = { lib: 'libnftables', spawn: 'nft', netlink: 'netlink' } as const;
+  for (const runner of ['lib', 'spawn', 'netlink'] as const satisfies readonly RunnerChoice[]) {
     const table = `fp_${runner}`;
-    const make = (extra: { entryTimeoutSec?: number; logRules?: boolean; mark?: number } = {}) => {
+    // The netlink runner sends elements only: log rules keep a data plane on libnftables.
+    const withLog = runner !== 'netlink';
+    const make = (extra: { entryTimeoutSec?: number; mark?: number } = {}) => {
       const ports = new PortAllocator(50000, 50099);
-      return { ports, dp: new NftablesDataPlane({ table, ports, runner, logger, logRules: true, mark: 0x42, ...extra }) };
+      return { ports, dp: new NftablesDataPlane({ table, ports, runner, logger, logRules: withLog, mark: 0x42, ...extra }) };
     };
 
     t.test(`${runner}: start, open, release, close`, async (t) => {
       const { ports, dp } = make();
-      t.equal(dp.runnerName, runner === 'lib' ? 'libnftables' : 'nft');
+      t.equal(dp.runnerName, runner === 'spawn' ? 'nft' : 'libnftables', 'before start');
       await dp.start();
+      t.equal(dp.runnerName, runnerNames[runner], 'after start');
       t.ok(tableExists(table), 'start creates the table');
 
       const a = await dp.open(passive4);
@@ -87,19 +94,21 @@ if (!inside) {
       t.same(elements(table, 'set', 'admit6'), [k6]);
       t.same(elements(table, 'map', 'dnat6'), [`${k6} : 2001:db8:1::2`]);
       t.same(elements(table, 'map', 'snatport6'), ['2001:db8:2::2 . 2001:db8:1::2 . 45678 : 20']);
-      t.same(logRules(table), [
-        `ip6 saddr 2001:db8:2::2 ip6 daddr 2001:db8:2::1 tcp dport ${b.port} log prefix "ftp-proxy #8 "`,
-        `ip saddr 192.0.2.2 ip daddr 192.0.2.1 tcp dport ${a.port} log prefix "ftp-proxy #7 "`,
-      ]);
+      if (withLog) {
+        t.same(logRules(table), [
+          `ip6 saddr 2001:db8:2::2 ip6 daddr 2001:db8:2::1 tcp dport ${b.port} log prefix "ftp-proxy #8 "`,
+          `ip saddr 192.0.2.2 ip daddr 192.0.2.1 tcp dport ${a.port} log prefix "ftp-proxy #7 "`,
+        ]);
+      }
 
       await dp.release(a.id, false);
       for (const s of ['admit4']) t.same(elements(table, 'set', s), [], `${s} empty after release`);
       for (const m of ['dnat4', 'dnatport4', 'snat4']) t.same(elements(table, 'map', m), [], `${m} empty after release`);
-      t.equal(logRules(table).length, 1, 'only the other path logs');
+      if (withLog) t.equal(logRules(table).length, 1, 'only the other path logs');
       t.same(elements(table, 'set', 'admit6'), [k6], 'the other path is untouched');
       await dp.release(b.id, true);
       for (const m of ['dnat6', 'dnatport6', 'snat6', 'snatport6']) t.same(elements(table, 'map', m), [], `${m} empty`);
-      t.same(logRules(table), []);
+      if (withLog) t.same(logRules(table), []);
       t.equal(ports.used, 0, 'ports given back');
       await dp.release(a.id, false);
       await dp.release('nft-unknown', true);
@@ -120,7 +129,7 @@ if (!inside) {
       t.same(elements(table, 'map', 'snat4'), [], 'and the SNAT entry');
       await dp.release(a.id, false);
       t.equal(ports.used, 0);
-      t.same(logRules(table), [], 'the log rule (no timeout) went with release');
+      if (withLog) t.same(logRules(table), [], 'the log rule (no timeout) went with release');
     });
 
     t.test(`${runner}: paths sharing a SNAT entry`, async (t) => {
@@ -178,6 +187,110 @@ if (!inside) {
       t.notOk(tableExists(table));
     });
   }
+
+  /** `nft -j list table`, without what differs between two tables holding the same elements. */
+  const listing = (table: string): unknown => {
+    const strip = (v: unknown): unknown => {
+      if (Array.isArray(v)) return v.map(strip);
+      if (typeof v !== 'object' || v === null) return v === table ? 'T' : v;
+      return Object.fromEntries(
+        Object.entries(v)
+          .filter(([k]) => k !== 'expires' && k !== 'handle' && k !== 'metainfo')
+          .map(([k, x]) => [k, strip(x)]),
+      );
+    };
+    return strip(JSON.parse(nft('-j', 'list', 'table', 'inet', table)));
+  };
+
+  t.test('netlink leaves exactly what libnftables leaves', async (t) => {
+    const lib = LibnftablesRunner.load();
+    const nl = NetlinkRunner.open();
+    t.teardown(async () => {
+      await nl.close();
+      for (const table of ['fp_same_nl', 'fp_same_lib']) nft('delete', 'table', 'inet', table);
+      await lib.close();
+    });
+    const paths: PathSpec[] = [
+      { ...passive4, port: 50000 },
+      { ...passive4, port: 50001, target: { address: '198.51.100.2', port: 40001 }, sourcePort: 20 },
+      { ...active6, sourcePort: 20, port: 50002 },
+      { ...active6, sourcePort: 20, port: 50003, peer: '2001:db8:2::ffff:0:2' },
+    ];
+    const both = async (make: (table: string) => Batch, netlinkBatch = make) => {
+      await nl.run(netlinkBatch('fp_same_nl'));
+      await lib.run(make('fp_same_lib'));
+    };
+    for (const table of ['fp_same_nl', 'fp_same_lib']) await lib.run(startBatch({ table, logRules: false }));
+    for (const p of paths) await both((table) => openBatch({ table, logRules: false, timeoutSec: 30 }, p));
+    t.equal(elements('fp_same_nl', 'map', 'snatport6').length, 2);
+    t.equal(elements('fp_same_nl', 'set', 'admit4').length, 2);
+    t.same(listing('fp_same_nl'), listing('fp_same_lib'), 'after open');
+    // The same path opened again refreshes the SNAT entries (add, delete, add) on both.
+    await both((table) => openBatch({ table, logRules: false, timeoutSec: 60 }, { ...paths[1]!, port: 50009 }));
+    t.same(listing('fp_same_nl'), listing('fp_same_lib'), 'after a refresh');
+    const release = (p: PathSpec, destroyToo: boolean) =>
+      both(
+        (table) => releaseBatch({ table, logRules: false }, p, { snat: true }),
+        (table) => releaseBatch({ table, logRules: false }, p, { snat: true, destroy: destroyToo }),
+      );
+    await release(paths[0]!, false);
+    await release(paths[2]!, true);
+    t.same(listing('fp_same_nl'), listing('fp_same_lib'), 'after releases (add + delete, and destroy)');
+    for (const p of [paths[1]!, { ...paths[1]!, port: 50009 }, paths[3]!]) await release(p, true);
+    await release(paths[0]!, true);
+    t.same(listing('fp_same_nl'), listing('fp_same_lib'), 'after releasing all, and one twice');
+    for (const set of ['admit4', 'admit6']) t.same(elements('fp_same_nl', 'set', set), []);
+    for (const map of ['dnat4', 'snat4', 'snatport4', 'dnat6', 'snatport6']) t.same(elements('fp_same_nl', 'map', map), []);
+  });
+
+  t.test('the kernel: delete of a missing element fails, destroy does not, whatever the value', async (t) => {
+    const table = 'fp_destroy';
+    const lib = LibnftablesRunner.load();
+    const nl = NetlinkRunner.open();
+    t.teardown(async () => {
+      await nl.close();
+      await lib.run(closeBatch(table));
+      await lib.close();
+    });
+    await lib.run(startBatch({ table, logRules: false }));
+    const k = concat('192.0.2.2', '192.0.2.1', 50000);
+    const el = (name: string, item: Element['elem'][number]) => ({ element: { family: 'inet' as const, table, name, elem: [item] } });
+    await t.rejects(nl.run(batch(del(el('admit4', k)))), { code: 'BACKEND_FAILED', message: /delete element inet fp_destroy admit4: .*\(ENOENT\)/ });
+    await nl.run(batch(destroy(el('admit4', k))));
+    t.pass('destroy of a missing element');
+    await nl.run(batch(add(el('dnat4', [k, '198.51.100.2']))));
+    await nl.run(batch(add(el('dnat4', [k, '198.51.100.2']))));
+    t.pass('adding the same element again');
+    await t.rejects(nl.run(batch(add(el('dnat4', [k, '198.51.100.9'])), del(el('dnat4', k)))), {
+      message: /add element inet fp_destroy dnat4: .*\((EEXIST|EBUSY)\)/, // EBUSY before Linux 6.x
+    }, 'add + delete refuses an element with another value');
+    t.same(elements(table, 'map', 'dnat4'), ['192.0.2.2 . 192.0.2.1 . 50000 : 198.51.100.2'], 'and the batch did nothing');
+    await nl.run(batch(destroy(el('dnat4', [k, '198.51.100.9']))));
+    t.same(elements(table, 'map', 'dnat4'), [], 'destroy removes it whatever its value');
+  });
+
+  t.test('auto: netlink for elements unless log rules; required netlink fails start', async (t) => {
+    const ports = new PortAllocator(50000, 50001);
+    for (const [logRules, name] of [[false, 'netlink'], [true, 'libnftables']] as const) {
+      const dp = new NftablesDataPlane({ table: 'fp_auto', ports, logger, logRules });
+      await dp.start();
+      t.equal(dp.runnerName, name, `logRules ${logRules}`);
+      await dp.release((await dp.open(passive4)).id, false);
+      t.same(elements('fp_auto', 'set', 'admit4'), []);
+      await dp.close();
+    }
+    const refused = () => {
+      throw new DataPlaneError('NFT_UNAVAILABLE', 'no netlink here');
+    };
+    const auto = new NftablesDataPlane({ table: 'fp_auto', ports, logger, openNetlink: refused });
+    await auto.start();
+    t.equal(auto.runnerName, 'libnftables', 'falls back');
+    await auto.close();
+    const required = new NftablesDataPlane({ table: 'fp_auto', ports, logger, runner: 'netlink', openNetlink: refused });
+    await t.rejects(required.start(), { code: 'NFT_UNAVAILABLE', message: /no netlink here/ });
+    await required.close();
+    t.notOk(tableExists('fp_auto'));
+  });
 
   t.test('rendered text installs the same table as the JSON batch', async (t) => {
     for (const opts of [{ logRules: false }, { logRules: true, mark: 0xff00 }]) {

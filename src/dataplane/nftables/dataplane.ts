@@ -7,7 +7,18 @@ import { DataPlaneError } from '../../errors.js';
 import type { PortAllocator } from '../../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from '../types.js';
 import { LibnftablesRunner } from './libnftables.js';
-import { closeBatch, CHAIN, openBatch, releaseBatch, snatKeyString, startBatch, type PathSpec, type TableOptions } from './rules.js';
+import { NetlinkRunner } from './netlink.js';
+import {
+  closeBatch,
+  CHAIN,
+  openBatch,
+  probeBatch,
+  releaseBatch,
+  snatKeyString,
+  startBatch,
+  type PathSpec,
+  type TableOptions,
+} from './rules.js';
 import { hasNetAdmin, notPermitted, type NftRunner, type RunnerChoice, type RunnerName } from './runner.js';
 import { SpawnRunner } from './spawn.js';
 
@@ -21,19 +32,31 @@ export interface NftablesDataPlaneOptions {
   readonly logRules?: boolean;
   /** Set this packet and conntrack mark on admitted connections. */
   readonly mark?: number;
-  /** 'auto' (default): libnftables if it loads, else the nft command; or a runner to use. */
+  /**
+   * 'auto' (default): the table through libnftables if it loads, else the nft command;
+   * open/release over netlink if its start-up probe passes (never with logRules: those batches
+   * insert and delete rules), else through that same runner. 'netlink': like 'auto', but start()
+   * fails when netlink does not work. 'lib', 'spawn', or a runner object: that for everything.
+   */
   readonly runner?: RunnerChoice | NftRunner;
+  /**
+   * Opens the netlink runner (default NetlinkRunner.open); a seam for tests. When given, netlink
+   * is tried at start() even with a runner object.
+   */
+  readonly openNetlink?: () => NftRunner;
   /** Any pino logger (custom levels or not): only debug/info/warn are used. */
   readonly logger: Pick<Logger, 'debug' | 'info' | 'warn'>;
 }
 
 /**
- * Pick the runner: the library in-process if it loads, else `nft`. Throws DataPlaneError
- * NFT_UNAVAILABLE when 'lib' is asked for and cannot load; a missing `nft` shows on first use.
+ * Pick the runner: the library in-process if it loads, else `nft`; 'netlink' gives the
+ * netlink runner, for element batches only. Throws DataPlaneError NFT_UNAVAILABLE when 'lib'
+ * or 'netlink' is asked for and cannot load; a missing `nft` shows on first use.
  */
 export function createRunner(choice: RunnerChoice = 'auto'): NftRunner {
   if (choice === 'spawn') return new SpawnRunner();
   if (choice === 'lib') return LibnftablesRunner.load();
+  if (choice === 'netlink') return NetlinkRunner.open();
   try {
     return LibnftablesRunner.load();
   } catch {
@@ -57,7 +80,14 @@ export class NftablesDataPlane implements DataPlane {
   readonly name = 'nftables';
   readonly table: string;
   private readonly opts: TableOptions & { timeoutSec: number };
+  /** Runs start and close, and open/release when netlink does not. */
   private readonly runner: NftRunner;
+  private readonly netlinkWanted: 'no' | 'try' | 'required';
+  private netlink: NftRunner | undefined;
+  /** Whether release may use destroy (netlink on Linux 6.3+). */
+  private destroy = false;
+  /** Runs open/release: the netlink runner after a good probe, else `runner`. */
+  private elements: NftRunner;
   private readonly paths = new Map<string, LivePath>();
   /** SNAT entries are keyed by the post-DNAT tuple, which two live paths may share. */
   private readonly snatUses = new Map<string, SnatUse>();
@@ -78,12 +108,20 @@ export class NftablesDataPlane implements DataPlane {
       ...(o.mark !== undefined ? { mark: o.mark } : {}),
       timeoutSec,
     };
-    this.runner = typeof o.runner === 'object' ? o.runner : createRunner(o.runner);
+    const choice = o.runner ?? 'auto';
+    if (choice === 'netlink' && this.opts.logRules) throw new RangeError('the netlink runner cannot install log rules');
+    const tryNetlink = (choice === 'auto' || o.openNetlink !== undefined) && !this.opts.logRules;
+    this.netlinkWanted = choice === 'netlink' ? 'required' : tryNetlink ? 'try' : 'no';
+    this.runner = typeof choice === 'object' ? choice : createRunner(choice === 'netlink' ? 'auto' : choice);
+    this.elements = this.runner;
   }
 
-  /** 'libnftables' (in-process) or 'nft' (spawned per batch), for the start-up log line. */
+  /**
+   * What opens and releases paths: 'netlink' (after start), 'libnftables' (in-process) or
+   * 'nft' (spawned per batch), for the start-up log line.
+   */
   get runnerName(): RunnerName {
-    return this.runner.name;
+    return this.elements.name;
   }
 
   /** Live paths, for tests and stats. */
@@ -97,7 +135,39 @@ export class NftablesDataPlane implements DataPlane {
     await this.runner.run(startBatch(this.opts)).catch((e: unknown) => {
       throw startError(e);
     });
-    this.o.logger.info({ table: `inet ${this.table}`, runner: this.runner.name }, 'nftables table installed');
+    if (this.netlinkWanted !== 'no') this.elements = await this.probeNetlink();
+    this.o.logger.info(
+      {
+        table: `inet ${this.table}`,
+        runner: this.elements.name,
+        tableRunner: this.runner.name,
+        ...(this.elements === this.netlink ? { destroy: this.destroy } : {}),
+      },
+      'nftables table installed',
+    );
+  }
+
+  /**
+   * The netlink runner if a socket opens and a probe batch that touches every set and map
+   * (rules.ts probeBatch) goes through; else `runner`, or, when netlink is required, an error.
+   * The first probe removes with destroy; a kernel without it (before 6.3) refuses the batch,
+   * and a second probe without destroy decides.
+   */
+  private async probeNetlink(): Promise<NftRunner> {
+    try {
+      const netlink = (this.netlink ??= (this.o.openNetlink ?? NetlinkRunner.open)());
+      this.destroy = await netlink.run(probeBatch(this.table, true)).then(
+        () => true,
+        () => netlink.run(probeBatch(this.table, false)).then(() => false),
+      );
+      return netlink;
+    } catch (e) {
+      await this.netlink?.close();
+      this.netlink = undefined;
+      if (this.netlinkWanted === 'required') throw startError(e);
+      this.o.logger.warn({ err: (e as Error).message, runner: this.runner.name }, 'netlink unusable; open/release fall back');
+      return this.runner;
+    }
   }
 
   async open(req: DataPathRequest): Promise<DataPath> {
@@ -118,7 +188,7 @@ export class NftablesDataPlane implements DataPlane {
     try {
       // add element inet T admit4 { peer . listen . port timeout Ns }, dnat4, dnatport4, snat4
       // [, snatport4] [; insert rule inet T admit_log ... log prefix "ftp-proxy #sid "]
-      echoed = await this.runner.run(openBatch(this.opts, spec), { echo: this.opts.logRules });
+      echoed = await this.elements.run(openBatch(this.opts, spec), { echo: this.opts.logRules });
     } catch (e) {
       this.dropSnat(key);
       this.o.ports.put(port);
@@ -146,11 +216,13 @@ export class NftablesDataPlane implements DataPlane {
     const lastSnatUser = this.dropSnat(path.snatKey);
     try {
       // add element inet T admit4 { peer . listen . port }; delete element inet T admit4 { ... }
+      // (over netlink on Linux 6.3+: destroy element inet T admit4 { peer . listen . port })
       // and the same for dnat4, dnatport4, [snat4, snatport4 if no other path uses them]
       // [; delete rule inet T admit_log handle H]
-      await this.runner.run(
+      await this.elements.run(
         releaseBatch(this.opts, path.spec, {
           snat: lastSnatUser,
+          destroy: this.destroy && this.elements === this.netlink,
           ...(path.logHandle !== undefined ? { logHandle: path.logHandle } : {}),
         }),
       );
@@ -173,6 +245,9 @@ export class NftablesDataPlane implements DataPlane {
       // add table inet T; delete table inet T - whether or not start() got as far as creating it.
       await this.runner.run(closeBatch(this.table));
     } finally {
+      await this.netlink?.close();
+      this.netlink = undefined;
+      this.elements = this.runner;
       await this.runner.close();
     }
   }

@@ -10,6 +10,7 @@ import {
   counter,
   ct,
   del,
+  destroy,
   dnat,
   elem,
   insert,
@@ -235,12 +236,12 @@ function snatElements(p: PathSpec): ElementSpec[] {
   return out;
 }
 
-function elementCommand(verb: 'add' | 'delete', table: string, e: ElementSpec, timeout?: number): Command {
+function elementCommand(verb: 'add' | 'delete' | 'destroy', table: string, e: ElementSpec, timeout?: number): Command {
   const key = concat(...e.key);
   const k = timeout === undefined ? key : elem(key, timeout);
   const item = e.value === undefined ? k : ([k, e.value] as const);
   const o = { element: { family: 'inet' as const, table, name: e.set, elem: [item] } };
-  return verb === 'add' ? add(o) : del(o);
+  return verb === 'add' ? add(o) : verb === 'delete' ? del(o) : destroy(o);
 }
 
 /**
@@ -252,9 +253,40 @@ function replaceElement(table: string, e: ElementSpec, timeout: number): Command
   return [elementCommand('add', table, e), elementCommand('delete', table, e), elementCommand('add', table, e, timeout)];
 }
 
-/** add + delete: removes the element whether or not it still exists (nft 1.0.6 has no destroy). */
-function removeElement(table: string, e: ElementSpec): Command[] {
+/**
+ * add + delete: removes the element whether or not it still exists (nft 1.0.6 has no destroy),
+ * or, where the runner and kernel have it, destroy (which removes it whatever its value, where
+ * the add would refuse a different one).
+ */
+function removeElement(table: string, e: ElementSpec, useDestroy: boolean): Command[] {
+  if (useDestroy) return [elementCommand('destroy', table, e)];
   return [elementCommand('add', table, e), elementCommand('delete', table, e)];
+}
+
+/**
+ * The netlink runner's start-up check (dataplane.ts): in one transaction, add and remove an
+ * all-zero element, with a timeout and a value, in every set and map; nothing is left.
+ *   add element inet T admit4 { 0.0.0.0 . 0.0.0.0 . 0 timeout 1s }
+ *   delete element inet T admit4 { 0.0.0.0 . 0.0.0.0 . 0 }    (or destroy)
+ *   add element inet T dnat4 { 0.0.0.0 . 0.0.0.0 . 0 timeout 1s : 0.0.0.0 }
+ *   ... the same for dnatport4 (: 0), snat4, snatport4 and the IPv6 ones (:: . :: . 0)
+ */
+export function probeBatch(table: string, useDestroy: boolean): Batch {
+  const cmds: Command[] = [];
+  for (const f of FAMILIES) {
+    const n = names(f);
+    const zero = f === 4 ? '0.0.0.0' : '::';
+    const key: ElementSpec['key'] = [zero, zero, 0];
+    const specs: ElementSpec[] = [
+      { set: n.admit, key },
+      { set: n.dnat, key, value: zero },
+      { set: n.dnatPort, key, value: 0 },
+      { set: n.snat, key, value: zero },
+      { set: n.snatPort, key, value: 0 },
+    ];
+    for (const e of specs) cmds.push(elementCommand('add', table, e, 1), elementCommand(useDestroy ? 'destroy' : 'delete', table, e));
+  }
+  return batch(...cmds);
 }
 
 /** The log rule of one path (inserted at the head of admit_log). */
@@ -310,6 +342,8 @@ export interface ReleaseOptions {
   readonly snat: boolean;
   /** Handle of the path's log rule, when there is one. */
   readonly logHandle?: number;
+  /** Remove elements with destroy (the netlink runner on Linux 6.3+), not add + delete. */
+  readonly destroy?: boolean;
 }
 
 /**
@@ -318,12 +352,13 @@ export interface ReleaseOptions {
  *   delete element inet T admit4 { 192.0.2.2 . 192.0.2.1 . 50000 }
  *   ... the same for dnat4, dnatport4 and (unless shared) snat4 / snatport4 ...
  *   [delete rule inet T admit_log handle 42]
+ * or, with `destroy`: destroy element inet T admit4 { 192.0.2.2 . 192.0.2.1 . 50000 } ...
  * Established connections keep their NAT binding in conntrack.
  */
 export function releaseBatch(o: TableOptions, p: PathSpec, r: ReleaseOptions): Batch {
   const cmds: Command[] = [];
   const elements = r.snat ? [...admissionElements(p), ...snatElements(p)] : admissionElements(p);
-  for (const e of elements) cmds.push(...removeElement(o.table, e));
+  for (const e of elements) cmds.push(...removeElement(o.table, e, r.destroy === true));
   if (r.logHandle !== undefined) {
     cmds.push(del({ rule: { family: 'inet', table: o.table, chain: CHAIN.log, handle: r.logHandle } }));
   }

@@ -7,8 +7,8 @@ import type { Batch } from './schema.js';
 /** Error codes of this backend, beyond the DataPlane contract's PORTS_EXHAUSTED/BACKEND_FAILED. */
 export type NftErrorCode = 'NFT_UNAVAILABLE' | 'NFT_NOT_PERMITTED' | 'BACKEND_FAILED';
 
-export type RunnerName = 'libnftables' | 'nft';
-export type RunnerChoice = 'auto' | 'lib' | 'spawn';
+export type RunnerName = 'libnftables' | 'nft' | 'netlink';
+export type RunnerChoice = 'auto' | 'lib' | 'spawn' | 'netlink';
 
 export interface RunOptions {
   /** Return the objects as the kernel created them, with handles (`nft --echo --handle`). */

@@ -160,7 +160,8 @@ export type NftObject =
 export type Command =
   | { readonly add: NftObject }
   | { readonly insert: NftObject }
-  | { readonly delete: NftObject };
+  | { readonly delete: NftObject }
+  | { readonly destroy: NftObject };
 
 /** One JSON document: libnftables applies it as one kernel transaction. */
 export interface Batch {
@@ -171,6 +172,11 @@ export const batch = (...commands: Command[]): Batch => ({ nftables: commands })
 export const add = (o: NftObject): Command => ({ add: o });
 export const insert = (o: NftObject): Command => ({ insert: o });
 export const del = (o: NftObject): Command => ({ delete: o });
+/**
+ * Delete if present (nft 1.0.7+ `destroy`, Linux 6.3+). nft 1.0.6 cannot parse it: only the
+ * netlink runner is given it, as NFT_MSG_DESTROYSETELEM.
+ */
+export const destroy = (o: NftObject): Command => ({ destroy: o });
 
 /** A named set or map as the right object kind. */
 export const setObject = (s: NamedSet): NftObject => (s.map === undefined ? { set: s } : { map: s });
