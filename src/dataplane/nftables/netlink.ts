@@ -350,8 +350,11 @@ interface Libc {
 /**
  * Sends each batch with one send() and reads its acks before returning. Synchronous: the
  * kernel handles a netlink message in the sender's send() call, so when it returns every ack
- * is already queued on the socket. The event loop waits for the kernel's transaction (tens of
- * microseconds; longer only while another process holds the nftables commit lock).
+ * is already queued on the socket. The event loop waits for the kernel's transaction: tens of
+ * microseconds, where a hop through the thread pool (koffi's .async) would add about 50 of
+ * wall and CPU time; longer while another process holds the nftables commit lock, and about
+ * 4 ms for a batch the kernel refuses (its abort waits for an RCU grace period), which only
+ * happens when our table is gone.
  */
 export class NetlinkRunner implements NftRunner {
   readonly name = 'netlink' as const;
