@@ -406,3 +406,36 @@ t.test('NUL and CR floods end the session with 500', async (t) => {
   await d.closedWithin();
   t.ok(await eventually(() => r.proxy.sessions.size === 0));
 });
+
+t.test('resets at every phase: during login, during ABOR; the proxy serves the next client', async (t) => {
+  const r = await rig(t, {
+    respond: (line, sock) => {
+      if (line.startsWith('RETR')) return '150 sending';
+      if (line === 'ABOR') return ['426 aborted', '226 ABOR ok'];
+      return basicResponder(line, sock);
+    },
+  });
+  const rst = (c: Control): void => {
+    c.sock.resetAndDestroy();
+  };
+  const a = new Control(r.proxyPort);
+  t.match(await a.line(), /^220 /);
+  a.send('USER anonymous');
+  await a.line();
+  rst(a);
+  const b = new Control(r.proxyPort);
+  await login(b);
+  b.send('PASV');
+  await b.line();
+  b.send('RETR big');
+  await b.line();
+  b.send('ABOR');
+  rst(b);
+  t.ok(await eventually(() => r.proxy.sessions.size === 0), 'both sessions torn down');
+  t.ok(await eventually(() => r.dp.live.size === 0), 'nothing left admitted');
+  const c = new Control(r.proxyPort);
+  await login(c);
+  c.send('NOOP');
+  t.equal(await c.line(), '200 NOOP ok');
+  c.end();
+});
