@@ -288,6 +288,18 @@ t.test('data plane bookkeeping over a recording runner', async (t) => {
     return { runner, ports, dp };
   };
 
+  await t.test('a data path across IPv4 and IPv6 is refused before anything is sent', async (t) => {
+    const { runner, ports, dp } = setup();
+    await dp.start();
+    const before = runner.batches.length;
+    await t.rejects(dp.open({ ...req, family: 6, peer: '2001:db8:1::2', listen: '2001:db8:1::1' }), {
+      code: 'BACKEND_FAILED',
+      message: /use --backend relay/,
+    });
+    t.equal(runner.batches.length, before);
+    t.equal(ports.used, 0, 'no port held');
+  });
+
   await t.test('open and release', async (t) => {
     const { runner, ports, dp } = setup();
     t.equal(dp.runnerName, 'nft');

@@ -2,6 +2,7 @@
 // timed set/map elements that let the kernel admit, DNAT and SNAT exactly one connection.
 
 import { readFile } from 'node:fs/promises';
+import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import { DataPlaneError } from '../../errors.js';
 import type { PortAllocator } from '../../net/ports.js';
@@ -171,6 +172,15 @@ export class NftablesDataPlane implements DataPlane {
   }
 
   async open(req: DataPathRequest): Promise<DataPath> {
+    // NAT cannot change the address family (no NAT64 here): say so rather than let the
+    // kernel refuse a value of the wrong length.
+    const mixed = [req.peer, req.listen, req.target.address, req.source].find((a) => isIP(a) !== req.family);
+    if (mixed !== undefined) {
+      throw new DataPlaneError(
+        'BACKEND_FAILED',
+        `nftables cannot carry an IPv${req.family} data connection to or from ${mixed}; use --backend relay for mixed IPv4/IPv6`,
+      );
+    }
     const port = await this.o.ports.take();
     const spec: PathSpec = { ...req, port };
     const key = snatKeyString(spec);
