@@ -3,6 +3,7 @@
 // validation lives in config.ts, the wiring in main.ts.
 
 import { Command, CommanderError } from 'commander';
+import { DEFAULT_MAX_LINE } from './protocol/lines.js';
 
 export interface RawOptions {
   ipv6?: boolean;
@@ -78,7 +79,7 @@ export function buildCommand(): Command {
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])
     .option('--deny-server <cidr>', 'refuse these server addresses (repeatable)', collect, [])
     .option('--data-timeout <seconds>', 'time an admitted data connection may take to arrive, 1-3600', '30')
-    .option('--max-line-length <bytes>', 'longest accepted control line, 512-65536', '1024')
+    .option('--max-line-length <bytes>', 'longest accepted control line, 512-65536', String(DEFAULT_MAX_LINE))
     .option('--nft-table <name>', 'name of the inet table ftp-proxy owns', 'ftp_proxy')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')
     .option('--print-ruleset', 'print the nftables table ftp-proxy would create, and exit')

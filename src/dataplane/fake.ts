@@ -13,8 +13,6 @@ export class FakeDataPlane implements DataPlane {
   readonly released: { id: string; abort: boolean }[] = [];
   private readonly failures: string[] = [];
   private seq = 0;
-  started = false;
-  closed = false;
 
   constructor(private readonly ports: PortAllocator = new PortAllocator(50000, 50099)) {}
 
@@ -23,9 +21,7 @@ export class FakeDataPlane implements DataPlane {
     this.failures.push(code);
   }
 
-  async start(): Promise<void> {
-    this.started = true;
-  }
+  async start(): Promise<void> {}
 
   async open(req: DataPathRequest): Promise<DataPath> {
     const failure = this.failures.shift();
@@ -45,7 +41,5 @@ export class FakeDataPlane implements DataPlane {
     this.released.push({ id, abort });
   }
 
-  async close(): Promise<void> {
-    this.closed = true;
-  }
+  async close(): Promise<void> {}
 }

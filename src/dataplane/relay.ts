@@ -42,10 +42,7 @@ export class RelayDataPlane implements DataPlane {
     const port = await this.o.ports.take(async (p) => {
       const l = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
       const ok = await new Promise<boolean>((resolve) => {
-        l.once('error', (err: NodeJS.ErrnoException) => {
-          if (err.code === 'EADDRINUSE' || err.code === 'EACCES') resolve(false);
-          else resolve(false);
-        });
+        l.once('error', () => resolve(false));
         l.listen({ host: req.listen, port: p, exclusive: true, backlog: 4 }, () => resolve(true));
       });
       if (ok) listener = l;
@@ -59,7 +56,8 @@ export class RelayDataPlane implements DataPlane {
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
       log.info({ timeout: this.o.dataTimeout }, 'data connection did not arrive in time');
-      this.stopListening(id, path);
+      this.stopListening(path);
+      this.forget(id, path);
     }, this.o.dataTimeout * 1000);
     path.timer.unref();
     listener!.on('connection', (sock) => this.accept(id, path, sock, log));
@@ -75,7 +73,7 @@ export class RelayDataPlane implements DataPlane {
       peer.destroy();
       return;
     }
-    this.stopListening(id, path, true);
+    this.stopListening(path);
     path.sockets.add(peer);
     const target = net.connect({
       host: path.req.target.address,
@@ -118,7 +116,7 @@ export class RelayDataPlane implements DataPlane {
   }
 
   /** Close the listener (the one connection has come, or it never will). */
-  private stopListening(id: string, path: RelayPath, keepPath = false): void {
+  private stopListening(path: RelayPath): void {
     if (path.timer) clearTimeout(path.timer);
     path.timer = null;
     if (path.listener) {
@@ -126,9 +124,9 @@ export class RelayDataPlane implements DataPlane {
       path.listener = null;
       this.o.ports.put(path.port);
     }
-    if (!keepPath && path.sockets.size === 0) this.paths.delete(id);
   }
 
+  /** Drop the path once it neither listens nor relays. */
   private forget(id: string, path: RelayPath): void {
     if (path.listener === null && path.sockets.size === 0) this.paths.delete(id);
   }
@@ -136,7 +134,7 @@ export class RelayDataPlane implements DataPlane {
   async release(id: string, abort: boolean): Promise<void> {
     const path = this.paths.get(id);
     if (!path) return;
-    this.stopListening(id, path, true);
+    this.stopListening(path);
     if (abort) {
       for (const s of path.sockets) s.destroy();
       path.sockets.clear();

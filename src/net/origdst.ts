@@ -34,9 +34,9 @@ function bySockopt(sock: net.Socket): Endpoint | null {
   const c = loadLibc();
   const fd = fdOf(sock);
   if (!c || fd === null) return null;
-  // An IPv4 client on a dual-stack (::) listener shows as ::ffff:a.b.c.d and is NATed as IPv4.
-  const mapped = (sock.localAddress ?? '').startsWith('::ffff:');
-  const level = familyOf(canonical(sock.localAddress ?? '')) === 4 || mapped ? SOL_IP : SOL_IPV6;
+  // An IPv4 client on a dual-stack (::) listener shows as ::ffff:a.b.c.d and is NATed as
+  // IPv4; canonical() turns that into the plain dotted quad.
+  const level = familyOf(canonical(sock.localAddress ?? '')) === 4 ? SOL_IP : SOL_IPV6;
   const buf = Buffer.alloc(28);
   const len = [buf.length];
   if (c.getsockopt(fd, level, SO_ORIGINAL_DST, buf, len) !== 0) {

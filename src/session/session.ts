@@ -4,7 +4,7 @@
 import net from 'node:net';
 import { LineFramer } from '../protocol/lines.js';
 import { ReplyAssembler } from '../protocol/replies.js';
-import { FtpProxyError, ProtocolError } from '../errors.js';
+import { DataPlaneError, FtpProxyError, ProtocolError } from '../errors.js';
 import { canonical, familyOf } from '../net/address.js';
 import { sendUrgent, setOobInline } from '../net/libc.js';
 import type { DataPlane, Endpoint } from '../dataplane/types.js';
@@ -70,7 +70,6 @@ export class Session {
   private idleTimer: NodeJS.Timeout | null = null;
   private lastActivity = 0;
   private closing: string | null = null;
-  private readonly openTokens = new Set<number>();
   private clientPausedForReplies = false;
   private readonly startedAt = Date.now();
   private readonly debug: boolean;
@@ -87,11 +86,6 @@ export class Session {
     this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.debug = this.log.isLevelEnabled('debug');
-  }
-
-  /** Reason of the teardown, once it started. */
-  get closeReason(): string | null {
-    return this.closing;
   }
 
   start(): void {
@@ -335,10 +329,8 @@ export class Session {
   }
 
   private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
-    this.openTokens.add(token);
     this.o.dataPlane.open(request).then(
       (path) => {
-        this.openTokens.delete(token);
         if (this.closing || !this.machine) {
           this.release(path.id, true);
           return;
@@ -347,9 +339,8 @@ export class Session {
         this.throttleClient();
       },
       (err: unknown) => {
-        this.openTokens.delete(token);
         if (this.closing || !this.machine) return;
-        const e = err instanceof FtpProxyError ? err : new ProtocolError('BACKEND_FAILED', String(err));
+        const e = err instanceof FtpProxyError ? err : new DataPlaneError('BACKEND_FAILED', String(err), { cause: err });
         this.run(this.machine.dataFailed(token, e));
         this.throttleClient();
       },
