@@ -41,14 +41,20 @@ export class RelayDataPlane implements DataPlane {
     let listener: net.Server | null = null;
     const port = await this.o.ports.take(async (p) => {
       const l = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-      const ok = await new Promise<boolean>((resolve) => {
-        l.once('error', () => resolve(false));
+      const ok = await new Promise<boolean>((resolve, reject) => {
+        // A port in use (or reserved) means: try the next one. Anything else, such as a listen
+        // address that is not ours, fails the same for every port: say so at once.
+        l.once('error', (err: NodeJS.ErrnoException) =>
+          err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(false) : reject(err),
+        );
         l.listen({ host: req.listen, port: p, exclusive: true, backlog: 4 }, () => resolve(true));
       });
       if (ok) listener = l;
       return ok;
     }).catch((e: unknown) => {
-      throw e instanceof DataPlaneError ? e : new DataPlaneError('BACKEND_FAILED', 'relay listen failed', { cause: e });
+      throw e instanceof DataPlaneError
+        ? e
+        : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
     });
     const id = `relay-${++this.seq}`;
     const path: RelayPath = { req, port, listener, timer: null, sockets: new Set() };

@@ -1,0 +1,110 @@
+// The userspace relay on loopback: only the negotiated peer, only once, within the data
+// timeout; bytes and half-closes carried both ways; nothing held after release or timeout.
+import t, { type Test } from 'tap';
+import net from 'node:net';
+import { once } from 'node:events';
+import { createHash, randomBytes } from 'node:crypto';
+import { RelayDataPlane } from '../src/dataplane/relay.js';
+import { PortAllocator } from '../src/net/ports.js';
+import { createLogger } from '../src/log.js';
+import type { DataPathRequest } from '../src/dataplane/types.js';
+
+const logger = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
+const payload = randomBytes(1 << 20);
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** A target that sends `payload`, then ends; it records what it received. */
+async function target(t: Test): Promise<{ port: number; got: () => Buffer; peers: string[] }> {
+  const chunks: Buffer[] = [];
+  const peers: string[] = [];
+  const srv = net.createServer({ allowHalfOpen: true }, (s) => {
+    peers.push(s.remoteAddress ?? '');
+    s.on('data', (d: Buffer) => chunks.push(d));
+    s.on('end', () => s.end(payload));
+  });
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  t.teardown(() => new Promise((r) => srv.close(r)));
+  return { port: (srv.address() as net.AddressInfo).port, got: () => Buffer.concat(chunks), peers };
+}
+
+function rig(t: Test, dataTimeout = 30) {
+  const ports = new PortAllocator(50500, 50509);
+  const relay = new RelayDataPlane({ ports, dataTimeout, logger });
+  t.teardown(() => relay.close());
+  return { ports, relay };
+}
+
+const request = (targetPort: number): DataPathRequest => ({
+  sid: '1',
+  kind: 'passive',
+  family: 4,
+  peer: '127.0.0.1',
+  listen: '127.0.0.1',
+  target: { address: '127.0.0.1', port: targetPort },
+  source: '127.0.0.1',
+});
+
+/** Connect from `from`, send `data`, half-close, read to the end. */
+async function exchange(port: number, from: string, data: Buffer): Promise<{ got: Buffer; error?: string }> {
+  const c = net.connect({ port, host: '127.0.0.1', localAddress: from, allowHalfOpen: true });
+  const chunks: Buffer[] = [];
+  c.on('data', (d: Buffer) => chunks.push(d));
+  return new Promise((resolve) => {
+    c.on('error', (e: NodeJS.ErrnoException) => resolve({ got: Buffer.concat(chunks), error: e.code ?? e.message }));
+    c.on('close', () => resolve({ got: Buffer.concat(chunks) }));
+    c.on('connect', () => c.end(data));
+  });
+}
+
+t.test('carries both directions with half-close, for the peer only, once', async (t) => {
+  const tgt = await target(t);
+  const { relay, ports } = rig(t);
+  const path = await relay.open(request(tgt.port));
+  const stranger = await exchange(path.port, '127.0.0.2', Buffer.from('x'));
+  t.equal(stranger.got.length, 0, 'another source gets nothing');
+  t.equal(tgt.peers.length, 0, 'and reaches nothing');
+  const up = randomBytes(200_000);
+  const r = await exchange(path.port, '127.0.0.1', up);
+  t.equal(r.error, undefined);
+  t.equal(sha(r.got), sha(payload), 'target to peer intact');
+  t.equal(sha(tgt.got()), sha(up), 'peer to target intact, then FIN passed on');
+  t.same(tgt.peers, ['127.0.0.1'], 'the target sees the source address');
+  const again = await exchange(path.port, '127.0.0.1', Buffer.from('y'));
+  t.equal(again.error, 'ECONNREFUSED', 'single use: the listener is gone');
+  await relay.release(path.id, false);
+  t.equal(ports.used, 0, 'port given back');
+  t.equal(relay.size, 0, 'nothing held');
+});
+
+t.test('the data timeout closes an unused listener and frees its port', async (t) => {
+  const tgt = await target(t);
+  const { relay, ports } = rig(t, 1);
+  const path = await relay.open(request(tgt.port));
+  t.equal(ports.used, 1);
+  await new Promise((r) => setTimeout(r, 1300));
+  t.equal(ports.used, 0);
+  t.equal(relay.size, 0);
+  t.equal((await exchange(path.port, '127.0.0.1', Buffer.from('z'))).error, 'ECONNREFUSED');
+});
+
+t.test('release with abort cuts a transfer in progress', async (t) => {
+  const hold = net.createServer((s) => s.write(Buffer.alloc(1 << 16)));
+  hold.listen(0, '127.0.0.1');
+  await once(hold, 'listening');
+  t.teardown(() => new Promise((r) => hold.close(r)));
+  const { relay } = rig(t);
+  const path = await relay.open(request((hold.address() as net.AddressInfo).port));
+  const c = net.connect({ port: path.port, host: '127.0.0.1' });
+  c.on('error', () => undefined);
+  await once(c, 'data');
+  await relay.release(path.id, true);
+  await once(c, 'close');
+  t.equal(relay.size, 0);
+});
+
+t.test('a listen address that is not ours fails at once, not as exhaustion', async (t) => {
+  const { relay, ports } = rig(t);
+  await t.rejects(relay.open({ ...request(21), listen: '192.0.2.99' }), { code: 'BACKEND_FAILED', message: /cannot listen on 192.0.2.99/ });
+  t.equal(ports.used, 0);
+});
