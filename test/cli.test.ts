@@ -157,6 +157,10 @@ t.test('--help documents every flag with its default; the built program runs', a
   const help = spawnSync(process.execPath, [cli.pathname, '--help'], { encoding: 'utf8' });
   t.equal(help.status, 0);
   t.match(help.stdout, /Usage: ftp-proxy/);
+  const dry = spawnSync(process.execPath, [cli.pathname, '--print-ruleset', '--nft-table', 'fp_dry', '--mark', '0x10'], { encoding: 'utf8' });
+  t.equal(dry.status, 0, '--print-ruleset exits 0 without touching nftables');
+  t.match(dry.stdout, /^table inet fp_dry \{/);
+  t.match(dry.stdout, /meta mark set 0x00000010 ct mark set 0x00000010/);
   const bad = spawnSync(process.execPath, [cli.pathname, '--port', 'nope'], { encoding: 'utf8' });
   t.equal(bad.status, 2);
   t.equal(bad.stderr.trim().split('\n').length, 1);
