@@ -7,12 +7,18 @@ import { DataPlaneError } from '../errors.js';
 import { canonical } from '../net/address.js';
 import type { PortAllocator } from '../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from './types.js';
+import { Splicer, type SpliceResult } from './splice.js';
 
 export interface RelayOptions {
   readonly ports: PortAllocator;
   /** Seconds a listener waits for its one connection. */
   readonly dataTimeout: number;
   readonly logger: AppLogger;
+  /**
+   * Carry bytes with splice(2) in a worker thread (default), or through Node streams. Streams
+   * are also the fallback where the worker cannot start or has died.
+   */
+  readonly splice?: boolean;
 }
 
 interface RelayPath {
@@ -20,17 +26,30 @@ interface RelayPath {
   readonly port: number;
   listener: net.Server | null;
   timer: NodeJS.Timeout | null;
-  readonly sockets: Set<net.Socket>;
+  /** One entry per connection being relayed: what cuts it. */
+  readonly cutters: Set<() => void>;
 }
 
 export class RelayDataPlane implements DataPlane {
   readonly name = 'relay';
   private readonly paths = new Map<string, RelayPath>();
   private seq = 0;
+  private splicer: Splicer | null = null;
 
   constructor(private readonly o: RelayOptions) {}
 
-  async start(): Promise<void> {}
+  async start(): Promise<void> {
+    if (this.o.splice === false || this.splicer) return;
+    this.splicer = Splicer.start({
+      onFailure: (err) => this.o.logger.error({ err: err.message }, 'splice worker failed; relaying through streams from now on'),
+    });
+    this.o.logger.info({ copy: this.splicer ? 'splice' : 'streams' }, 'relay data plane ready');
+  }
+
+  /** How bytes are carried now: 'splice' (kernel pipes, worker thread) or 'streams'. */
+  get copyMode(): 'splice' | 'streams' {
+    return this.splicer?.usable ? 'splice' : 'streams';
+  }
 
   /** Live paths (listening or relaying), for tests and stats. */
   get size(): number {
@@ -57,7 +76,7 @@ export class RelayDataPlane implements DataPlane {
         : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
     });
     const id = `relay-${++this.seq}`;
-    const path: RelayPath = { req, port, listener, timer: null, sockets: new Set() };
+    const path: RelayPath = { req, port, listener, timer: null, cutters: new Set() };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -80,7 +99,6 @@ export class RelayDataPlane implements DataPlane {
       return;
     }
     this.stopListening(path);
-    path.sockets.add(peer);
     const target = net.connect({
       host: path.req.target.address,
       port: path.req.target.port,
@@ -88,36 +106,61 @@ export class RelayDataPlane implements DataPlane {
       ...(path.req.sourcePort !== undefined ? { localPort: path.req.sourcePort } : {}),
       allowHalfOpen: true,
     });
-    path.sockets.add(target);
+    // Nothing is read from either side before both are connected: the first bytes go to
+    // whichever carrier (splice or streams) takes the pair.
+    target.pause();
     peer.setNoDelay(true);
     target.setNoDelay(true);
     let closed = 0;
     let over = false;
-    const done = (why: string, err?: Error): void => {
+    /** While the splice worker holds the pair, its descriptors must stay open. */
+    let spliced: number | null = null;
+    const done = (why: string, err?: Error, result?: SpliceResult): void => {
       if (over) return;
+      if (spliced !== null) {
+        // Ask the worker to let go; its answer comes back here with spliced = null.
+        this.splicer?.abort(spliced);
+        return;
+      }
       over = true;
-      path.sockets.delete(peer);
-      path.sockets.delete(target);
+      path.cutters.delete(cut);
       peer.destroy();
       target.destroy();
-      // Bytes counted by the sockets themselves: no per-chunk listener on the hot path.
-      const bytes = { toTarget: target.bytesWritten, toPeer: peer.bytesWritten };
+      // Bytes counted by the sockets (or the worker): no per-chunk listener on the hot path.
+      const bytes = result
+        ? { toTarget: result.aToB, toPeer: result.bToA, copy: 'splice' }
+        : { toTarget: target.bytesWritten, toPeer: peer.bytesWritten };
       log[err ? 'warn' : 'debug']({ ...bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
       this.forget(id, path);
     };
+    const cut = (): void => done('aborted');
+    path.cutters.add(cut);
     peer.on('error', (err) => done('peer error', err));
     target.on('error', (err) => done('target error', err));
-    // pipe() gives backpressure both ways and passes each side's FIN on to the other once
-    // its data is written; a side is only gone when it has closed in both directions.
+    // Streams: pipe() gives backpressure both ways and passes each side's FIN on to the
+    // other once its data is written; a side is only gone when it has closed both ways.
     const closedOne = (): void => {
       if (++closed === 2) done('both sides closed');
     };
     peer.on('close', closedOne);
     target.on('close', closedOne);
     target.once('connect', () => {
-      peer.pipe(target);
-      target.pipe(peer);
-      peer.resume();
+      if (over) return;
+      const splicer = this.splicer?.usable ? this.splicer : null;
+      if (!splicer) {
+        peer.pipe(target);
+        target.pipe(peer);
+        peer.resume();
+        target.resume();
+        return;
+      }
+      const handle = splicer.relay(peer, target);
+      spliced = handle.id;
+      void handle.done.then((r) => {
+        spliced = null;
+        const failed = r.error !== undefined && r.error !== 'aborted';
+        done(r.error === undefined ? 'both sides closed' : r.error, failed ? new Error(r.error) : undefined, r);
+      });
     });
   }
 
@@ -134,21 +177,20 @@ export class RelayDataPlane implements DataPlane {
 
   /** Drop the path once it neither listens nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener === null && path.sockets.size === 0) this.paths.delete(id);
+    if (path.listener === null && path.cutters.size === 0) this.paths.delete(id);
   }
 
   async release(id: string, abort: boolean): Promise<void> {
     const path = this.paths.get(id);
     if (!path) return;
     this.stopListening(path);
-    if (abort) {
-      for (const s of path.sockets) s.destroy();
-      path.sockets.clear();
-    }
+    if (abort) for (const cut of [...path.cutters]) cut();
     this.forget(id, path);
   }
 
   async close(): Promise<void> {
     for (const id of [...this.paths.keys()]) await this.release(id, true);
+    await this.splicer?.close();
+    this.splicer = null;
   }
 }
