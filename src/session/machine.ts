@@ -413,19 +413,21 @@ export class SessionMachine {
         }
         break;
       case 'active':
-        if (reply.code >= 400) this.releaseIfCurrent(head.pathId, out);
+        // The reply goes first here and below: releasing is housekeeping the client need not
+        // wait for.
         out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+        if (reply.code >= 400) this.releaseIfCurrent(head.pathId, out);
         break;
       case 'transfer':
-        // The transfer is over (or never started): its data path admits nothing more. Only
-        // that path: a server that skips a reply (pure-ftpd after ABOR) must not make us
-        // release a path negotiated after it.
-        this.releaseIfCurrent(head.pathId, out);
         if (this.transferring) {
           this.transferring = false;
           out.push({ type: 'transfer', active: false });
         }
         out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+        // The transfer is over (or never started): its data path admits nothing more. Only
+        // that path: a server that skips a reply (pure-ftpd after ABOR) must not make us
+        // release a path negotiated after it.
+        this.releaseIfCurrent(head.pathId, out);
         break;
       case 'other':
         if (!this.loggedIn && (reply.code === 230 || reply.code === 232)) {

@@ -15,9 +15,9 @@ import { NetlinkRunner } from '../../src/dataplane/nftables/netlink.js';
 import { closeBatch, openBatch, releaseBatch, startBatch, type PathSpec } from '../../src/dataplane/nftables/rules.js';
 import { SpawnRunner } from '../../src/dataplane/nftables/spawn.js';
 import { add, batch, concat, del, destroy, elem, type Batch, type Element } from '../../src/dataplane/nftables/schema.js';
-import type { DataPathRequest } from '../../src/dataplane/types.js';
 import { isRoot } from '../lib/lab.js';
 import { addNetns, delNetns, elements, insideNetns, nft, runInside, runPrefix } from './lib/netns.js';
+import { active6, passive4 } from './lib/requests.js';
 
 const inside = insideNetns<{ ns: string }>();
 
@@ -30,25 +30,6 @@ if (!inside) {
   });
 } else {
   const logger = pino({ level: 'silent' });
-  const passive4: DataPathRequest = {
-    sid: '7',
-    kind: 'passive',
-    family: 4,
-    peer: '192.0.2.2',
-    listen: '192.0.2.1',
-    target: { address: '198.51.100.2', port: 40000 },
-    source: '198.51.100.1',
-  };
-  const active6: DataPathRequest = {
-    sid: '8',
-    kind: 'active',
-    family: 6,
-    peer: '2001:db8:2::2',
-    listen: '2001:db8:2::1',
-    target: { address: '2001:db8:1::2', port: 45678 },
-    source: '2001:db8:1::1',
-    sourcePort: 20,
-  };
   const tableExists = (name: string): boolean => {
     try {
       nft('list', 'table', 'inet', name);
@@ -147,6 +128,23 @@ if (!inside) {
       t.same(elements(table, 'map', 'snat4'), snat, 'kept while the other path lives');
       await dp.release(b.id, false);
       t.same(elements(table, 'map', 'snat4'), []);
+    });
+
+    t.test(`${runner}: releases of one turn together, and an open in that turn after them`, async (t) => {
+      const { ports, dp } = make();
+      await dp.start();
+      t.teardown(() => dp.close());
+      const a = await dp.open(passive4);
+      const b = await dp.open(active6);
+      // a is the last user of its SNAT entry, which c, opened in the same turn, needs.
+      const [, , c] = await Promise.all([dp.release(a.id, false), dp.release(b.id, true), dp.open(passive4)]);
+      t.same(elements(table, 'set', 'admit4'), [`192.0.2.2 . 192.0.2.1 . ${c.port}`], "only c's admission");
+      t.same(elements(table, 'map', 'snat4'), ['192.0.2.2 . 198.51.100.2 . 40000 : 198.51.100.1'], "c's SNAT entry");
+      for (const m of ['dnat6', 'snat6', 'snatport6']) t.same(elements(table, 'map', m), [], `${m} empty`);
+      if (withLog) t.same(logRules(table), [`ip saddr 192.0.2.2 ip daddr 192.0.2.1 tcp dport ${c.port} log prefix "ftp-proxy #7 "`]);
+      await dp.release(c.id, false);
+      t.same(elements(table, 'map', 'snat4'), []);
+      t.equal(ports.used, 0);
     });
 
     t.test(`${runner}: start replaces a crashed run's table`, async (t) => {

@@ -112,6 +112,11 @@ t.test('PORT: data goes to the client control address; PORT sent to the server c
   t.ok(m.transferActive);
   const y = m.serverReply(reply('226 done'));
   t.same(releases(y), ['a1'], 'the end of the transfer releases its path');
+  t.same(
+    y.map((a) => a.type),
+    ['transfer', 'toClient', 'release'],
+    'the client has its 226 before the path is released',
+  );
   t.notOk(m.transferActive);
   t.equal(m.currentPath, null);
 });
@@ -240,6 +245,18 @@ t.test('a transfer refused without a preliminary reply releases the path', async
   t.same(releases(m.serverReply(reply('550 no such file'))), [], 'an unrelated 550 keeps the path');
   m.clientLine('RETR nofile');
   t.same(releases(m.serverReply(reply('550 no such file'))), ['p']);
+});
+
+t.test('PORT refused by the server: the reply goes out, then the path is released', async (t) => {
+  const m = machine();
+  const a = m.clientLine('PORT 192,0,2,2,156,64');
+  m.dataOpened(opens(a)[0]!.token, { id: 'a1', port: 50020 });
+  const b = m.serverReply(reply('500 PORT refused'));
+  t.same(
+    b.map((x) => (x.type === 'release' ? `release ${x.id}` : x.type === 'toClient' ? x.text : x.type)),
+    ['500 PORT refused', 'release a1'],
+  );
+  t.equal(m.currentPath, null);
 });
 
 t.test('passiveDirect: the client is sent to the server address and port, no data path', async (t) => {

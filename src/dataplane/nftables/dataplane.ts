@@ -9,6 +9,7 @@ import type { PortAllocator } from '../../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from '../types.js';
 import { LibnftablesRunner } from './libnftables.js';
 import { NetlinkRunner } from './netlink.js';
+import { batch, type Command } from './schema.js';
 import {
   closeBatch,
   CHAIN,
@@ -71,6 +72,24 @@ interface LivePath {
   readonly logHandle: number | undefined;
 }
 
+/** A release taken off the live map and waiting for the next flush. */
+interface QueuedRelease {
+  readonly id: string;
+  readonly path: LivePath;
+  /** This release dropped the last user of the path's SNAT entries: they go too. */
+  readonly snat: boolean;
+  readonly resolve: () => void;
+  readonly reject: (e: DataPlaneError) => void;
+}
+
+/**
+ * Most commands in one release transaction. The netlink runner needs room for one ack per
+ * command in its socket's receive buffer: at the default 208 KiB, 250 went through here and 260
+ * failed with ENOBUFS (after the kernel had applied them); `nft -j` takes the batch as one
+ * argument, which fails past 128 KiB (about 90 paths). A release is at most 11 commands.
+ */
+export const MAX_RELEASE_COMMANDS = 128;
+
 interface SnatUse {
   readonly source: string;
   readonly sourcePort: number | undefined;
@@ -93,6 +112,11 @@ export class NftablesDataPlane implements DataPlane {
   /** SNAT entries are keyed by the post-DNAT tuple, which two live paths may share. */
   private readonly snatUses = new Map<string, SnatUse>();
   private readonly quarantine = new Set<NodeJS.Timeout>();
+  /** Releases of this event-loop turn, applied together by flushReleases(). */
+  private queued: QueuedRelease[] = [];
+  private flushSoon: NodeJS.Immediate | undefined;
+  /** Release transactions sent and not yet settled, for close() to wait on. */
+  private readonly applying = new Set<Promise<void>>();
   private seq = 0;
 
   constructor(private readonly o: NftablesDataPlaneOptions) {
@@ -194,6 +218,10 @@ export class NftablesDataPlane implements DataPlane {
     }
     // Counted before the batch is queued, so a concurrent release of the other user sees it.
     this.claimSnat(key, spec);
+    // Queued releases reach the kernel first: one of them may have dropped the last user of
+    // this SNAT key and so delete the entry this batch adds. Every runner applies batches in
+    // the order run() is called, and nothing below yields before the open batch's run().
+    this.flushReleases();
     let echoed: unknown[];
     try {
       // add element inet T admit4 { peer . listen . port timeout Ns }, dnat4, dnatport4, snat4
@@ -217,40 +245,96 @@ export class NftablesDataPlane implements DataPlane {
     return { id, port };
   }
 
-  async release(id: string, _abort: boolean): Promise<void> {
+  /**
+   * Takes the path out of the live map at once (size and SNAT sharing count without it) and
+   * queues its removal: every release of one event-loop turn goes to the kernel in one
+   * transaction, after the turn's replies are written. Resolves once it is applied; the port
+   * is free again only then.
+   */
+  release(id: string, _abort: boolean): Promise<void> {
     // abort changes nothing here: the kernel carries an established connection, and removing
     // the entries does not touch its conntrack binding.
     const path = this.paths.get(id);
-    if (!path) return;
+    if (!path) return Promise.resolve();
     this.paths.delete(id);
-    const lastSnatUser = this.dropSnat(path.snatKey);
-    try {
+    const snat = this.dropSnat(path.snatKey);
+    return new Promise((resolve, reject) => {
+      this.queued.push({ id, path, snat, resolve, reject });
+      // Left referenced: a queued release is applied even when nothing else keeps the loop up.
+      // close() cancels it.
+      this.flushSoon ??= setImmediate(() => this.flushReleases());
+    });
+  }
+
+  /**
+   * Sends the queued releases now, in transactions of whole paths of at most
+   * MAX_RELEASE_COMMANDS commands: a transaction fails as a whole, and so does every release
+   * in it (its port quarantined, its promise rejected).
+   */
+  private flushReleases(): void {
+    if (this.flushSoon) clearImmediate(this.flushSoon);
+    this.flushSoon = undefined;
+    const queued = this.queued;
+    if (queued.length === 0) return;
+    this.queued = [];
+    const destroy = this.destroy && this.elements === this.netlink;
+    let group: QueuedRelease[] = [];
+    let cmds: Command[] = [];
+    for (const q of queued) {
       // add element inet T admit4 { peer . listen . port }; delete element inet T admit4 { ... }
       // (over netlink on Linux 6.3+: destroy element inet T admit4 { peer . listen . port })
       // and the same for dnat4, dnatport4, [snat4, snatport4 if no other path uses them]
       // [; delete rule inet T admit_log handle H]
-      await this.elements.run(
-        releaseBatch(this.opts, path.spec, {
-          snat: lastSnatUser,
-          destroy: this.destroy && this.elements === this.netlink,
-          ...(path.logHandle !== undefined ? { logHandle: path.logHandle } : {}),
-        }),
-      );
-    } catch (e) {
-      // What is left times out in the kernel; the port stays out of use until then.
-      this.quarantinePort(path.spec.port);
-      throw new DataPlaneError('BACKEND_FAILED', `cannot remove data path ${id}: ${(e as Error).message}`, { cause: e });
+      const mine = releaseBatch(this.opts, q.path.spec, {
+        snat: q.snat,
+        destroy,
+        ...(q.path.logHandle !== undefined ? { logHandle: q.path.logHandle } : {}),
+      }).nftables;
+      if (group.length > 0 && cmds.length + mine.length > MAX_RELEASE_COMMANDS) {
+        this.applyReleases(group, cmds);
+        group = [];
+        cmds = [];
+      }
+      group.push(q);
+      cmds.push(...mine);
     }
-    this.o.ports.put(path.spec.port);
-    this.o.logger.debug({ sid: path.spec.sid, dataPath: id, dataPort: path.spec.port }, 'data path released');
+    this.applyReleases(group, cmds);
+  }
+
+  private applyReleases(group: readonly QueuedRelease[], cmds: Command[]): void {
+    // The executor calls run() at once, so batches keep the order of the calls (open() relies
+    // on it), and a runner that throws becomes a rejection.
+    const settled = new Promise<unknown>((resolve) => resolve(this.elements.run(batch(...cmds)))).then(
+      () => {
+        for (const q of group) {
+          this.o.ports.put(q.path.spec.port);
+          this.o.logger.debug({ sid: q.path.spec.sid, dataPath: q.id, dataPort: q.path.spec.port }, 'data path released');
+          q.resolve();
+        }
+      },
+      (e: unknown) => {
+        for (const q of group) {
+          // What is left times out in the kernel; the port stays out of use until then.
+          this.quarantinePort(q.path.spec.port);
+          q.reject(new DataPlaneError('BACKEND_FAILED', `cannot remove data path ${q.id}: ${(e as Error).message}`, { cause: e }));
+        }
+      },
+    );
+    this.applying.add(settled);
+    void settled.finally(() => this.applying.delete(settled));
   }
 
   async close(): Promise<void> {
-    for (const t of this.quarantine) clearTimeout(t);
-    this.quarantine.clear();
     for (const p of this.paths.values()) this.o.ports.put(p.spec.port);
     this.paths.clear();
     this.snatUses.clear();
+    // No release can be queued from here on (no path is left). Those already queued go out
+    // while the runners are open, and settle (a failed one quarantines its port) before the
+    // quarantine is cleared: then nothing is queued or timed any more.
+    this.flushReleases();
+    await Promise.all(this.applying);
+    for (const t of this.quarantine) clearTimeout(t);
+    this.quarantine.clear();
     try {
       // add table inet T; delete table inet T - whether or not start() got as far as creating it.
       await this.runner.run(closeBatch(this.table));
