@@ -27,9 +27,16 @@ PROXY_PORT = 8021
 HELPER_PORTS = "21,2121,2122"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
-SETUPS = ("direct", "helper", "proxy-nftables", "proxy-relay")
+SETUPS = ("direct", "helper", "node-pipe", "proxy-nftables", "proxy-relay")
 PROXIES = ("proxy-nftables", "proxy-relay")
 BACKEND = {"proxy-nftables": "nftables", "proxy-relay": "relay"}
+# The floor: a bare Node.js TCP forwarder (node-pipe.mjs), what any Node-based proxy pays for
+# its userspace hop on the control connection before doing any FTP work.
+FLOOR = "node-pipe"
+NODE_PIPE = HERE / "node-pipe.mjs"
+HOPS = (FLOOR, *PROXIES)  # a Node.js process of ours in the gateway, behind the redirect
+PASV_ONLY = ("direct", FLOOR)  # nothing rewrites PORT: active sessions cannot pass
+NODE = shutil.which("node") or "node"  # the floor and the proxy run on the same node
 
 
 class Stop(Exception):
@@ -164,16 +171,20 @@ class Noise:
                 "foreign_cpu_s": round(foreign, 3), "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
 
 
-# --- the proxy -------------------------------------------------------------------------------
+# --- the proxy (or the floor): a Node.js process in the gateway, behind the redirect ---------
+
+
+def hop_args(lab: Lab, setup: str, cli: str) -> list[str]:
+    if setup == FLOOR:
+        return [str(NODE_PIPE), str(PROXY_PORT), lab.server, str(lab.port)]
+    return [cli, "-b", "::", "-p", str(PROXY_PORT), "--backend", BACKEND[setup], "-m", "20000", "-D", "3"]
 
 
 class Proxy:
-    def __init__(self, lab: Lab, cli: str, backend: str, logfile: Path, node_args: list[str] | None = None):
+    def __init__(self, lab: Lab, setup: str, cli: str, logfile: Path, node_args: list[str] | None = None):
         self.lab = lab
-        self.backend = backend
         self.logfile = logfile
-        argv = ["ip", "netns", "exec", lab.ns["gw"], shutil.which("node") or "node", *(node_args or []), cli,
-                "-b", "::", "-p", str(PROXY_PORT), "--backend", backend, "-m", "20000", "-D", "3"]
+        argv = ["ip", "netns", "exec", lab.ns["gw"], NODE, *(node_args or []), *hop_args(lab, setup, cli)]
         self.argv = argv[4:]
         with open(logfile, "ab") as out:
             # Own session: a Ctrl-C on the terminal does not reach it; we stop it ourselves.
@@ -183,14 +194,15 @@ class Proxy:
         t0 = time.monotonic()
         while not lab.listening(PROXY_PORT):
             if self.p.poll() is not None:
-                raise RuntimeError(f"ftp-proxy exited {self.p.returncode}: {logfile.read_text()[-2000:]}")
+                raise RuntimeError(f"{setup} exited {self.p.returncode}: {logfile.read_text()[-2000:]}")
             if time.monotonic() - t0 > 20:
-                raise RuntimeError(f"ftp-proxy not listening after 20 s: {logfile.read_text()[-2000:]}")
+                end(self.p, 5.0)
+                raise RuntimeError(f"{setup} not listening after 20 s: {logfile.read_text()[-2000:]}")
             time.sleep(0.05)
         self.startup_s = time.monotonic() - t0
 
     def cpu(self) -> tuple[float, float, float]:
-        """(user, system, waited-for children) CPU seconds of the proxy, all threads."""
+        """(user, system, waited-for children) CPU seconds of the process, all threads."""
         st = Path(f"/proc/{self.pid}/stat").read_text()
         f = [int(x) for x in st[st.rindex(")") + 2:].split()[11:15]]
         return f[0] / CLK_TCK, f[1] / CLK_TCK, (f[2] + f[3]) / CLK_TCK
@@ -237,7 +249,7 @@ def drive(lab: Lab, job: dict, timeout: float = 600) -> dict:
 def phases(setup: str, cfg) -> list[tuple[str, dict]]:
     small = {"file": "1KiB.bin", "size": 1024}
     big = {"file": "100MiB.bin", "size": 100 * MIB}
-    modes = ["pasv"] if setup == "direct" else ["pasv", "port"]
+    modes = ["pasv"] if setup in PASV_ONLY else ["pasv", "port"]
     out = [(f"seq_{m}", {"op": "seq", "mode": m, "n": cfg.seq, **small}) for m in modes]
     out += [(f"retr_{m}", {"op": "retr", "mode": m, "count": cfg.retr, **big}) for m in modes]
     out += [("list", {"op": "list", "path": "dir1000", "count": cfg.list})]
@@ -250,7 +262,8 @@ def phases(setup: str, cfg) -> list[tuple[str, dict]]:
 
 
 def quiesce(lab: Lab, proxy: "Proxy | None", proxy_fds: int | None, limit: float = 20.0) -> float:
-    """Wait until the server namespace is back to its daemons and the proxy to its idle fds."""
+    """Wait until the server namespace is back to its daemons and the proxy (or the floor) to its
+    idle fds, for at most `limit` seconds: a process that keeps sockets open must not stall the run."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
         busy = lab.server_procs() > lab.server_baseline
@@ -263,14 +276,14 @@ def quiesce(lab: Lab, proxy: "Proxy | None", proxy_fds: int | None, limit: float
 
 
 def configure(lab: Lab, setup: str) -> None:
-    """Exactly one of: nothing, the kernel helper, the redirect to the proxy."""
+    """Exactly one of: nothing, the kernel helper, the redirect to the proxy (or the floor)."""
     lab.helper(setup == "helper")
-    lab.redirect(setup in PROXIES)
+    lab.redirect(setup in HOPS)
     lab.flush_conntrack()
 
 
 def warm_up(lab: Lab, setup: str, n: int) -> None:
-    for m in (["pasv"] if setup == "direct" else ["pasv", "port"]):
+    for m in (["pasv"] if setup in PASV_ONLY else ["pasv", "port"]):
         r = drive(lab, {"op": "seq", "mode": m, "n": n, "file": "1KiB.bin", "size": 1024})
         if r.get("failed") or r.get("errors"):
             raise RuntimeError(f"{setup} warm-up ({m}) failed: {r.get('failed') or r.get('error_samples')}")
@@ -281,8 +294,8 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
     proxy = None
     res: dict = {"phases": {}}
     try:
-        if setup in PROXIES:
-            proxy = Proxy(lab, cli, BACKEND[setup], outdir / f"proxy-{setup}-r{rnd}.log")
+        if setup in HOPS:
+            proxy = Proxy(lab, setup, cli, outdir / f"proxy-{setup}-r{rnd}.log")
             res["proxy_startup_s"] = round(proxy.startup_s, 3)
         proxy_fds = proxy.status()["fds"] if proxy else None
         warm_up(lab, setup, cfg.warmup)
@@ -315,7 +328,7 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
 def run_idle(lab: Lab, setup: str, cfg, cli: str, outdir: Path) -> dict:
     """Proxy RSS with idle logged-in sessions held open (against vsftpd), per level."""
     configure(lab, setup)
-    proxy = Proxy(lab, cli, BACKEND[setup], outdir / f"proxy-{setup}-idle.log")
+    proxy = Proxy(lab, setup, cli, outdir / f"proxy-{setup}-idle.log")
     res: dict = {"levels": []}
     drv = None
     try:
@@ -427,7 +440,7 @@ def run_profile(lab: Lab, setup: str, cfg, cli: str, outdir: Path) -> dict:
     configure(lab, setup)
     pdir = outdir / f"cpuprofile-{setup}"
     pdir.mkdir(parents=True, exist_ok=True)
-    proxy = Proxy(lab, cli, BACKEND[setup], outdir / f"proxy-{setup}-profile.log",
+    proxy = Proxy(lab, setup, cli, outdir / f"proxy-{setup}-profile.log",
                   node_args=["--cpu-prof", f"--cpu-prof-dir={pdir}"])
     res: dict = {}
     try:
@@ -518,12 +531,26 @@ def metrics(concurrency: list[int]) -> list[tuple[str, str, str, bool, object]]:
     return m
 
 
+def paired_ratio(rounds: list[dict], fn, s: str, ref: str) -> dict | None:
+    """Median and range of s / ref within each round (the pair ran minutes apart at most)."""
+    pr = [fn(a) / fn(b) for a, b in ((r["setups"][s]["phases"], r["setups"][ref]["phases"]) for r in rounds)
+          if fn(a) is not None and fn(b)]
+    return {"median": med(pr), "min": min(pr), "max": max(pr)} if pr else None
+
+
+def floor_keys(concurrency: list[int]) -> list[str]:
+    """The metrics the proxies are compared to the floor on: sequential and the lowest concurrency."""
+    return ["seq_pasv", f"conc{min(concurrency)}"] if concurrency else ["seq_pasv"]
+
+
 def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
-    out: dict = {"metrics": {}, "pasv_227": {}, "idle_rss": {}}
+    # The setups this run measured (--no-floor leaves one out; older results may lack it).
+    setups = [s for s in SETUPS if all(s in r["setups"] for r in rounds)]
+    out: dict = {"setups": setups, "metrics": {}, "pasv_227": {}, "idle_rss": {}}
     for key, label, unit, higher, fn in metrics(concurrency):
         row = {"label": label, "unit": unit, "higher_is_better": higher, "setups": {}}
-        for s in SETUPS:
-            vals = [fn(r["setups"][s]["phases"]) for r in rounds if s in r["setups"]]
+        for s in setups:
+            vals = [fn(r["setups"][s]["phases"]) for r in rounds]
             vals = [v for v in vals if v is not None]
             if vals:
                 row["setups"][s] = {"median": med(vals), "min": min(vals), "max": max(vals), "per_round": vals}
@@ -536,14 +563,22 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
                 best = (lambda x: x["max"]) if higher else (lambda x: x["min"])
                 if best(h):
                     v["best_round_ratio"] = best(v) / best(h)
-                paired = [r["setups"][s]["phases"] for r in rounds]
-                hp = [r["setups"]["helper"]["phases"] for r in rounds]
-                pr = [fn(a) / fn(b) for a, b in zip(paired, hp) if fn(a) is not None and fn(b)]
-                if pr:
-                    v["paired_ratio"] = {"median": med(pr), "min": min(pr), "max": max(pr)}
+                if pr := paired_ratio(rounds, fn, s, "helper"):
+                    v["paired_ratio"] = pr
+        f = row["setups"].get(FLOOR)
+        for s in PROXIES:
+            v = row["setups"].get(s)
+            if v and f and f["median"]:
+                v["ratio_to_floor"] = v["median"] / f["median"]
+                if pr := paired_ratio(rounds, fn, s, FLOOR):
+                    v["paired_ratio_to_floor"] = pr
         out["metrics"][key] = row
+    out["vs_floor"] = {s: {k: {"ratio": v["ratio_to_floor"], "paired": v.get("paired_ratio_to_floor")}
+                           for k in floor_keys(concurrency)
+                           if (v := out["metrics"][k]["setups"].get(s)) and "ratio_to_floor" in v}
+                       for s in PROXIES if FLOOR in setups}
     # PASV -> 227 round trip, pooled over every sequential PASV session of every round.
-    for s in SETUPS:
+    for s in setups:
         xs = [x for r in rounds for x in r["setups"][s]["phases"].get("seq_pasv", {}).get("pasv_ms", [])]
         per_round = [(pct(r["setups"][s]["phases"]["seq_pasv"]["pasv_ms"], 50),
                       pct(r["setups"][s]["phases"]["seq_pasv"]["pasv_ms"], 99))
@@ -554,14 +589,14 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
     # Where a sequential session spends its time: pooled median per step.
     out["steps"] = {}
     for ph in ("seq_pasv", "seq_port"):
-        for s in SETUPS:
+        for s in setups:
             runs = [r["setups"][s]["phases"][ph]["steps_ms"] for r in rounds
                     if ph in r["setups"][s]["phases"] and "steps_ms" in r["setups"][s]["phases"][ph]]
             if runs:
                 out["steps"].setdefault(ph, {})[s] = {k: med([x for run in runs for x in run[k]]) for k in runs[0]}
     # How much else ran on the machine (other sessions' tests), and vsftpd's accept queue.
     out["noise"] = {}
-    for s in SETUPS:
+    for s in setups:
         phs = [(name, p) for r in rounds for name, p in r["setups"][s]["phases"].items()]
         out["noise"][s] = {
             "foreign_cpu_s": round(sum(p["noise"]["foreign_cpu_s"] for _, p in phs), 1),
@@ -569,7 +604,7 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
             "listen_overflows": {name: sum(p["listen_overflows"]["server"] + p["listen_overflows"]["gw"]
                                            for n2, p in phs if n2 == name) for name in dict(phs)}}
     h = out["pasv_227"].get("helper")
-    for s in PROXIES:
+    for s in HOPS:
         v = out["pasv_227"].get(s)
         if v and h:
             v["added_p50"] = v["p50"] - h["p50"]
@@ -602,13 +637,17 @@ def table(summary: dict, meta: dict) -> str:
     lines = [f"ftp-proxy bench {meta['date']}  {meta['machine']['nproc']} CPUs, kernel {meta['machine']['kernel']}, "
              f"{len(meta['rounds'])} rounds, proxy {meta['proxy']['source']}",
              "cells: median [min-max] over rounds; xH = ratio of medians to the kernel helper", ""]
+    setups = summary["setups"]
+    if FLOOR in setups:
+        lines.insert(2, f"{FLOOR}: a bare Node.js TCP forwarder (no FTP logic, PASV only) behind the proxy's redirect,"
+                        " the floor for any Node-based proxy; its CPU is in the proxy CPU rows")
     if meta.get("machine"):
         lines[1] += f"; load average at start {' '.join(meta['machine'].get('loadavg_start', []))}"
     w0, w = 36, 27
-    lines.append("metric".ljust(w0) + "".join(s.rjust(w) for s in SETUPS))
+    lines.append("metric".ljust(w0) + "".join(s.rjust(w) for s in setups))
     for key, row in summary["metrics"].items():
         cells = []
-        for s in SETUPS:
+        for s in setups:
             v = row["setups"].get(s)
             if not v:
                 cells.append("-".rjust(w))
@@ -620,32 +659,32 @@ def table(summary: dict, meta: dict) -> str:
         lines.append(f"{row['label']} ({row['unit']})".ljust(w0) + "".join(cells))
     for q in ("p50", "p99"):
         cells = []
-        for s in SETUPS:
+        for s in setups:
             v = summary["pasv_227"].get(s)
-            c = "-" if not v else f"{v[q]:.2f}" + (f" (+{v['added_' + q]:.2f})" if f"added_{q}" in v else "")
+            c = "-" if not v else f"{v[q]:.2f}" + (f" ({v['added_' + q]:+.2f})" if f"added_{q}" in v else "")
             cells.append(c.rjust(w))
         lines.append(f"PASV->227 {q} (ms, +added vs helper)".ljust(w0) + "".join(cells))
     for ph, per in summary.get("steps", {}).items():
-        lines += ["", f"median ms per step of a sequential session, {ph}".ljust(w0) + "".join(s.rjust(w) for s in SETUPS)]
+        lines += ["", f"median ms per step of a sequential session, {ph}".ljust(w0) + "".join(s.rjust(w) for s in setups)]
         for k in next(iter(per.values())):
             lines.append(f"  {k}".ljust(w0) + "".join(
-                (f"{per[s][k]:.2f}" if s in per else "-").rjust(w) for s in SETUPS))
-    lines += ["", "noise and queues (all rounds)".ljust(w0) + "".join(s.rjust(w) for s in SETUPS)]
+                (f"{per[s][k]:.2f}" if s in per else "-").rjust(w) for s in setups))
+    lines += ["", "noise and queues (all rounds)".ljust(w0) + "".join(s.rjust(w) for s in setups)]
     noise = summary.get("noise", {})
     lines.append("  CPU s used by other processes".ljust(w0) + "".join(
-        f"{noise[s]['foreign_cpu_s']:.1f}".rjust(w) for s in SETUPS))
+        f"{noise[s]['foreign_cpu_s']:.1f}".rjust(w) for s in setups))
     lines.append("  machine busy (median of phases)".ljust(w0) + "".join(
-        f"{100 * noise[s]['machine_busy_frac_median']:.0f}%".rjust(w) for s in SETUPS))
+        f"{100 * noise[s]['machine_busy_frac_median']:.0f}%".rjust(w) for s in setups))
     for ph in sorted({k for v in noise.values() for k, n in v["listen_overflows"].items() if n}):
         lines.append(f"  listen queue overflows, {ph}".ljust(w0) + "".join(
-            str(noise[s]["listen_overflows"].get(ph, "-")).rjust(w) for s in SETUPS))
+            str(noise[s]["listen_overflows"].get(ph, "-")).rjust(w) for s in setups))
     lines.append("")
     idle = summary["idle_rss"]
     if idle:
         levels = sorted({n for v in idle.values() for n in v["levels"]})
         for n in ["baseline", *levels]:
             cells = []
-            for s in SETUPS:
+            for s in setups:
                 v = idle.get(s)
                 if not v:
                     cells.append("-".rjust(w))
@@ -658,7 +697,7 @@ def table(summary: dict, meta: dict) -> str:
         if any("extrapolated_10000_mib" in v for v in idle.values()):
             lines.append("proxy RSS, 10000 (linear extrapol.)".ljust(w0) + "".join(
                 (f"{idle[s]['extrapolated_10000_mib']:.1f}" if s in idle and "extrapolated_10000_mib" in idle[s]
-                 else "-").rjust(w) for s in SETUPS))
+                 else "-").rjust(w) for s in setups))
     return "\n".join(lines)
 
 
@@ -715,6 +754,10 @@ def render(result: dict) -> str:
         paired += f", best round vs best round {t['best_round_ratio']:.2f})" if t.get("best_round_ratio") else (
             ")" if pr else "")
         out.append(f"target {t['target']:<48} {t['setup']:<15} {t['measured']!s:>8}  {met}{paired}")
+    for s, per in result["summary"].get("vs_floor", {}).items():
+        cells = [f"{k} {v['ratio']:.2f}x" + (f" (paired per-round {v['paired']['min']:.2f}-{v['paired']['max']:.2f})"
+                                             if v["paired"] else "") for k, v in per.items()]
+        out.append(f"{'vs bare node pipe (' + FLOOR + ')':<55} {s:<15} {'   '.join(cells)}")
     for s, p in result["profile"].items():
         if p.get("top"):
             out += ["", f"profile {s} ({p['window']}): main thread busy {p['busy_ms']} ms of {p['total_ms']} ms"
@@ -757,6 +800,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--idle-levels", help="comma list, e.g. 1000,10000; 0 = skip")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--no-floor", action="store_true",
+                    help=f"leave out the {FLOOR} setup (a bare Node.js TCP forwarder, PASV phases only, "
+                         "the floor for a Node-based proxy) and the proxies' ratios to it; default: included")
     a = ap.parse_args()
     q = a.quick
     defaults = {"rounds": 2 if q else 7, "seq": 100 if q else 200, "conc_seconds": 1.5 if q else 2.5,
@@ -766,6 +812,7 @@ def parse_args() -> argparse.Namespace:
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.concurrency = [int(x) for x in a.concurrency.split(",") if x]
+    a.setups = [s for s in SETUPS if not (a.no_floor and s == FLOOR)]
     a.idle_levels = [int(x) for x in a.idle_levels.split(",") if int(x) > 0]
     a.idle_settle = 2.0
     a.conc_ramp = 1.0
@@ -788,6 +835,8 @@ def main() -> int:
     meta = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
             "proxy": {"source": cfg.source, "cli": cfg.cli,
                       "argv": f"-b :: -p {PROXY_PORT} --backend X -m 20000 -D 3"},
+            "floor": {"script": str(NODE_PIPE), "argv": " ".join([NODE, *hop_args(lab, FLOOR, cfg.cli)])}
+            if FLOOR in cfg.setups else None,
             "server": "vsftpd (lab, anonymous)", "client": "Python ftplib (load.py) in the client namespace",
             "config": {k: v for k, v in vars(cfg).items() if k not in ("env", "out")} | {"out": str(outdir)}}
     meta["config"]["cli"] = cfg.cli
@@ -800,7 +849,7 @@ def main() -> int:
     t_start = time.monotonic()
     try:
         for rnd in range(cfg.rounds):
-            order = list(SETUPS[rnd % len(SETUPS):] + SETUPS[:rnd % len(SETUPS)])
+            order = cfg.setups[rnd % len(cfg.setups):] + cfg.setups[:rnd % len(cfg.setups)]
             log(f"round {rnd + 1}/{cfg.rounds}: {' '.join(order)}")
             rr = {"round": rnd + 1, "order": order, "setups": {}}
             for s in order:
