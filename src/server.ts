@@ -6,6 +6,7 @@ import type { Config } from './config.js';
 import type { DataPlane, Endpoint } from './dataplane/types.js';
 import type { AppLogger } from './log.js';
 import { canonical } from './net/address.js';
+import { tuneListener } from './net/libc.js';
 import { Session } from './session/session.js';
 
 export interface ServerDeps {
@@ -22,9 +23,11 @@ export class ProxyServer {
   private seq = 0;
   private stopping = false;
   private drainWaiters: (() => void)[] = [];
+  /** Accepted sockets inherit the control-connection socket options (tuneListener). */
+  private tuned = false;
 
   constructor(private readonly d: ServerDeps) {
-    this.listener = net.createServer({ noDelay: true }, (sock) => this.admit(sock));
+    this.listener = net.createServer((sock) => this.admit(sock));
     this.listener.on('error', (err) => d.logger.error({ err: err.message }, 'listener error'));
   }
 
@@ -38,6 +41,10 @@ export class ProxyServer {
         this.listener.off('error', onError);
         resolve(this.listener.address() as net.AddressInfo);
       });
+      // listen() on an address (no name to look up) has its socket listening by now: tune it
+      // before any connection is accepted. One whose handshake completed in the microseconds
+      // between the two would miss the options; sessions set them themselves if tuning failed.
+      this.tuned = tuneListener(this.listener);
     });
   }
 
@@ -77,6 +84,7 @@ export class ProxyServer {
       loginTimeout: cfg.loginTimeout,
       idleTimeout: cfg.idleTimeout,
       maxLineLength: cfg.maxLineLength,
+      clientTuned: this.tuned,
       onClose: (s) => this.forget(s, client),
     });
     this.sessions.set(sid, session);

@@ -2,6 +2,9 @@ import t from 'tap';
 import { canonical, familyOf } from '../src/net/address.js';
 import { decodeSockaddr, findInConntrack } from '../src/net/origdst.js';
 import { PortAllocator } from '../src/net/ports.js';
+import { fdOf, KEEPALIVE, loadLibc, tuneListener } from '../src/net/libc.js';
+import net from 'node:net';
+import { once } from 'node:events';
 
 t.test('canonical addresses', async (t) => {
   t.equal(canonical('192.0.2.1'), '192.0.2.1');
@@ -49,4 +52,34 @@ t.test('port allocator: every port once, then exhausted; put makes it free again
   const q = new PortAllocator(50000, 50003, () => 0);
   t.equal(await q.take((port) => port !== 50000), 50001, 'an unusable port is skipped');
   t.throws(() => new PortAllocator(10, 5), RangeError);
+});
+
+t.test('a tuned listener hands its socket options to every accepted connection', async (t) => {
+  const libc = loadLibc();
+  if (!libc) return t.fail('libc through koffi is needed on Linux');
+  const get = (sock: net.Socket, level: number, name: number): number => {
+    const b = Buffer.alloc(4);
+    t.equal(libc.getsockopt(fdOf(sock)!, level, name, b, [4]), 0);
+    return b.readInt32LE(0);
+  };
+  const accepted: net.Socket[] = [];
+  const srv = net.createServer((s) => accepted.push(s));
+  srv.listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  t.teardown(() => new Promise((r) => srv.close(r)));
+  const plain = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
+  await once(plain, 'connect');
+  t.ok(tuneListener(srv), 'all options set');
+  const tuned = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
+  await once(tuned, 'connect');
+  while (accepted.length < 2) await new Promise((r) => setImmediate(r));
+  const [before, after] = accepted as [net.Socket, net.Socket];
+  // SOL_SOCKET 1: SO_KEEPALIVE 9, SO_OOBINLINE 10; IPPROTO_TCP 6: NODELAY 1, KEEPIDLE 4, KEEPINTVL 5, KEEPCNT 6
+  t.same([get(before, 6, 1), get(before, 1, 9), get(before, 1, 10)], [0, 0, 0], 'an untuned listener gives none');
+  t.same(
+    [get(after, 6, 1), get(after, 1, 9), get(after, 6, 4), get(after, 6, 5), get(after, 6, 6), get(after, 1, 10)],
+    [1, 1, KEEPALIVE.idle, KEEPALIVE.interval, KEEPALIVE.count, 1],
+    'nodelay, keepalive timing and out-of-band inline, inherited',
+  );
+  for (const s of [...accepted, plain, tuned]) s.destroy();
 });

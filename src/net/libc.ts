@@ -55,6 +55,42 @@ export function setOobInline(sock: net.Socket): boolean {
   return c.setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, one, 4) === 0;
 }
 
+const IPPROTO_TCP = 6;
+const SO_KEEPALIVE = 9;
+const TCP_NODELAY = 1;
+const TCP_KEEPIDLE = 4;
+const TCP_KEEPINTVL = 5;
+const TCP_KEEPCNT = 6;
+
+/** Control-connection keepalive: first probe after a minute idle, then 6 every 10 s. */
+export const KEEPALIVE = { idle: 60, interval: 10, count: 6 } as const;
+
+/**
+ * Set on a listening socket what every accepted control connection needs: TCP_NODELAY,
+ * keepalive (KEEPALIVE) and SO_OOBINLINE. Linux copies these into each accepted socket, which
+ * saves five system calls per session. Returns false if any could not be set; the caller then
+ * sets them per connection.
+ */
+export function tuneListener(server: net.Server): boolean {
+  const c = loadLibc();
+  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (!c || typeof fd !== 'number' || fd < 0) return false;
+  const int = (v: number): Buffer => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    return b;
+  };
+  const opts: [number, number, number][] = [
+    [IPPROTO_TCP, TCP_NODELAY, 1],
+    [SOL_SOCKET, SO_KEEPALIVE, 1],
+    [IPPROTO_TCP, TCP_KEEPIDLE, KEEPALIVE.idle],
+    [IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE.interval],
+    [IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count],
+    [SOL_SOCKET, SO_OOBINLINE, 1],
+  ];
+  return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int(value), 4) === 0);
+}
+
 const MSG_OOB = 1;
 const MSG_DONTWAIT = 0x40;
 const TELNET_IP_IAC = Buffer.from([0xff, 0xf4, 0xff]);

@@ -6,7 +6,7 @@ import { LineFramer } from '../protocol/lines.js';
 import { ReplyAssembler } from '../protocol/replies.js';
 import { DataPlaneError, FtpProxyError, ProtocolError } from '../errors.js';
 import { canonical, familyOf } from '../net/address.js';
-import { sendUrgent, setOobInline } from '../net/libc.js';
+import { KEEPALIVE, sendUrgent, setOobInline } from '../net/libc.js';
 import type { DataPlane, Endpoint } from '../dataplane/types.js';
 import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
@@ -33,6 +33,11 @@ export interface SessionOptions {
   /** Seconds; 0 = none. */
   readonly idleTimeout: number;
   readonly maxLineLength: number;
+  /**
+   * The client socket came from a listener tuned with tuneListener(): it already has
+   * TCP_NODELAY, keepalive and SO_OOBINLINE.
+   */
+  readonly clientTuned?: boolean;
   /** Called once, after teardown has released everything. */
   readonly onClose: (s: Session) => void;
 }
@@ -90,9 +95,11 @@ export class Session {
 
   start(): void {
     const c = this.sock;
-    c.setNoDelay(true);
-    c.setKeepAlive(true, 60_000);
-    if (!setOobInline(c)) this.log.debug({}, 'SO_OOBINLINE not set: urgent ABOR bytes may be lost');
+    if (!this.o.clientTuned) {
+      c.setNoDelay(true);
+      c.setKeepAlive(true, KEEPALIVE.idle * 1000);
+      if (!setOobInline(c)) this.log.debug({}, 'SO_OOBINLINE not set: urgent ABOR bytes may be lost');
+    }
     // Nothing is read from the client until its server is connected.
     c.pause();
     c.on('error', (err) => this.teardown(`client error: ${err.message}`));
@@ -150,7 +157,7 @@ export class Session {
     if (this.connectTimer) clearTimeout(this.connectTimer);
     this.connectTimer = null;
     s.setNoDelay(true);
-    s.setKeepAlive(true, 60_000);
+    s.setKeepAlive(true, KEEPALIVE.idle * 1000);
     const clientLocal = canonical(this.sock.localAddress ?? '');
     const serverLocal = canonical(s.localAddress ?? '');
     this.log.debug({ via: `${serverLocal}:${s.localPort}` }, 'server connected');
