@@ -9,6 +9,8 @@ import { RelayDataPlane } from '../src/dataplane/relay.js';
 import { PortAllocator } from '../src/net/ports.js';
 import { createLogger } from '../src/log.js';
 import type { DataPathRequest } from '../src/dataplane/types.js';
+import { readdirSync, readlinkSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
 
 const logger = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
 const payload = randomBytes(1 << 20);
@@ -185,5 +187,56 @@ t.test('splice: a dead worker ends what it carried and later transfers use strea
   t.equal(sha(r.got), sha(payload), 'streams carry the next transfer');
   await relay.release(path.id, false);
   await relay.release(again.id, false);
+  t.equal(relay.size, 0);
+});
+
+t.test('splice: a pair the worker cannot take (no descriptor left for its pipes) goes through streams', async (t) => {
+  const tgt = await target(t);
+  const lines: string[] = [];
+  const ports = new PortAllocator(50500, 50509);
+  const relay = new RelayDataPlane({
+    ports,
+    dataTimeout: 30,
+    logger: createLogger({ debugLevel: 6, foreground: false, destination: { write: (l: string) => void lines.push(l) } }),
+  });
+  t.teardown(() => relay.close());
+  await relay.start();
+  const path = await relay.open(request(tgt.port));
+  // Lower this process's descriptor limit so that exactly four more fit: the client socket,
+  // the accepted peer, the relay's connection to the target and the target's accepted one.
+  // pipe2 needs two more and fails with EMFILE, whichever of them comes first.
+  const limits = (): string => execFileSync('prlimit', ['--pid', String(process.pid), '--nofile', '--output=SOFT,HARD', '--noheadings', '--raw'], { encoding: 'utf8' }).trim();
+  const [soft, hard] = limits().split(/\s+/);
+  // (readdir's own descriptor is in the listing but closed by now: readlink drops it.)
+  const open = readdirSync('/proc/self/fd')
+    .map(Number)
+    .filter((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`) !== '';
+      } catch {
+        return false;
+      }
+    });
+  let limit = 0;
+  while (limit - open.filter((f) => f < limit).length < 4) limit++;
+  // Restoring needs a process, and starting one needs descriptors: start it now, let it wait.
+  const restorer = spawn('sh', ['-c', `read _; exec prlimit --pid ${process.pid} --nofile=${soft}:${hard}`], {
+    stdio: ['pipe', 'ignore', 'inherit'],
+  });
+  execFileSync('prlimit', ['--pid', String(process.pid), `--nofile=${limit}:${hard}`]);
+  let r: { got: Buffer; error?: string };
+  try {
+    r = await exchange(path.port, '127.0.0.1', Buffer.from('up'));
+  } finally {
+    restorer.stdin.end('go\n');
+    await once(restorer, 'exit');
+  }
+  t.equal(limits(), `${soft} ${hard}`, 'limit restored');
+  t.equal(r.error, undefined);
+  t.equal(sha(r.got), sha(payload), 'carried intact');
+  t.equal(sha(tgt.got()), sha(Buffer.from('up')), 'both ways');
+  t.ok(lines.some((l) => l.includes('relaying through streams')), 'through streams, and the log says why');
+  t.equal(relay.copyMode, 'splice', 'the worker is still there for the next pair');
+  await relay.release(path.id, false);
   t.equal(relay.size, 0);
 });

@@ -40,10 +40,14 @@ export class RelayDataPlane implements DataPlane {
 
   async start(): Promise<void> {
     if (this.o.splice === false || this.splicer) return;
-    this.splicer = Splicer.start({
+    const splicer = Splicer.start({
       onFailure: (err) => this.o.logger.error({ err: err.message }, 'splice worker failed; relaying through streams from now on'),
     });
-    this.o.logger.info({ copy: this.splicer ? 'splice' : 'streams' }, 'relay data plane ready');
+    // Wait for the worker's loop: the log line below then says how bytes will really go.
+    const ok = splicer !== null && (await splicer.ready);
+    if (splicer && !ok) await splicer.close();
+    this.splicer = ok ? splicer : null;
+    this.o.logger.info({ copy: this.copyMode }, 'relay data plane ready');
   }
 
   /** How bytes are carried now: 'splice' (kernel pipes, worker thread) or 'streams'. */
@@ -115,10 +119,13 @@ export class RelayDataPlane implements DataPlane {
     let over = false;
     /** While the splice worker holds the pair, its descriptors must stay open. */
     let spliced: number | null = null;
+    /** Why the pair was cut while the worker held it. */
+    let cutWhile: { why: string; err: Error | undefined } | null = null;
     const done = (why: string, err?: Error, result?: SpliceResult): void => {
       if (over) return;
       if (spliced !== null) {
         // Ask the worker to let go; its answer comes back here with spliced = null.
+        cutWhile ??= { why, err };
         this.splicer?.abort(spliced);
         return;
       }
@@ -144,22 +151,29 @@ export class RelayDataPlane implements DataPlane {
     };
     peer.on('close', closedOne);
     target.on('close', closedOne);
+    const stream = (): void => {
+      peer.pipe(target);
+      target.pipe(peer);
+      peer.resume();
+      target.resume();
+    };
     target.once('connect', () => {
       if (over) return;
       const splicer = this.splicer?.usable ? this.splicer : null;
-      if (!splicer) {
-        peer.pipe(target);
-        target.pipe(peer);
-        peer.resume();
-        target.resume();
-        return;
-      }
+      if (!splicer) return stream();
       const handle = splicer.relay(peer, target);
       spliced = handle.id;
       void handle.done.then((r) => {
         spliced = null;
+        if (r.untouched && !cutWhile) {
+          // The worker never took the pair (e.g. no file descriptor left for its pipes).
+          log.info({ err: r.error }, 'splice unavailable for this connection; relaying through streams');
+          return stream();
+        }
+        // A cut asked for while the worker held the pair is what ended it; else the worker's word.
         const failed = r.error !== undefined && r.error !== 'aborted';
-        done(r.error === undefined ? 'both sides closed' : r.error, failed ? new Error(r.error) : undefined, r);
+        if (cutWhile) done(cutWhile.why, cutWhile.err, r);
+        else done(r.error ?? 'both sides closed', failed ? new Error(r.error) : undefined, r);
       });
     });
   }

@@ -23,6 +23,11 @@ export interface SpliceResult {
   readonly aToB: number;
   readonly bToA: number;
   readonly error?: string;
+  /**
+   * The worker could not take the pair (no pipe: out of file descriptors, say) and never
+   * touched it: the caller may still carry it another way.
+   */
+  readonly untouched?: true;
 }
 
 export interface SpliceHandle {
@@ -32,7 +37,10 @@ export interface SpliceHandle {
 }
 
 type ToWorker = { op: 'add'; id: number; a: number; b: number } | { op: 'abort'; id: number } | { op: 'stop' };
-type FromWorker = { op: 'done'; id: number; aToB: number; bToA: number; error?: string } | { op: 'stopped' };
+type FromWorker =
+  | { op: 'done'; id: number; aToB: number; bToA: number; error?: string; untouched?: true }
+  | { op: 'ready' }
+  | { op: 'stopped' };
 
 interface WorkerInput {
   readonly koffiPath: string;
@@ -114,6 +122,7 @@ function spliceWorker(req: NodeJS.Require, input: WorkerInput): void {
   if (!watch(input.wakeFd, WAKE, EPOLLIN)) throw new Error(`epoll_ctl(wake): errno ${errno()}`);
 
   const post = (m: FromWorker): void => input.port.postMessage(m);
+  post({ op: 'ready' });
 
   const direction = (src: number, dst: number): Direction | string => {
     const fds = new Int32Array(2);
@@ -197,7 +206,7 @@ function spliceWorker(req: NodeJS.Require, input: WorkerInput): void {
         close(ab.pr);
         close(ab.pw);
       }
-      post({ op: 'done', id: m.id, aToB: 0, bToA: 0, error: typeof ab === 'string' ? ab : (ba as string) });
+      post({ op: 'done', id: m.id, aToB: 0, bToA: 0, error: typeof ab === 'string' ? ab : (ba as string), untouched: true });
       return;
     }
     const r: Relay = { id: m.id, a: m.a, b: m.b, ab, ba };
@@ -277,6 +286,10 @@ export class Splicer {
   private failed: Error | null = null;
   private stopping: Promise<void> | null = null;
   private readonly one = Buffer.alloc(8);
+  private started = false;
+  private onReady!: (ok: boolean) => void;
+  /** True once the worker runs its loop; false if it died first. */
+  readonly ready = new Promise<boolean>((resolve) => (this.onReady = resolve));
 
   private constructor(
     private readonly worker: Worker,
@@ -287,12 +300,23 @@ export class Splicer {
   ) {
     this.one.writeBigUInt64LE(1n);
     port.on('message', (m: FromWorker) => {
+      if (m.op === 'ready') {
+        this.started = true;
+        this.onReady(true);
+        // From now on only the relays themselves keep the process up.
+        port.unref();
+      }
       if (m.op !== 'done') return;
       const settle = this.live.get(m.id);
       this.live.delete(m.id);
-      settle?.({ aToB: m.aToB, bToA: m.bToA, ...(m.error !== undefined ? { error: m.error } : {}) });
+      settle?.({
+        aToB: m.aToB,
+        bToA: m.bToA,
+        ...(m.error !== undefined ? { error: m.error } : {}),
+        ...(m.untouched ? { untouched: true as const } : {}),
+      });
     });
-    port.unref();
+    // Referenced until the worker is ready, so that awaiting `ready` keeps the process up.
     worker.unref();
     worker.on('error', (err) => this.fail(err));
     worker.on('exit', (code) => {
@@ -355,7 +379,7 @@ export class Splicer {
     const fb = fdOf(b);
     if (!this.usable || fa === null || fb === null) {
       const error = this.failed?.message ?? (this.stopping ? 'splicer stopped' : 'socket has no file descriptor');
-      return { id, done: Promise.resolve({ aToB: 0, bToA: 0, error }) };
+      return { id, done: Promise.resolve({ aToB: 0, bToA: 0, error, untouched: true }) };
     }
     const done = new Promise<SpliceResult>((resolve) => this.live.set(id, resolve));
     this.send({ op: 'add', id, a: fa, b: fb });
@@ -400,13 +424,16 @@ export class Splicer {
   private fail(err: Error): void {
     if (this.failed) return;
     this.failed = err;
-    // The worker is gone, and with it every use of the descriptors: the owners may close them.
-    this.settleAll(`splice worker failed: ${err.message}`);
+    this.onReady(false);
+    this.port.unref();
+    // The worker is gone, and with it every use of the descriptors: the owners may close them,
+    // or, if it died before its loop ran, carry them another way.
+    this.settleAll(`splice worker failed: ${err.message}`, !this.started);
     this.o.onFailure?.(err);
   }
 
-  private settleAll(error: string): void {
-    for (const settle of this.live.values()) settle({ aToB: 0, bToA: 0, error });
+  private settleAll(error: string, untouched = false): void {
+    for (const settle of this.live.values()) settle({ aToB: 0, bToA: 0, error, ...(untouched ? { untouched: true as const } : {}) });
     this.live.clear();
   }
 }
