@@ -132,7 +132,7 @@ function spliceWorker(req: NodeJS.Require, input: WorkerInput): void {
     return { src, dst, pr: fds[0]!, pw: fds[1]!, inPipe: 0, bytes: 0, eof: false, shut: false };
   };
 
-  const finish = (r: Relay, error?: string): void => {
+  const finish = (r: Relay, error?: string, untouched = false): void => {
     if (!relays.delete(r.id)) return;
     again.delete(r);
     epollCtl(epfd, DEL, r.a, null);
@@ -141,7 +141,7 @@ function spliceWorker(req: NodeJS.Require, input: WorkerInput): void {
       close(d.pr);
       close(d.pw);
     }
-    post({ op: 'done', id: r.id, aToB: r.ab.bytes, bToA: r.ba.bytes, ...(error ? { error } : {}) });
+    post({ op: 'done', id: r.id, aToB: r.ab.bytes, bToA: r.ba.bytes, ...(error ? { error } : {}), ...(untouched ? { untouched } : {}) });
   };
 
   /** Moves what it can; returns bytes moved, or an error text. */
@@ -214,7 +214,7 @@ function spliceWorker(req: NodeJS.Require, input: WorkerInput): void {
     // Edge-triggered: every change of either socket wakes us once, and service() then moves
     // all it can. The key is the relay id (ids fit in 32 bits; WAKE is never one).
     const mask = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-    if (!watch(m.a, m.id, mask) || !watch(m.b, m.id, mask)) return finish(r, `epoll_ctl: errno ${errno()}`);
+    if (!watch(m.a, m.id, mask) || !watch(m.b, m.id, mask)) return finish(r, `epoll_ctl: errno ${errno()}`, true);
     // Data may be waiting already (the server often sends before we get here).
     service(r);
   };
@@ -408,8 +408,9 @@ export class Splicer {
         this.send({ op: 'stop' });
         await stopped;
       }
-      this.settleAll('splicer stopped');
+      // Only once the worker is gone may the owners close what it may still have held.
       await this.worker.terminate();
+      this.settleAll('splicer stopped');
       this.port.close();
       this.libc.close(this.wakeFd);
     })();
