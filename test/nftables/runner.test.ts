@@ -267,6 +267,25 @@ if (!inside) {
     t.same(elements(table, 'map', 'dnat4'), [], 'destroy removes it whatever its value');
   });
 
+  t.test('netlink: a batch whose acks overflow the socket fails, and the next batch goes through', async (t) => {
+    const table = 'fp_enobufs';
+    const lib = LibnftablesRunner.load();
+    const nl = NetlinkRunner.open();
+    t.teardown(async () => {
+      await nl.close();
+      await lib.run(closeBatch(table));
+      await lib.close();
+    });
+    await lib.run(startBatch({ table, logRules: false }));
+    const el = (name: string, item: Element['elem'][number]) => ({ element: { family: 'inet' as const, table, name, elem: [item] } });
+    // One ack per message: 2000 of them do not fit the socket's default receive buffer.
+    const many = Array.from({ length: 2000 }, (_, i) => destroy(el('admit4', concat('192.0.2.2', '192.0.2.1', 1024 + i))));
+    await t.rejects(nl.run(batch(...many)), { code: 'BACKEND_FAILED' }, 'the overflow is reported');
+    const k = concat('192.0.2.2', '192.0.2.1', 50000);
+    await nl.run(batch(add(el('dnat4', [k, '198.51.100.2']))));
+    t.same(elements(table, 'map', 'dnat4'), ['192.0.2.2 . 192.0.2.1 . 50000 : 198.51.100.2'], 'the next batch is applied and acked');
+  });
+
   t.test('auto: netlink for elements unless log rules; required netlink fails start', async (t) => {
     const ports = new PortAllocator(50000, 50001);
     for (const [logRules, name] of [[false, 'netlink'], [true, 'libnftables']] as const) {

@@ -28,6 +28,7 @@ const NLMSG_HDRLEN = 16;
 const MSG_DONTWAIT = 0x40;
 const EAGAIN = 11;
 const EINTR = 4;
+const ENOBUFS = 105;
 const EPERM = 1;
 const EACCES = 13;
 
@@ -422,16 +423,24 @@ export class NetlinkRunner implements NftRunner {
       throw failure(`send: ${sent < 0 ? errnoText(errno) : `short write ${sent} of ${b.bytes.length}`}`, errno);
     }
     const acks = new Map<number, number>();
+    // The first receive error (ENOBUFS: acks overflowed the socket, some are lost) fails the
+    // batch, but only once the socket is empty: acks left behind would fill it for the next
+    // batch, whose own ack would then be dropped.
+    let recvError = 0;
     for (;;) {
       const n = this.libc.recv(this.fd, this.rx, this.rx.length, MSG_DONTWAIT) as number;
       if (n < 0) {
         const errno = this.libc.errno();
         if (errno === EINTR) continue;
         if (errno === EAGAIN) break;
-        throw failure(`recv: ${errnoText(errno)}`, errno);
+        // Anything else will not go away by reading on.
+        if (errno !== ENOBUFS) throw failure(`recv: ${errnoText(errno)}`, errno);
+        recvError = errno;
+        continue;
       }
-      readAcks(this.rx.subarray(0, n), acks);
+      if (!recvError) readAcks(this.rx.subarray(0, n), acks);
     }
+    if (recvError) throw failure(`recv: ${errnoText(recvError)}`, recvError);
     const outcome = batchOutcome(b, acks);
     if (outcome) throw outcome;
   }
