@@ -2,7 +2,7 @@
 // in-process libnftables, spawned nft), in a namespace of its own: what start/open/release/close
 // leave in the table, and that netlink leaves exactly what libnftables does.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -241,8 +241,8 @@ if (!inside) {
     for (const map of ['dnat4', 'snat4', 'snatport4', 'dnat6', 'snatport6']) t.same(elements('fp_same_nl', 'map', map), []);
   });
 
-  t.test('the kernel: delete of a missing element fails, destroy does not, whatever the value', async (t) => {
-    const table = 'fp_destroy';
+  /** Our table through libnftables, a netlink runner beside it, and an element builder. */
+  const netlinkOnTable = async (t: Test, table: string) => {
     const lib = LibnftablesRunner.load();
     const nl = NetlinkRunner.open();
     t.teardown(async () => {
@@ -251,8 +251,14 @@ if (!inside) {
       await lib.close();
     });
     await lib.run(startBatch({ table, logRules: false }));
-    const k = concat('192.0.2.2', '192.0.2.1', 50000);
     const el = (name: string, item: Element['elem'][number]) => ({ element: { family: 'inet' as const, table, name, elem: [item] } });
+    return { nl, el };
+  };
+
+  t.test('the kernel: delete of a missing element fails, destroy does not, whatever the value', async (t) => {
+    const table = 'fp_destroy';
+    const { nl, el } = await netlinkOnTable(t, table);
+    const k = concat('192.0.2.2', '192.0.2.1', 50000);
     await t.rejects(nl.run(batch(del(el('admit4', k)))), { code: 'BACKEND_FAILED', message: /delete element inet fp_destroy admit4: .*\(ENOENT\)/ });
     await nl.run(batch(destroy(el('admit4', k))));
     t.pass('destroy of a missing element');
@@ -269,15 +275,7 @@ if (!inside) {
 
   t.test('netlink: a batch whose acks overflow the socket fails, and the next batch goes through', async (t) => {
     const table = 'fp_enobufs';
-    const lib = LibnftablesRunner.load();
-    const nl = NetlinkRunner.open();
-    t.teardown(async () => {
-      await nl.close();
-      await lib.run(closeBatch(table));
-      await lib.close();
-    });
-    await lib.run(startBatch({ table, logRules: false }));
-    const el = (name: string, item: Element['elem'][number]) => ({ element: { family: 'inet' as const, table, name, elem: [item] } });
+    const { nl, el } = await netlinkOnTable(t, table);
     // One ack per message: 2000 of them do not fit the socket's default receive buffer.
     const many = Array.from({ length: 2000 }, (_, i) => destroy(el('admit4', concat('192.0.2.2', '192.0.2.1', 1024 + i))));
     await t.rejects(nl.run(batch(...many)), { code: 'BACKEND_FAILED' }, 'the overflow is reported');
