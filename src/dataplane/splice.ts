@@ -16,7 +16,7 @@ import { createRequire } from 'node:module';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import type net from 'node:net';
 import type Koffi from 'koffi';
-import { fdOf } from '../net/libc.js';
+import { fdOf, loadLibc, type Libc } from '../net/libc.js';
 
 /** What one spliced connection carried, and why it ended when that was not both EOFs. */
 export interface SpliceResult {
@@ -263,12 +263,6 @@ function spliceWorker(req: NodeJS.Require, input: WorkerInput): void {
   post({ op: 'stopped' });
 }
 
-interface MainLibc {
-  readonly eventfd: (init: number, flags: number) => number;
-  readonly write: (fd: number, buf: Buffer, len: number) => number;
-  readonly close: (fd: number) => number;
-}
-
 export interface SplicerOptions {
   /** Bytes per direction the kernel pipe may hold (F_SETPIPE_SZ). Default 1 MiB. */
   readonly pipeSize?: number;
@@ -294,7 +288,7 @@ export class Splicer {
   private constructor(
     private readonly worker: Worker,
     private readonly port: MessagePort,
-    private readonly libc: MainLibc,
+    private readonly libc: Libc,
     private readonly wakeFd: number,
     private readonly o: SplicerOptions,
   ) {
@@ -326,20 +320,10 @@ export class Splicer {
 
   static start(o: SplicerOptions = {}): Splicer | null {
     if (process.platform !== 'linux') return null;
-    let libc: MainLibc;
-    let koffiPath: string;
-    try {
-      const req = createRequire(import.meta.url);
-      koffiPath = req.resolve('koffi');
-      const lib = (req(koffiPath) as typeof Koffi).load('libc.so.6');
-      libc = {
-        eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as MainLibc['eventfd'],
-        write: lib.func('intptr_t write(int fd, const void *buf, size_t len)') as MainLibc['write'],
-        close: lib.func('int close(int fd)') as MainLibc['close'],
-      };
-    } catch {
-      return null;
-    }
+    const libc = loadLibc();
+    if (!libc) return null;
+    // The worker loads koffi itself, from the same file (it has no module resolution of ours).
+    const koffiPath = createRequire(import.meta.url).resolve('koffi');
     const wakeFd = libc.eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wakeFd < 0) return null;
     const { port1, port2 } = new MessageChannel();

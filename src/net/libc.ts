@@ -1,6 +1,7 @@
-// The few libc socket calls Node does not offer, through koffi: getsockopt (for
-// SO_ORIGINAL_DST) and setsockopt (for SO_OOBINLINE). Loaded once, lazily; null where
-// koffi or libc cannot be loaded, and callers fall back.
+// The few libc calls Node does not offer, through koffi: getsockopt (for SO_ORIGINAL_DST),
+// setsockopt (SO_OOBINLINE, listener options), send (urgent data), and eventfd, write and
+// close (waking the splice worker). Loaded once, lazily; null where koffi or libc cannot be
+// loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
 import type net from 'node:net';
@@ -9,6 +10,9 @@ export interface Libc {
   getsockopt(fd: number, level: number, name: number, val: Buffer, len: number[]): number;
   setsockopt(fd: number, level: number, name: number, val: Buffer, len: number): number;
   send(fd: number, buf: Buffer, len: number, flags: number): number;
+  eventfd(initval: number, flags: number): number;
+  write(fd: number, buf: Buffer, len: number): number;
+  close(fd: number): number;
   errno(): number;
 }
 
@@ -23,6 +27,9 @@ export function loadLibc(): Libc | null {
       getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt'],
       setsockopt: lib.func('int setsockopt(int, int, int, const uint8_t *optval, uint32_t optlen)') as Libc['setsockopt'],
       send: lib.func('long send(int, const uint8_t *buf, size_t len, int flags)') as Libc['send'],
+      eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as Libc['eventfd'],
+      write: lib.func('intptr_t write(int fd, const void *buf, size_t len)') as Libc['write'],
+      close: lib.func('int close(int fd)') as Libc['close'],
       errno: () => koffi.errno(),
     };
   } catch {
@@ -68,7 +75,7 @@ export const KEEPALIVE = { idle: 60, interval: 10, count: 6 } as const;
 /**
  * Set on a listening socket what every accepted control connection needs: TCP_NODELAY,
  * keepalive (KEEPALIVE) and SO_OOBINLINE. Linux copies these into each accepted socket, which
- * saves five system calls per session. Returns false if any could not be set; the caller then
+ * saves six system calls per session. Returns false if any could not be set; the caller then
  * sets them per connection.
  */
 export function tuneListener(server: net.Server): boolean {

@@ -457,24 +457,20 @@ class SessionSim {
     this.stats.serverChunks++;
     this.stats.serverBytes += n;
     this.note(() => `server bytes ${JSON.stringify(chunk.length > 200 ? chunk.slice(0, 200) + '...' : chunk)}`);
-    try {
-      for (const line of this.serverFramer.push(Buffer.from(chunk, 'latin1'))) {
-        const reply = this.assembler.push(line);
-        if (reply) this.serverReply(reply);
-        if (this.closing !== null) return;
-      }
-    } catch (e) {
-      if (e instanceof Violation) throw e;
-      this.framerError(e, 'server');
-    }
+    this.assemble(() => this.serverFramer.push(Buffer.from(chunk, 'latin1')));
   }
 
   /** 'lines' style: the server's lines go through the assembler only, no framer. */
   private serverRepliesDirect(): void {
     const lines = this.serverOut.split(/\r?\n/);
     this.serverOut = '';
+    this.assemble(() => lines.slice(0, -1));
+  }
+
+  /** Server lines into replies, as the session does; framing errors (thrown by `lines`) too. */
+  private assemble(lines: () => Iterable<string>): void {
     try {
-      for (const line of lines.slice(0, -1)) {
+      for (const line of lines()) {
         const reply = this.assembler.push(line);
         if (reply) this.serverReply(reply);
         if (this.closing !== null) return;
