@@ -342,11 +342,6 @@ export class Splicer {
     return new Splicer(worker, port1, libc, wakeFd, o);
   }
 
-  /** Relays currently in the worker's hands. */
-  get size(): number {
-    return this.live.size;
-  }
-
   /** False once the worker has died; callers then relay with streams. */
   get usable(): boolean {
     return this.failed === null && this.stopping === null;
