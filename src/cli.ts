@@ -27,6 +27,7 @@ export interface RawOptions {
   backend: string;
   connectTimeout: string;
   dataTimeout: string;
+  dataIdleTimeout: string;
   maxLineLength: string;
   nftTable: string;
   shutdownGrace: string;
@@ -79,6 +80,7 @@ export function buildCommand(): Command {
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])
     .option('--deny-server <cidr>', 'refuse these server addresses (repeatable)', collect, [])
     .option('--data-timeout <seconds>', 'time an admitted data connection may take to arrive, 1-3600', '30')
+    .option('--data-idle-timeout <seconds>', 'relay: a data connection that carries nothing this long is cut, 1-86400', '300')
     .option('--max-line-length <bytes>', 'longest accepted control line, 512-65536', String(DEFAULT_MAX_LINE))
     .option('--nft-table <name>', 'name of the inet table ftp-proxy owns', 'ftp_proxy')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')

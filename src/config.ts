@@ -40,6 +40,8 @@ export interface Config {
   readonly idleTimeout: number;
   readonly connectTimeout: number;
   readonly dataTimeout: number;
+  /** Seconds a relayed data connection may carry nothing before it is cut. */
+  readonly dataIdleTimeout: number;
   readonly anonymousOnly: boolean;
   /** syslog-style 0-7. */
   readonly debugLevel: number;
@@ -152,6 +154,7 @@ export function buildConfig(o: RawOptions): Config {
     idleTimeout: integer('-t/--timeout', o.timeout, 0, 86400),
     connectTimeout: integer('--connect-timeout', o.connectTimeout, 1, 300),
     dataTimeout: integer('--data-timeout', o.dataTimeout, 1, 3600),
+    dataIdleTimeout: integer('--data-idle-timeout', o.dataIdleTimeout, 1, 86400),
     anonymousOnly: o.anonymousOnly === true,
     debugLevel: integer('-D/--debug-level', o.debugLevel, 0, 7),
     foreground: o.foreground === true,

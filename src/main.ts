@@ -17,7 +17,9 @@ const out = { out: (s: string) => void process.stdout.write(s), err: (s: string)
 
 function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
   const ports = new PortAllocator(cfg.dataPorts.low, cfg.dataPorts.high);
-  if (cfg.backend === 'relay') return new RelayDataPlane({ ports, dataTimeout: cfg.dataTimeout, logger });
+  if (cfg.backend === 'relay') {
+    return new RelayDataPlane({ ports, dataTimeout: cfg.dataTimeout, dataIdleTimeout: cfg.dataIdleTimeout, logger });
+  }
   return new NftablesDataPlane({
     table: cfg.nftTable,
     ports,

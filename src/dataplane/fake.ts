@@ -41,5 +41,18 @@ export class FakeDataPlane implements DataPlane {
     this.released.push({ id, abort });
   }
 
+  /** Sessions whose connections tests pretend are still carrying bytes. */
+  readonly busy = new Set<string>();
+  readonly ended: string[] = [];
+
+  async endSession(sid: string): Promise<void> {
+    this.ended.push(sid);
+    for (const [id, entry] of this.live) if (entry.sid === sid) await this.release(id, true);
+  }
+
+  carrying(sid: string): boolean {
+    return this.busy.has(sid);
+  }
+
   async close(): Promise<void> {}
 }

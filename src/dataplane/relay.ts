@@ -13,6 +13,8 @@ export interface RelayOptions {
   readonly ports: PortAllocator;
   /** Seconds a listener waits for its one connection. */
   readonly dataTimeout: number;
+  /** Seconds a relayed connection may carry nothing before it is cut (default 300). */
+  readonly dataIdleTimeout?: number;
   readonly logger: AppLogger;
   /**
    * Carry bytes with splice(2) in a worker thread (default), or through Node streams. Streams
@@ -200,6 +202,15 @@ export class RelayDataPlane implements DataPlane {
     this.stopListening(path);
     if (abort) for (const cut of [...path.cutters]) cut();
     this.forget(id, path);
+  }
+
+  async endSession(sid: string): Promise<void> {
+    for (const [id, path] of [...this.paths]) if (path.req.sid === sid) await this.release(id, true);
+  }
+
+  carrying(sid: string): boolean {
+    for (const path of this.paths.values()) if (path.req.sid === sid && path.cutters.size > 0) return true;
+    return false;
   }
 
   async close(): Promise<void> {

@@ -54,6 +54,18 @@ export interface DataPlane {
    * error in the fake, and a no-op elsewhere.
    */
   release(id: string, abort: boolean): Promise<void>;
+  /**
+   * Session `sid` has ended (its last reply is written): nothing of it may outlive it. Every
+   * path it still holds is released, and a plane that carries bytes itself (the relay) ends
+   * its connections: at once, or after a short linger for one that is only flushing what a
+   * finished side sent. Idempotent; a session that holds nothing is not an error.
+   */
+  endSession(sid: string): Promise<void>;
+  /**
+   * Whether a data connection of session `sid` is still carrying bytes, so the session is not
+   * idle. Planes that do not see the bytes (the kernel carries them) answer false.
+   */
+  carrying(sid: string): boolean;
   /** Remove everything this data plane ever installed. Called once at exit. */
   close(): Promise<void>;
 }

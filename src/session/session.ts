@@ -375,8 +375,9 @@ export class Session {
       this.idleTimer = null;
       if (this.closing) return;
       const left = this.lastActivity + this.o.idleTimeout * 1000 - Date.now();
-      // A long transfer keeps the control connection quiet: that is not idleness.
-      if (this.machine?.transferActive) this.armIdle(this.o.idleTimeout * 1000);
+      // A long transfer keeps the control connection quiet: that is not idleness, and a
+      // transfer runs until its data connection has ended, not until the server's final reply.
+      if (this.machine?.transferActive || this.o.dataPlane.carrying(this.sid)) this.armIdle(this.o.idleTimeout * 1000);
       else if (left > 0) this.armIdle(left);
       else this.teardown('idle timeout', '421 Timeout: closing control connection');
     }, ms);
@@ -391,12 +392,14 @@ export class Session {
     this.closing = reason;
     for (const timer of [this.connectTimer, this.loginTimer, this.idleTimer]) if (timer) clearTimeout(timer);
     this.connectTimer = this.loginTimer = this.idleTimer = null;
-    const path = this.machine?.currentPath ?? null;
     this.machine?.close();
     if (reply && this.sock.writable) this.sock.write(reply + '\r\n', 'latin1');
     finish(this.sock);
     if (this.server) finish(this.server);
-    const releasing = path ? this.o.dataPlane.release(path.id, true).catch(() => undefined) : Promise.resolve();
+    // After the reply above: a relayed transfer that has finished is flushed, not truncated.
+    const releasing = this.o.dataPlane.endSession(this.sid).catch((err: unknown) => {
+      this.log.error({ err: err instanceof Error ? err.message : String(err) }, 'data plane could not end the session');
+    });
     this.log.info({ reason, durationMs: Date.now() - this.startedAt }, 'session ended');
     void releasing.then(() => {
       this.resolveClosed();

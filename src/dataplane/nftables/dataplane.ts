@@ -266,6 +266,17 @@ export class NftablesDataPlane implements DataPlane {
     });
   }
 
+  /** Releases what the session still holds; the kernel's own flows go on (conntrack keeps them). */
+  async endSession(sid: string): Promise<void> {
+    const mine = [...this.paths].filter(([, p]) => p.spec.sid === sid).map(([id]) => id);
+    await Promise.all(mine.map((id) => this.release(id, true)));
+  }
+
+  /** The kernel carries the bytes: the proxy cannot tell cheaply, so never. */
+  carrying(_sid: string): boolean {
+    return false;
+  }
+
   /**
    * Sends the queued releases now, in transactions of whole paths of at most
    * MAX_RELEASE_COMMANDS commands: a transaction fails as a whole, and so does every release
