@@ -9,28 +9,43 @@ import { parseDecimalPort, parsePort } from './commands.js';
 export interface Reply {
   readonly code: number;
   readonly lines: readonly string[];
+  /**
+   * More lines of this same reply follow: a long reply is handed on in pieces as it comes,
+   * so that what a server sends is never held whole. Only the first piece's lines[0] is the
+   * reply's first line.
+   */
+  readonly partial?: boolean;
+  /** A 227/229 reply longer than the bound: the lines past it were dropped. */
+  readonly truncated?: boolean;
 }
 
-export const DEFAULT_MAX_REPLY_LINES = 100000;
+/** Bytes of a multi-line reply held before they are handed on (or, for 227/229, dropped). */
+export const DEFAULT_MAX_REPLY_BYTES = 16384;
 
 const FIRST_LINE = /^[1-5][0-9][0-9](?:[ -]|$)/;
 
 /**
  * Groups server lines into replies. Throws ProtocolError 'BAD_REPLY' for a first line that
- * is not 3 digits (100-599) then ' ', '-' or nothing, 'REPLY_TOO_LONG' past maxLines; after
- * a throw every later push throws again.
+ * is not 3 digits (100-599) then ' ', '-' or nothing; after a throw every later push throws
+ * again. Holds at most about maxBytes of a reply: past that, a reply is handed on in pieces
+ * (`partial`), except a 227/229, which the proxy must read whole and which is cut short
+ * (`truncated`) instead.
  */
 export class ReplyAssembler {
-  readonly maxLines: number;
+  readonly maxBytes: number;
   private code = '';
   private lines: string[] = [];
+  private bytes = 0;
+  /** The reply has been handed on in part (more pieces follow) or cut short. */
+  private piecewise = false;
+  private truncated = false;
   private failure: ProtocolError | undefined;
 
-  constructor(maxLines: number = DEFAULT_MAX_REPLY_LINES) {
-    if (!Number.isInteger(maxLines) || maxLines < 1) {
-      throw new RangeError(`bad maximum reply length ${maxLines}`);
+  constructor(maxBytes: number = DEFAULT_MAX_REPLY_BYTES) {
+    if (!Number.isInteger(maxBytes) || maxBytes < 1) {
+      throw new RangeError(`bad maximum reply size ${maxBytes}`);
     }
-    this.maxLines = maxLines;
+    this.maxBytes = maxBytes;
   }
 
   push(line: string): Reply | null {
@@ -43,18 +58,38 @@ export class ReplyAssembler {
       if (line.charAt(3) !== '-') return { code: Number(code), lines: [line] };
       this.code = code;
       this.lines = [line];
+      this.bytes = line.length;
       return null;
     }
-    if (this.lines.length >= this.maxLines) {
-      return this.fail('REPLY_TOO_LONG', `reply ${this.code} longer than ${this.maxLines} lines`);
-    }
-    this.lines.push(line);
     // RFC 959 4.2: only the code followed by a space (or alone) closes the reply; text lines
     // inside may begin with anything, including the same code and a hyphen.
-    if (!line.startsWith(this.code) || (line.length > 3 && line.charAt(3) !== ' ')) return null;
-    const reply = { code: Number(this.code), lines: this.lines };
+    const last = line.startsWith(this.code) && (line.length === 3 || line.charAt(3) === ' ');
+    if (this.truncated) {
+      if (!last) return null;
+      return this.end({ code: Number(this.code), lines: this.lines, truncated: true });
+    }
+    this.lines.push(line);
+    this.bytes += line.length;
+    if (last) return this.end({ code: Number(this.code), lines: this.lines, ...(this.piecewise ? { partial: false } : {}) });
+    if (this.bytes <= this.maxBytes) return null;
+    if (this.code === '227' || this.code === '229') {
+      this.truncated = true;
+      this.lines.pop();
+      return null;
+    }
+    const piece: Reply = { code: Number(this.code), lines: this.lines, partial: true };
+    this.piecewise = true;
+    this.lines = [];
+    this.bytes = 0;
+    return piece;
+  }
+
+  private end(reply: Reply): Reply {
     this.code = '';
     this.lines = [];
+    this.bytes = 0;
+    this.piecewise = false;
+    this.truncated = false;
     return reply;
   }
 

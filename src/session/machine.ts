@@ -61,37 +61,79 @@ export type Action =
   | { readonly type: 'close'; readonly reason: string; readonly reply?: string }
   | { readonly type: 'log'; readonly level: LogLevel; readonly msg: string; readonly fields?: Record<string, unknown> };
 
-/** What a forwarded (or locally answered) command expects as its reply. */
+/**
+ * What a forwarded (or locally answered) command expects as its reply. `neg` numbers the
+ * data-connection negotiation (PASV/EPSV/PORT/EPRT) a command belongs to: a transfer is tied
+ * to the last one sent before it, whichever path that negotiation ends up with.
+ */
 type Pending =
-  | { readonly kind: 'passive'; readonly reply: 227 | 229 }
-  | { readonly kind: 'active'; readonly pathId: string }
-  /** pathId: the data path the transfer was sent with, released when its final reply comes. */
-  | { readonly kind: 'transfer'; readonly verb: string; readonly pathId: string | null }
+  /** The server's greeting: nothing is sent to the server before it. */
+  | { readonly kind: 'greeting' }
+  | { readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
+  | { readonly kind: 'active'; readonly neg: number }
+  | { readonly kind: 'transfer'; readonly verb: string; readonly neg: number }
+  | { readonly kind: 'abor' }
   | { readonly kind: 'other'; readonly verb: string }
   | { readonly kind: 'auth' }
   /** Answered by the proxy itself; emitted in turn so replies stay in command order. */
   | { readonly kind: 'local'; readonly text: string };
 
 type Waiting =
-  | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229 }
-  | { readonly token: number; readonly kind: 'active' };
+  | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
+  | { readonly token: number; readonly kind: 'active'; readonly neg: number };
 
 const ANONYMOUS = new Set(['anonymous', 'ftp']);
 
 const DEFAULT_MAX_QUEUED = 256;
 
+/**
+ * Whether a final reply (2xx-5xx) can answer `p`. Only the proxy's own PASV/EPSV may take a
+ * 227 or 229, and it takes nothing else but errors (RFC 959 5.4, RFC 2428): that is enough to
+ * notice a server that skipped or added replies around a data-connection negotiation, which is
+ * where pairing matters. Elsewhere the text goes to the client unchanged either way.
+ */
+function accepts(p: Pending, code: number): boolean {
+  const passiveCode = code === 227 || code === 229;
+  if (p.kind === 'passive') return passiveCode || code >= 400;
+  return p.kind !== 'local' && !passiveCode;
+}
+
+/** What the client is told for a command the server never answered, to keep it in step. */
+function skippedReply(p: Pending): string {
+  switch (p.kind) {
+    case 'passive':
+      return "425 Can't open data connection: the server did not answer";
+    case 'transfer':
+      return '451 Transfer ended without a final reply from the server';
+    case 'abor':
+      return '226 Abort done (the server sent no reply of its own)';
+    default:
+      return '451 The server sent no reply to this command';
+  }
+}
+
 export class SessionMachine {
-  private readonly pending: Pending[] = [];
+  private readonly pending: Pending[] = [{ kind: 'greeting' }];
   private readonly heldClient: string[] = [];
   private readonly heldServer: Reply[] = [];
   private waiting: Waiting | null = null;
   private nextToken = 1;
-  /** The session's current data path; a new negotiation or the end of a transfer releases it. */
-  private path: DataPath | null = null;
+  /** Negotiations sent so far; 0 = none yet. */
+  private neg = 0;
+  /** The session's current data path and the negotiation it answers. */
+  private path: { readonly path: DataPath; readonly neg: number } | null = null;
   private transferring = false;
   private epsvAll = false;
+  private greeted = false;
   private loggedIn = false;
   private closed = false;
+  /**
+   * A reply being forwarded in pieces (see Reply.partial): whether it is dropped, and whether
+   * it is the final reply of the command at the head of `pending`.
+   */
+  private streaming: { readonly drop: boolean; readonly head: boolean } | null = null;
+  /** Refusals and anomalies by kind: each is logged the first time, then only counted. */
+  private readonly repeats = new Map<string, number>();
   private readonly clientFamily: 4 | 6;
   private readonly serverFamily: 4 | 6;
   private readonly maxQueued: number;
@@ -104,7 +146,12 @@ export class SessionMachine {
 
   /** Commands forwarded or answered but not yet replied to: the shell pauses the client above a bound. */
   get outstanding(): number {
-    return this.pending.length + this.heldClient.length;
+    return this.pending.length - (this.pending[0]?.kind === 'greeting' ? 1 : 0) + this.heldClient.length;
+  }
+
+  /** Server replies (or pieces of one) held while a data-plane operation is under way. */
+  get heldReplies(): number {
+    return this.heldServer.length;
   }
 
   get transferActive(): boolean {
@@ -113,7 +160,7 @@ export class SessionMachine {
 
   /** The data path currently held, for teardown. */
   get currentPath(): DataPath | null {
-    return this.path;
+    return this.path?.path ?? null;
   }
 
   /** Token of the data-plane operation under way, if any (teardown releases what it yields). */
@@ -121,10 +168,17 @@ export class SessionMachine {
     return this.waiting?.token ?? null;
   }
 
+  /** How often each refusal or anomaly that was logged once happened in all (counts above 1). */
+  get repeated(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [kind, n] of this.repeats) if (n > 1) out[kind] = n;
+    return out;
+  }
+
   clientLine(line: string): Action[] {
     const out: Action[] = [];
     if (this.closed) return out;
-    if (this.waiting) {
+    if (this.waiting || !this.greeted) {
       this.hold(this.heldClient, line, out);
       return out;
     }
@@ -140,6 +194,7 @@ export class SessionMachine {
       return out;
     }
     this.handleServer(reply, out);
+    this.drain(out);
     return out;
   }
 
@@ -152,7 +207,7 @@ export class SessionMachine {
       return out;
     }
     this.waiting = null;
-    this.replacePath(path, out);
+    this.replacePath({ path, neg: w.neg }, out);
     if (w.kind === 'passive') {
       const text =
         w.reply === 227
@@ -163,7 +218,7 @@ export class SessionMachine {
     } else {
       const ep = { address: this.o.addressing.activeListen, port: path.port };
       out.push({ type: 'log', level: 'info', msg: 'active data path', fields: { dataPort: path.port } });
-      this.pending.push({ kind: 'active', pathId: path.id });
+      this.pending.push({ kind: 'active', neg: w.neg });
       out.push({ type: 'toServer', text: this.serverFamily === 4 ? formatPort(ep) : formatEprt(ep) });
     }
     this.flushLocal(out);
@@ -224,10 +279,27 @@ export class SessionMachine {
         this.handleServer(reply, out);
         continue;
       }
+      if (!this.greeted) break;
       const line = this.heldClient.shift();
       if (line === undefined) break;
       this.handleClient(line, out);
     }
+  }
+
+  /**
+   * Log the first occurrence of `kind` in this session; later ones are only counted (a client
+   * repeating a refused command must not flood the log, nor the event loop with log lines).
+   */
+  private once(kind: string, level: LogLevel, msg: string, fields: Record<string, unknown>, out: Action[]): void {
+    const n = (this.repeats.get(kind) ?? 0) + 1;
+    this.repeats.set(kind, n);
+    if (n === 1) out.push({ type: 'log', level, msg, fields });
+  }
+
+  /** A command the proxy refuses itself: logged once per kind, answered in turn. */
+  private refuse(kind: string, text: string, out: Action[], log?: { msg: string; fields?: Record<string, unknown> }): void {
+    this.once(kind, 'notice', log?.msg ?? 'command refused', { refusal: kind, ...log?.fields }, out);
+    this.answerLocally(text, out);
   }
 
   private handleClient(raw: string, out: Action[]): void {
@@ -235,8 +307,7 @@ export class SessionMachine {
     // and no bare CR (a server that ends lines at CR would see a second, unvetted command).
     const line = removeTelnet(raw);
     if (line.includes('\r')) {
-      out.push({ type: 'log', level: 'notice', msg: 'bare CR in a command refused', fields: {} });
-      return this.answerLocally('500 Bare CR in command line', out);
+      return this.refuse('bare CR', '500 Bare CR in command line', out, { msg: 'bare CR in a command refused' });
     }
     const cmd = classifyCommand(line);
     switch (cmd.kind) {
@@ -244,7 +315,7 @@ export class SessionMachine {
         return this.passive(227, out);
       case 'EPSV':
         if (cmd.family !== undefined && cmd.family !== (this.clientFamily === 4 ? 1 : 2)) {
-          return this.answerLocally(`522 Network protocol not supported, use (${this.clientFamily === 4 ? 1 : 2})`, out);
+          return this.refuse('EPSV family', `522 Network protocol not supported, use (${this.clientFamily === 4 ? 1 : 2})`, out);
         }
         return this.passive(229, out);
       case 'EPSV_ALL':
@@ -255,38 +326,45 @@ export class SessionMachine {
         return this.active(cmd, out);
       case 'LPRT':
       case 'LPSV':
-        return this.answerLocally(`502 ${cmd.kind} is not supported, use ${cmd.kind === 'LPRT' ? 'EPRT' : 'EPSV'}`, out);
+        return this.refuse(cmd.kind, `502 ${cmd.kind} is not supported, use ${cmd.kind === 'LPRT' ? 'EPRT' : 'EPSV'}`, out);
       case 'INVALID':
-        out.push({ type: 'log', level: 'notice', msg: 'bad command from client', fields: { verb: cmd.verb, code: cmd.error.code } });
-        return this.answerLocally(`501 ${cmd.error.message}`, out);
+        return this.refuse(`invalid ${cmd.verb}`, `501 ${cmd.error.message}`, out, {
+          msg: 'bad command from client',
+          fields: { verb: cmd.verb, code: cmd.error.code },
+        });
       case 'USER':
         if (this.o.anonymousOnly && !ANONYMOUS.has(cmd.name.toLowerCase())) {
-          out.push({ type: 'log', level: 'notice', msg: 'non-anonymous login refused', fields: { user: cmd.name } });
-          return this.answerLocally('530 Only anonymous logins are allowed through this proxy', out);
+          return this.refuse('non-anonymous login', '530 Only anonymous logins are allowed through this proxy', out, {
+            msg: 'non-anonymous login refused',
+            fields: { user: cmd.name },
+          });
         }
         out.push({ type: 'log', level: 'info', msg: 'login', fields: { user: cmd.name } });
         return this.forward(line, { kind: 'other', verb: 'USER' }, out);
       case 'AUTH':
         if (this.o.tls === 'pass') {
-          out.push({
-            type: 'log',
-            level: 'warn',
-            msg: 'AUTH passed through: if the server accepts, this session is encrypted and its data connections are not admitted',
-            fields: { mechanism: cmd.mechanism },
-          });
+          this.once(
+            'AUTH passed',
+            'warn',
+            'AUTH passed through: if the server accepts, this session is encrypted and its data connections are not admitted',
+            { mechanism: cmd.mechanism },
+            out,
+          );
           return this.forward(line, { kind: 'auth' }, out);
         }
         // No ALG can rewrite PORT/PASV inside TLS; refusing lets the client fall back to plain FTP.
-        out.push({ type: 'log', level: 'notice', msg: 'AUTH refused: TLS cannot pass an FTP proxy', fields: { mechanism: cmd.mechanism } });
-        return this.answerLocally('534 AUTH not available through this proxy, continue without TLS', out);
+        return this.refuse('AUTH', '534 AUTH not available through this proxy, continue without TLS', out, {
+          msg: 'AUTH refused: TLS cannot pass an FTP proxy',
+          fields: { mechanism: cmd.mechanism },
+        });
       case 'TRANSFER':
-        return this.forward(line, { kind: 'transfer', verb: cmd.verb, pathId: this.path?.id ?? null }, out);
+        return this.forward(line, { kind: 'transfer', verb: cmd.verb, neg: this.neg }, out);
       case 'ABOR':
         // Sent clean, and urgent (Telnet IP and the Synch) only when the client's own ABOR
         // came that way: the server sees what it would see without the proxy. (pure-ftpd
         // drops a line with Telnet bytes once its transfer has ended, so always adding them
         // loses ABORs; a server that needs them mid-transfer gets them from such clients.)
-        this.pending.push({ kind: 'other', verb: 'ABOR' });
+        this.pending.push({ kind: 'abor' });
         out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') });
         return;
       case 'QUIT':
@@ -304,7 +382,7 @@ export class SessionMachine {
 
   /** Reply from the proxy itself, in turn with the server's replies to earlier commands. */
   private answerLocally(text: string, out: Action[]): void {
-    if (this.pending.length === 0) {
+    if (this.pending.length === 0 && !this.streaming) {
       out.push({ type: 'toClient', text });
     } else {
       this.pending.push({ kind: 'local', text });
@@ -313,23 +391,24 @@ export class SessionMachine {
 
   private passive(reply: 227 | 229, out: Action[]): void {
     if (this.epsvAll && reply === 227) {
-      return this.answerLocally('503 Only EPSV is allowed after EPSV ALL', out);
+      return this.refuse('PASV after EPSV ALL', '503 Only EPSV is allowed after EPSV ALL', out);
     }
     if (reply === 227 && this.clientFamily === 6) {
-      return this.answerLocally('500 PASV carries IPv4 addresses only, use EPSV', out);
+      return this.refuse('PASV from IPv6', '500 PASV carries IPv4 addresses only, use EPSV', out);
     }
     // IPv4 servers all understand PASV; IPv6 ones need EPSV. The server's address in its
     // reply is never used, only its port.
-    this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'passive', reply }, out);
+    this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'passive', reply, neg: ++this.neg }, out);
   }
 
   private active(cmd: Extract<Command, { kind: 'PORT' | 'EPRT' }>, out: Action[]): void {
     if (this.epsvAll) {
-      return this.answerLocally('503 Only EPSV is allowed after EPSV ALL', out);
+      return this.refuse(`${cmd.kind} after EPSV ALL`, '503 Only EPSV is allowed after EPSV ALL', out);
     }
     const family = cmd.kind === 'PORT' ? 4 : cmd.family === 1 ? 4 : 6;
     if (family !== this.clientFamily) {
-      return this.answerLocally(
+      return this.refuse(
+        `${cmd.kind} family`,
         cmd.kind === 'EPRT'
           ? `522 Network protocol not supported, use (${this.clientFamily === 4 ? 1 : 2})`
           : '500 PORT carries IPv4 addresses only, use EPRT',
@@ -339,105 +418,172 @@ export class SessionMachine {
     const { address, port } = cmd.endpoint;
     // RFC 2577: data goes only to the client's own address and to an unprivileged port.
     if (address !== this.o.client.address) {
-      out.push({
-        type: 'log',
-        level: 'notice',
+      return this.refuse('bounce', `501 ${cmd.kind} refused: address is not the client's own`, out, {
         msg: 'bounce attempt refused',
         fields: { verb: cmd.kind, announced: address, dataPort: port },
       });
-      return this.answerLocally(`501 ${cmd.kind} refused: address is not the client's own`, out);
     }
     if (port < 1024) {
-      out.push({ type: 'log', level: 'notice', msg: 'privileged data port refused', fields: { verb: cmd.kind, dataPort: port } });
-      return this.answerLocally(`501 ${cmd.kind} refused: ports below 1024 are not allowed`, out);
+      return this.refuse('privileged port', `501 ${cmd.kind} refused: ports below 1024 are not allowed`, out, {
+        msg: 'privileged data port refused',
+        fields: { verb: cmd.kind, dataPort: port },
+      });
     }
     const a = this.o.addressing;
     this.startOpen(
+      { kind: 'active', neg: ++this.neg },
       {
+        sid: this.o.sid,
         kind: 'active',
-        request: {
-          sid: this.o.sid,
-          kind: 'active',
-          family: this.serverFamily,
-          peer: this.o.server.address,
-          listen: a.activeListen,
-          target: { address: this.o.client.address, port },
-          source: a.activeSource,
-          ...(this.o.rewriteSourcePort ? { sourcePort: 20 } : {}),
-        },
+        family: this.serverFamily,
+        peer: this.o.server.address,
+        listen: a.activeListen,
+        target: { address: this.o.client.address, port },
+        source: a.activeSource,
+        ...(this.o.rewriteSourcePort ? { sourcePort: 20 } : {}),
       },
       out,
     );
   }
 
   private startOpen(
-    w: { kind: 'passive'; reply: 227 | 229; request: DataPathRequest } | { kind: 'active'; request: DataPathRequest },
+    w: { kind: 'passive'; reply: 227 | 229; neg: number } | { kind: 'active'; neg: number },
+    request: DataPathRequest,
     out: Action[],
   ): void {
     const token = this.nextToken++;
-    this.waiting = w.kind === 'passive' ? { token, kind: 'passive', reply: w.reply } : { token, kind: 'active' };
-    out.push({ type: 'open', token, request: w.request });
+    this.waiting = { ...w, token };
+    out.push({ type: 'open', token, request });
   }
 
-  private replacePath(path: DataPath | null, out: Action[]): void {
-    if (this.path) out.push({ type: 'release', id: this.path.id });
+  private replacePath(path: { path: DataPath; neg: number } | null, out: Action[]): void {
+    if (this.path) out.push({ type: 'release', id: this.path.path.id });
     this.path = path;
   }
 
-  private releaseIfCurrent(pathId: string | null, out: Action[]): void {
-    if (pathId !== null && this.path?.id === pathId) this.replacePath(null, out);
+  /** The path negotiated by `neg` admits nothing more (its transfer is over or refused). */
+  private releaseNegotiated(neg: number, out: Action[]): void {
+    if (this.path?.neg === neg) this.replacePath(null, out);
   }
 
   private handleServer(reply: Reply, out: Action[]): void {
-    const head = this.pending[0];
-    if (reply.code < 200) {
-      if (head?.kind === 'transfer' && !this.transferring) {
-        this.transferring = true;
-        out.push({ type: 'transfer', active: true });
+    if (this.streaming) {
+      // The rest of a reply whose pairing was settled on its first piece.
+      const { drop, head } = this.streaming;
+      if (!drop) out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+      if (reply.partial) return;
+      this.streaming = null;
+      const ended = head ? this.pending.shift() : undefined;
+      if (ended) this.complete(ended, { code: reply.code, lines: [] }, out);
+      else this.flushLocal(out);
+      return;
+    }
+    if (reply.code < 200) return this.preliminary(reply, out);
+    const at = this.pending.findIndex((p) => accepts(p, reply.code));
+    if (at === -1) return this.unpaired(reply, out);
+    this.skip(at, out);
+    if (reply.partial) {
+      // A long reply goes out as it comes; its command stays at the head (so that local
+      // answers queue behind it) until the last piece, and then ends as usual.
+      this.streaming = { drop: false, head: true };
+      out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+      return;
+    }
+    this.complete(this.pending.shift()!, reply, out);
+  }
+
+  /** 1xx: forwarded; it starts a transfer, and the greeting (120) waits for its 220. */
+  private preliminary(reply: Reply, out: Action[]): void {
+    const head = this.pending.find((p) => p.kind !== 'local');
+    if (head?.kind === 'transfer' && !this.transferring) {
+      this.transferring = true;
+      out.push({ type: 'transfer', active: true });
+    }
+    if (reply.partial) this.streaming = { drop: false, head: false };
+    out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+  }
+
+  /**
+   * A final reply that no outstanding command can take: one the server added. A 227/229 never
+   * reaches the client unless it answers the proxy's own PASV/EPSV (it could steer the client
+   * anywhere); an error with nothing outstanding (421 before closing) is passed on.
+   */
+  private unpaired(reply: Reply, out: Action[]): void {
+    const passiveCode = reply.code === 227 || reply.code === 229;
+    if (passiveCode || this.pending.some((p) => p.kind !== 'local')) {
+      this.once(`extra ${reply.code}`, 'warn', 'reply from the server that answers no command dropped', {
+        reply: stripTelnet(reply.lines[0] ?? '').slice(0, 120),
+      }, out);
+      if (reply.partial) this.streaming = { drop: true, head: false };
+      return;
+    }
+    if (reply.partial) this.streaming = { drop: false, head: false };
+    out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+  }
+
+  /**
+   * Replies are in command order (RFC 959), so a reply that only a later command can take
+   * means the server skipped the ones before it: the client gets a reply of the proxy's own
+   * for each, so it stays in step, and their data paths go.
+   */
+  private skip(at: number, out: Action[]): void {
+    const target = this.pending[at];
+    while (this.pending[0] !== target) {
+      const p = this.pending.shift()!;
+      if (p.kind === 'local') {
+        out.push({ type: 'toClient', text: p.text });
+        continue;
       }
-      out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
-      return;
+      this.once(`skipped ${p.kind}`, 'warn', 'the server skipped a reply', { command: p.kind }, out);
+      this.complete(p, { code: 0, lines: [skippedReply(p)] }, out);
     }
-    if (!head || head.kind === 'local') {
-      // Unsolicited (greeting, 421 before closing): pass it on.
-      out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
-      return;
-    }
-    this.pending.shift();
+  }
+
+  /**
+   * `head` has its final reply: forward it (code 0: a stand-in of the proxy's, always
+   * forwarded) and do what the end of that command means.
+   */
+  private complete(head: Pending, reply: Reply, out: Action[]): void {
+    const text = reply.lines.join('\r\n');
+    const send = (): void => {
+      if (reply.lines.length > 0) out.push({ type: 'toClient', text });
+    };
     switch (head.kind) {
+      case 'greeting':
+        this.greeted = true;
+        send();
+        break;
       case 'passive':
-        if (reply.code === 227 || reply.code === 229) {
-          this.passiveReply(head.reply, reply, out);
-        } else {
-          out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
-        }
+        if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);
+        else send();
         break;
       case 'active':
         // The reply goes first here and below: releasing is housekeeping the client need not
         // wait for.
-        out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
-        if (reply.code >= 400) this.releaseIfCurrent(head.pathId, out);
+        send();
+        if (reply.code >= 400 || reply.code === 0) this.releaseNegotiated(head.neg, out);
         break;
       case 'transfer':
         if (this.transferring) {
           this.transferring = false;
           out.push({ type: 'transfer', active: false });
         }
-        out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
-        // The transfer is over (or never started): its data path admits nothing more. Only
-        // that path: a server that skips a reply (pure-ftpd after ABOR) must not make us
-        // release a path negotiated after it.
-        this.releaseIfCurrent(head.pathId, out);
+        send();
+        // The transfer is over (or never started): the path negotiated for it admits nothing
+        // more. Only that one: a path negotiated after it stays.
+        this.releaseNegotiated(head.neg, out);
         break;
+      case 'abor':
       case 'other':
+      case 'local':
         if (!this.loggedIn && (reply.code === 230 || reply.code === 232)) {
           this.loggedIn = true;
           out.push({ type: 'loggedIn' });
         }
-        out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+        send();
         break;
       case 'auth':
-        out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+        send();
         if (reply.code === 234) {
           this.replacePath(null, out);
           this.closed = true;
@@ -450,7 +596,7 @@ export class SessionMachine {
   }
 
   private flushLocal(out: Action[]): void {
-    while (!this.waiting) {
+    while (!this.waiting && !this.streaming) {
       const head = this.pending[0];
       if (head?.kind !== 'local') return;
       this.pending.shift();
@@ -458,14 +604,14 @@ export class SessionMachine {
     }
   }
 
-  private passiveReply(want: 227 | 229, reply: Reply, out: Action[]): void {
+  private passiveReply(head: Extract<Pending, { kind: 'passive' }>, reply: Reply, out: Action[]): void {
     let port: number;
     try {
-      const first = reply.lines[0]!;
-      port = reply.code === 227 ? parse227(first).port : parse229(first);
+      if (reply.truncated) throw new ProtocolError('REPLY_TOO_LONG', 'passive reply too long');
+      port = passivePort(reply);
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError('BAD_REPLY', String(e));
-      out.push({ type: 'log', level: 'warn', msg: 'bad passive reply from server', fields: { code: err.code, reply: stripTelnet(reply.lines[0] ?? '') } });
+      this.once('bad passive reply', 'warn', 'bad passive reply from server', { code: err.code, reply: stripTelnet(reply.lines[0] ?? '').slice(0, 120) }, out);
       out.push({ type: 'toClient', text: "425 Can't open data connection: the server's passive reply was not understood" });
       return;
     }
@@ -474,25 +620,40 @@ export class SessionMachine {
       out.push({ type: 'log', level: 'info', msg: 'passive data direct to server', fields: { dataPort: port } });
       out.push({
         type: 'toClient',
-        text: want === 227 ? format227({ address: this.o.server.address, port }) : format229(port),
+        text: head.reply === 227 ? format227({ address: this.o.server.address, port }) : format229(port),
       });
       return;
     }
     this.startOpen(
+      { kind: 'passive', reply: head.reply, neg: head.neg },
       {
+        sid: this.o.sid,
         kind: 'passive',
-        reply: want,
-        request: {
-          sid: this.o.sid,
-          kind: 'passive',
-          family: this.clientFamily,
-          peer: this.o.client.address,
-          listen: a.passiveListen,
-          target: { address: this.o.server.address, port },
-          source: a.passiveSource,
-        },
+        family: this.clientFamily,
+        peer: this.o.client.address,
+        listen: a.passiveListen,
+        target: { address: this.o.server.address, port },
+        source: a.passiveSource,
       },
       out,
     );
   }
+}
+
+/**
+ * The data port of a 227 or 229 reply: the first line of it that carries one (real servers
+ * send `227-Entering Passive Mode` and put the numbers on the closing line).
+ */
+function passivePort(reply: Reply): number {
+  const code = String(reply.code);
+  let first: unknown;
+  for (const raw of reply.lines) {
+    const line = raw.startsWith(code) ? raw : `${code} ${raw}`;
+    try {
+      return reply.code === 227 ? parse227(line).port : parse229(line);
+    } catch (e) {
+      first ??= e;
+    }
+  }
+  throw first;
 }

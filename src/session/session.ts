@@ -58,10 +58,20 @@ function finish(s: net.Socket): void {
   }
 }
 
-/** Commands in flight past which the client socket is paused until replies catch up. */
+/** Commands in flight past which the client is not read until replies catch up. */
 const PAUSE_OUTSTANDING = 64;
-const RESUME_OUTSTANDING = 16;
-const MAX_REPLY_LINES = 20000;
+/** Server replies held by the machine (during a data-plane operation) past which the server is not read. */
+const PAUSE_HELD_REPLIES = 16;
+/**
+ * Bytes queued toward a socket past which the side whose input would add to them is not read
+ * (Node's own default high-water mark for a socket).
+ */
+const HIGH_WATER = 16 * 1024;
+/**
+ * Bytes queued toward the client past which it is cut off. Reading stops long before (the
+ * excess is at most one framed chunk's replies), so only a peer that never reads gets here.
+ */
+const MAX_BACKLOG = 1024 * 1024;
 
 export class Session {
   readonly sid: string;
@@ -75,7 +85,9 @@ export class Session {
   private idleTimer: NodeJS.Timeout | null = null;
   private lastActivity = 0;
   private closing: string | null = null;
-  private clientPausedForReplies = false;
+  /** Client lines framed but not yet run: at most one read's worth, held while the client may not be read. */
+  private inbox: string[] = [];
+  private inboxAt = 0;
   private readonly startedAt = Date.now();
   private readonly debug: boolean;
   /** Resolves when teardown has finished releasing. */
@@ -173,7 +185,7 @@ export class Session {
     });
     const clientLines = new LineFramer(this.o.maxLineLength);
     const serverLines = new LineFramer(this.o.maxLineLength);
-    const replies = new ReplyAssembler(MAX_REPLY_LINES);
+    const replies = new ReplyAssembler();
     this.sock.on('data', (chunk: Buffer) => {
       if (this.opaque) return;
       let lines: string[];
@@ -182,14 +194,12 @@ export class Session {
       } catch (e) {
         return this.protocolFailure('client', e);
       }
+      if (lines.length === 0) return;
       // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
-      if (lines.length > 0) this.touch();
-      for (const line of lines) {
-        if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
-        this.run(this.machine!.clientLine(line));
-        if (this.closing) return;
-      }
-      this.throttleClient();
+      this.touch();
+      if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
+      else (this.inbox = lines), (this.inboxAt = 0);
+      this.flow();
     });
     s.on('data', (chunk: Buffer) => {
       if (this.opaque) return;
@@ -206,10 +216,13 @@ export class Session {
       } catch (e) {
         return this.protocolFailure('server', e);
       }
-      this.throttleClient();
+      this.flow();
     });
+    // What stopped reading may go on once what was queued has gone out.
+    this.sock.on('drain', () => this.flow());
+    s.on('drain', () => this.flow());
     this.touch();
-    this.sock.resume();
+    this.flow();
   }
 
   private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
@@ -257,17 +270,33 @@ export class Session {
     this.teardown(`${side} protocol error: ${err.code}`, reply);
   }
 
-  /** Pause the client while many of its commands wait for replies: bounded memory. */
-  private throttleClient(): void {
+  /**
+   * Flow control, run after anything that changes what is queued: runs the client lines that
+   * may run now, and reads from a side only while what its input produces can go somewhere.
+   * The client is not read while many of its commands wait for replies or while either socket
+   * is backed up (a command the proxy answers itself writes to the client, any other to the
+   * server); the server is not read while the client is backed up. So memory per session is
+   * bounded whatever either peer does or does not read.
+   */
+  private flow(): void {
     const m = this.machine;
-    if (!m || this.closing) return;
-    if (!this.clientPausedForReplies && m.outstanding > PAUSE_OUTSTANDING) {
-      this.clientPausedForReplies = true;
-      this.sock.pause();
-    } else if (this.clientPausedForReplies && m.outstanding <= RESUME_OUTSTANDING) {
-      this.clientPausedForReplies = false;
-      this.sock.resume();
+    const s = this.server;
+    if (!m || !s || this.closing || this.opaque) return;
+    const c = this.sock;
+    const clientMayRun = (): boolean =>
+      m.outstanding <= PAUSE_OUTSTANDING && c.writableLength <= HIGH_WATER && s.writableLength <= HIGH_WATER;
+    while (this.inboxAt < this.inbox.length && clientMayRun()) {
+      const line = this.inbox[this.inboxAt++]!;
+      if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
+      this.run(m.clientLine(line));
+      if (this.closing) return;
     }
+    if (this.inboxAt === this.inbox.length) (this.inbox = []), (this.inboxAt = 0);
+    if (c.writableLength > MAX_BACKLOG) return this.teardown('client does not read its replies');
+    if (this.inbox.length === 0 && clientMayRun()) c.resume();
+    else c.pause();
+    if (c.writableLength <= HIGH_WATER && m.heldReplies <= PAUSE_HELD_REPLIES) s.resume();
+    else s.pause();
   }
 
   private run(actions: readonly Action[]): void {
@@ -275,11 +304,11 @@ export class Session {
       if (this.closing) return;
       switch (a.type) {
         case 'toClient':
-          this.write(this.sock, this.server, a.text);
+          this.sock.write(a.text + '\r\n', 'latin1');
           break;
         case 'toServer':
           if (a.urgent && sendUrgent(this.server!, Buffer.from(a.text + '\r\n', 'latin1'))) break;
-          this.write(this.server!, this.sock, a.text);
+          this.server!.write(a.text + '\r\n', 'latin1');
           break;
         case 'open':
           this.open(a.token, a.request);
@@ -325,16 +354,6 @@ export class Session {
     this.sock.resume();
   }
 
-  /** Write with backpressure: when `to` is full, stop reading from `from` until it drains. */
-  private write(to: net.Socket, from: net.Socket | null, text: string): void {
-    if (!to.write(text + '\r\n', 'latin1') && from) {
-      from.pause();
-      to.once('drain', () => {
-        if (!this.closing && !(from === this.sock && this.clientPausedForReplies)) from.resume();
-      });
-    }
-  }
-
   private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
     this.o.dataPlane.open(request).then(
       (path) => {
@@ -343,13 +362,13 @@ export class Session {
           return;
         }
         this.run(this.machine.dataOpened(token, path));
-        this.throttleClient();
+        this.flow();
       },
       (err: unknown) => {
         if (this.closing || !this.machine) return;
         const e = err instanceof FtpProxyError ? err : new DataPlaneError('BACKEND_FAILED', String(err), { cause: err });
         this.run(this.machine.dataFailed(token, e));
-        this.throttleClient();
+        this.flow();
       },
     );
   }
@@ -392,6 +411,8 @@ export class Session {
     this.closing = reason;
     for (const timer of [this.connectTimer, this.loginTimer, this.idleTimer]) if (timer) clearTimeout(timer);
     this.connectTimer = this.loginTimer = this.idleTimer = null;
+    const repeated = this.machine?.repeated ?? {};
+    if (Object.keys(repeated).length > 0) this.log.notice({ repeated }, 'refused or odd lines repeated in this session (logged once each)');
     this.machine?.close();
     if (reply && this.sock.writable) this.sock.write(reply + '\r\n', 'latin1');
     finish(this.sock);

@@ -37,17 +37,52 @@ t.test('bad first lines', async (t) => {
   t.throws(() => a.push('200 ok'), protocolError('BAD_REPLY'), 'a failed assembler stays failed');
 });
 
-t.test('reply length limit', async (t) => {
-  const a = new ReplyAssembler(3);
-  t.same(assemble(['211-a', 'b', '211 c'], a), [null, null, { code: 211, lines: ['211-a', 'b', '211 c'] }], 'exactly the limit');
-  const b = new ReplyAssembler(3);
-  t.same(assemble(['211-a', 'b', 'c'], b), [null, null, null]);
-  t.throws(() => b.push('211 d'), protocolError('REPLY_TOO_LONG'), 'one past the limit');
-  t.throws(() => b.push('200 ok'), protocolError('REPLY_TOO_LONG'), 'and stays failed');
-  const c = new ReplyAssembler(1);
-  t.same(c.push('200 single'), { code: 200, lines: ['200 single'] }, 'single lines always fit');
-  t.equal(new ReplyAssembler().maxLines, 100000);
+t.test('reply size bound: long replies are handed on in pieces, a long 227/229 is cut short', async (t) => {
+  const a = new ReplyAssembler(10);
+  t.same(assemble(['211-abcd', 'ef', '211 c'], a), [null, null, { code: 211, lines: ['211-abcd', 'ef', '211 c'] }], 'within the bound: whole');
+  const b = new ReplyAssembler(10);
+  t.same(
+    assemble(['211-abcd', 'efghij', 'k', 'lmnopqrstu', '211 end', '200 ok'], b),
+    [
+      null,
+      { code: 211, lines: ['211-abcd', 'efghij'], partial: true },
+      null,
+      { code: 211, lines: ['k', 'lmnopqrstu'], partial: true },
+      { code: 211, lines: ['211 end'], partial: false },
+      { code: 200, lines: ['200 ok'] },
+    ],
+    'pieces in order, every line once, then the next reply as usual',
+  );
+  const c = new ReplyAssembler(20);
+  t.same(
+    assemble(['227-Entering Passive', 'x'.repeat(30), 'y', '227 (10,0,0,1,4,1)', '227 next'], c),
+    [null, null, null, { code: 227, lines: ['227-Entering Passive'], truncated: true }, { code: 227, lines: ['227 next'] }],
+    'a 227 is never handed on in pieces: what is past the bound is dropped and said',
+  );
+  t.same(new ReplyAssembler(1).push('200 single'), { code: 200, lines: ['200 single'] }, 'single lines always fit');
+  t.equal(new ReplyAssembler().maxBytes, 16384);
   for (const bad of [0, -1, 2.5]) t.throws(() => new ReplyAssembler(bad), RangeError);
+});
+
+t.test('a 20,000-line reply never holds more than the bound', async (t) => {
+  const a = new ReplyAssembler();
+  const line = '211-' + 'x'.repeat(1020);
+  let held = 0;
+  let most = 0;
+  let lines = 0;
+  for (let i = 0; i < 20000; i++) {
+    const r = a.push(i === 0 ? line : ' ' + line);
+    held += line.length;
+    if (r) {
+      lines += r.lines.length;
+      held = 0;
+    }
+    most = Math.max(most, held);
+  }
+  const end = a.push('211 end');
+  lines += end!.lines.length;
+  t.equal(lines, 20001, 'every line handed on');
+  t.ok(most <= a.maxBytes + line.length + 1, `at most ${most} bytes held`);
 });
 
 t.test('parse227', async (t) => {

@@ -11,8 +11,11 @@ const addressing: Addressing = {
   activeSource: '192.0.2.1',
 };
 
-function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> = {}): SessionMachine {
-  return new SessionMachine({
+const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
+
+/** A machine whose server has greeted (unless `greet` is false). */
+function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> = {}, greet = true): SessionMachine {
+  const m = new SessionMachine({
     sid: '7',
     client: { address: '192.0.2.2', port: 40000 },
     server: { address: '198.51.100.2', port: 21 },
@@ -21,16 +24,16 @@ function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> 
     rewriteSourcePort: false,
     ...over,
   });
+  if (greet) m.serverReply(reply('220 ready'));
+  return m;
 }
-
-const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
 const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
   as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
 const opens = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'open' }> => a.type === 'open');
 const releases = (as: Action[]) => as.filter((a) => a.type === 'release').map((a) => (a as { id: string }).id);
 
 t.test('greeting and plain commands pass through in order', async (t) => {
-  const m = machine();
+  const m = machine({}, false);
   t.same(sent(m.serverReply(reply('220-Welcome', '220 ready')), 'toClient'), ['220-Welcome\r\n220 ready']);
   t.same(sent(m.clientLine('USER anonymous'), 'toServer'), ['USER anonymous']);
   t.same(sent(m.clientLine('PASS x@y'), 'toServer'), ['PASS x@y']);
@@ -309,4 +312,152 @@ t.test('what is forwarded is what was vetted: Telnet bytes removed, bare CR refu
   const b = m.clientLine('NOOP\rPORT 203,0,113,5,156,64');
   t.same(sent(b, 'toServer'), []);
   t.match(sent(b, 'toClient')[0], /^500 Bare CR/);
+});
+
+const logs = (as: Action[]) => as.filter((a) => a.type === 'log').map((a) => (a as { msg: string }).msg);
+
+t.test('nothing goes to the server before its greeting; commands sent early run in order after it', async (t) => {
+  const m = machine({}, false);
+  t.same(m.clientLine('USER anonymous'), [], 'held');
+  t.same(m.clientLine('PASS x'), []);
+  t.same(m.clientLine('PASV'), []);
+  t.equal(m.outstanding, 3, 'held lines count: the shell stops reading past a bound');
+  t.same(sent(m.serverReply(reply('120 ready in 1 minute')), 'toServer'), [], 'a 120 is not the greeting yet');
+  const a = m.serverReply(reply('220 ready'));
+  t.same(sent(a, 'toClient'), ['220 ready']);
+  t.same(sent(a, 'toServer'), ['USER anonymous', 'PASS x', 'PASV']);
+  t.same(sent(m.serverReply(reply('331 pw')), 'toClient'), ['331 pw']);
+  const b = m.serverReply(reply('230 in'));
+  t.same(sent(b, 'toClient'), ['230 in'], 'the 230 answers PASS, not PASV');
+  t.ok(b.some((x) => x.type === 'loggedIn'));
+  const c = m.serverReply(reply('227 Entering Passive Mode (10,0,0,5,4,1)'));
+  t.equal(opens(c).length, 1, 'the 227 answers PASV: a path is opened');
+  t.same(sent(m.dataOpened(opens(c)[0]!.token, { id: 'p', port: 50000 }), 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,80).']);
+});
+
+t.test('pure-ftpd after a reset RETR: only 150, then 226 for ABOR; the next PASV is still rewritten', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  m.dataOpened(opens(m.serverReply(reply('227 (10,0,0,5,4,1)')))[0]!.token, { id: 'p1', port: 50001 });
+  m.clientLine('RETR big');
+  m.serverReply(reply('150 Accepted data connection'));
+  m.clientLine('ABOR');
+  const a = m.serverReply(reply('226 ABOR ok'));
+  t.same(sent(a, 'toClient'), ['226 ABOR ok'], "taken as RETR's final reply (the same text the client would see)");
+  t.same(releases(a), ['p1']);
+  m.clientLine('PASV');
+  const b = m.serverReply(reply('227 Entering Passive Mode (10,0,0,5,4,2)'));
+  t.same(sent(b, 'toClient'), ['226 Abort done (the server sent no reply of its own)'], 'the skipped ABOR gets a reply of the proxy: the client stays in step');
+  t.ok(logs(b).includes('the server skipped a reply'));
+  t.equal(opens(b).length, 1, 'the 227 went to its PASV: a path is opened');
+  t.same(sent(m.dataOpened(opens(b)[0]!.token, { id: 'p2', port: 50002 }), 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,82).']);
+  m.clientLine('NOOP');
+  t.same(sent(m.serverReply(reply('200 ok')), 'toClient'), ['200 ok'], 'in step from here on');
+  t.equal(m.outstanding, 0);
+});
+
+t.test('a 227 or 229 that answers no PASV/EPSV of the proxy never reaches the client', async (t) => {
+  const m = machine();
+  m.clientLine('TYPE I');
+  t.same(sent(m.serverReply(reply('200 Type set')), 'toClient'), ['200 Type set']);
+  const a = m.serverReply(reply('227 Entering Passive Mode (192,168,1,10,0,22).'));
+  t.same(sent(a, 'toClient'), [], 'unsolicited 227 dropped');
+  t.same(opens(a), []);
+  t.ok(logs(a).includes('reply from the server that answers no command dropped'));
+  m.clientLine('NOOP');
+  t.same(sent(m.serverReply(reply('229 (|||22|)')), 'toClient'), [], 'a 229 while NOOP waits is not its reply');
+  t.same(sent(m.serverReply(reply('200 NOOP ok')), 'toClient'), ['200 NOOP ok'], "NOOP gets its own reply");
+  m.clientLine('SYST');
+  t.same(sent(m.serverReply(reply('227-Entering Passive Mode', '227 (192,168,1,10,0,22)')), 'toClient'), []);
+  t.same(sent(m.serverReply(reply('215 UNIX')), 'toClient'), ['215 UNIX']);
+  t.same(m.repeated, { 'extra 227': 2 }, 'logged once, counted after');
+});
+
+t.test('a server that adds a reply after 200 cannot feed a PASV the wrong answer', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('200 extra'));
+  t.same(sent(a, 'toClient'), [], 'a 200 cannot answer PASV and nothing else waits: dropped');
+  const b = m.serverReply(reply('227 (10,0,0,5,4,1)'));
+  t.equal(opens(b).length, 1);
+});
+
+t.test('multi-line 227: the address is looked for in every line', async (t) => {
+  for (const lines of [
+    ['227-Entering Passive Mode', '227 Entering Passive Mode (10,0,0,5,4,1)'],
+    ['227-Entering Passive Mode (10,0,0,5,4,1)', '227 OK'],
+    ['227-Entering Passive Mode', ' =10,0,0,5,4,1', '227 End'],
+  ]) {
+    const m = machine();
+    m.clientLine('PASV');
+    const a = m.serverReply(reply(...lines));
+    t.equal(opens(a)[0]?.request.target.port, 1025, lines.join(' / '));
+  }
+  const m = machine();
+  m.clientLine('EPSV');
+  const b = m.serverReply({ code: 229, lines: ['229-Extended Passive', '229 Entering Extended Passive Mode (|||6000|)'] });
+  t.equal(opens(b)[0]?.request.target.port, 6000, 'and in a 229');
+  m.close();
+  const c = machine();
+  c.clientLine('PASV');
+  const d = c.serverReply({ code: 227, lines: ['227-Entering Passive Mode'], truncated: true });
+  t.match(sent(d, 'toClient')[0], /^425 /, 'a 227 cut short at the size bound: 425, nothing opened');
+  t.same(opens(d), []);
+});
+
+t.test('pipelined PASV + RETR: the transfer is tied to the path negotiated for it', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  m.dataOpened(opens(m.serverReply(reply('227 (10,0,0,5,4,1)')))[0]!.token, { id: 'old', port: 50001 });
+  m.clientLine('LIST');
+  m.serverReply(reply('150 here'));
+  m.serverReply(reply('226 done'));
+  t.equal(m.currentPath, null);
+  m.clientLine('PASV');
+  m.clientLine('RETR missing');
+  const a = m.serverReply(reply('227 (10,0,0,5,4,2)'));
+  const b = m.dataOpened(opens(a)[0]!.token, { id: 'new', port: 50002 });
+  t.same(sent(b, 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,82).']);
+  const c = m.serverReply(reply('550 No such file'));
+  t.same(releases(c), ['new'], 'the RETR forwarded before the path existed still releases it');
+  t.equal(m.currentPath, null);
+});
+
+t.test('a long reply goes out in pieces, and a local answer behind it waits for its end', async (t) => {
+  const m = machine();
+  m.clientLine('STAT');
+  t.same(sent(m.serverReply({ code: 211, lines: ['211-Status', 'a'], partial: true }), 'toClient'), ['211-Status\r\na']);
+  t.same(sent(m.clientLine('LPSV'), 'toClient'), [], 'queued behind the reply in progress');
+  t.same(sent(m.serverReply({ code: 211, lines: ['b', 'c'], partial: true }), 'toClient'), ['b\r\nc']);
+  t.same(sent(m.serverReply({ code: 211, lines: ['211 End'], partial: false }), 'toClient'), ['211 End', '502 LPSV is not supported, use EPSV']);
+  t.equal(m.outstanding, 0);
+  const a = m.serverReply({ code: 211, lines: ['211-unsolicited', 'x'], partial: true });
+  t.same(sent(a, 'toClient'), ['211-unsolicited\r\nx'], 'with nothing outstanding, passed on');
+  t.same(sent(m.clientLine('LPSV'), 'toClient'), [], 'a local answer waits for the end of that too');
+  t.same(sent(m.serverReply({ code: 211, lines: ['211 end'], partial: false }), 'toClient'), ['211 end', '502 LPSV is not supported, use EPSV']);
+});
+
+t.test('a refusal repeated 10,000 times is logged once, then counted', async (t) => {
+  const m = machine();
+  let logged = 0;
+  for (let i = 0; i < 10000; i++) {
+    for (const line of ['LPRT 4,4,1,2,3,4,2,0,20', 'AUTH TLS', 'PORT 1,2,3']) logged += logs(m.clientLine(line)).length;
+  }
+  t.equal(logged, 3, 'one line per kind');
+  t.same(m.repeated, { LPRT: 10000, AUTH: 10000, 'invalid PORT': 10000 });
+});
+
+t.test('a transfer whose final reply the server skipped gets one of the proxy and its path goes', async (t) => {
+  const m = machine();
+  m.clientLine('PASV');
+  m.dataOpened(opens(m.serverReply(reply('227 (10,0,0,5,4,1)')))[0]!.token, { id: 'p', port: 50001 });
+  m.clientLine('RETR f');
+  m.serverReply(reply('150 go'));
+  t.ok(m.transferActive);
+  m.clientLine('PASV');
+  const a = m.serverReply(reply('227 (10,0,0,5,4,2)'));
+  t.same(sent(a, 'toClient'), ['451 Transfer ended without a final reply from the server']);
+  t.same(releases(a), ['p']);
+  t.notOk(m.transferActive);
+  t.equal(opens(a).length, 1);
 });
