@@ -81,6 +81,8 @@ export function canonicalAddress(flag: string, raw: string): string {
   if (addr.kind() === 'ipv6') {
     const v6 = addr as ipaddr.IPv6;
     if (v6.zoneId) fail(flag, `'${raw}': zone ids are not supported`);
+    // ::ffff:a.b.c.d is an IPv4 address: every socket reports it as one, so the config must too.
+    if (v6.isIPv4MappedAddress()) return v6.toIPv4Address().toString();
     return v6.toRFC5952String();
   }
   return addr.toString();
@@ -169,6 +171,10 @@ export function buildConfig(o: RawOptions): Config {
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
   };
+  if (cfg.anonymousOnly && cfg.tls === 'pass') {
+    // After AUTH the login is inside TLS: -A could not see USER, so it would promise nothing.
+    fail('--tls', "'pass' cannot be combined with -A/--anonymous-only (the login would be encrypted and unchecked)");
+  }
   if (cfg.masqueradeAddress !== undefined && ipaddr.parse(cfg.masqueradeAddress).kind() !== 'ipv4') {
     fail('--masquerade-address', 'must be an IPv4 address (227 replies carry IPv4 only; EPSV needs no address)');
   }

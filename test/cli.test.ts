@@ -80,6 +80,10 @@ t.test('every flag, short and long', async (t) => {
   t.equal(p.servers.refusal('10.1.2.3'), 'denied', 'IPv4-mapped blocks match IPv4 servers');
   t.equal(p.servers.refusal('198.51.100.2'), null, 'no allow list: everything else passes');
   t.equal(run([]).config!.tls, 'refuse');
+  t.equal(run([]).config!.dataIdleTimeout, 300);
+  const mapped = run(['-R', '::ffff:10.0.0.21', '-a', '::FFFF:198.51.100.1', '-b', '::ffff:127.0.0.1']).config!;
+  t.same([mapped.reverse?.address, mapped.proxyAddress, mapped.bind], ['10.0.0.21', '198.51.100.1', '127.0.0.1'], 'IPv4-mapped addresses are IPv4');
+  t.equal(run(['-R', '::ffff:10.0.0.21']).config!.reverse?.address, '10.0.0.21', 'so a reverse server given so is family 4');
   t.equal(run([]).config!.loginTimeout, 120);
 });
 
@@ -125,6 +129,8 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['--shutdown-grace', 'x'], /--shutdown-grace/],
     [['--login-timeout', '0'], /--login-timeout/],
     [['--tls', 'starttls'], /--tls: 'starttls' is not one of refuse, pass/],
+    [['-A', '--tls', 'pass'], /--tls: 'pass' cannot be combined with -A\/--anonymous-only/],
+    [['--data-idle-timeout', '0'], /--data-idle-timeout/],
     [['--allow-client', '192.0.2.0/33'], /--allow-client: '192.0.2.0\/33' is not an address or CIDR block/],
     [['--deny-client', 'lan'], /--deny-client/],
     [['--allow-server', '10.0.0.0/8,nope'], /--allow-server: 'nope'/],
