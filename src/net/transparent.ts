@@ -131,9 +131,9 @@ export class TransparentSources {
   }
 
   /**
-   * A connection to `to` that carries `source` (and `sourcePort`, else one the kernel picks),
-   * whether or not this host owns `source`, with the rule that brings its replies here. Throws,
-   * with nothing left installed, if the socket or its rule cannot be made.
+   * A connection to `to` that carries `source` (and `sourcePort`, else one the kernel picks)
+   * although this host does not own `source`, with the rule that brings its replies here.
+   * Throws, with nothing left installed, if the socket or its rule cannot be made.
    */
   connect(to: Endpoint, source: string, sourcePort: number | undefined): net.Socket {
     const family = familyOf(source);
@@ -240,9 +240,9 @@ function removeLeftovers(rt: RouteSocket, table: number): number | string {
 
 /**
  * Connects to `to` so that it sees the connection come from `source` (port `sourcePort` when
- * set). With `transparent` any source will do (the server's address, in outbound mode); without
- * it, or if it fails for this connection, a source that is not one of this host's addresses is
- * left to the kernel, which picks this host's own, as it always did.
+ * set). A source that is not one of this host's addresses (the server's, in outbound mode) takes
+ * `transparent`; without it, or if it fails for this connection, the kernel picks this host's
+ * own address, as it always did.
  */
 export function connectFrom(
   to: Endpoint,
@@ -251,7 +251,8 @@ export function connectFrom(
   transparent: TransparentSources | null,
   log: AppLogger,
 ): net.Socket {
-  if (transparent) {
+  const local = isLocalAddress(source);
+  if (transparent && !local) {
     try {
       return transparent.connect(to, source, sourcePort);
     } catch (e) {
@@ -261,7 +262,7 @@ export function connectFrom(
   return net.connect({
     host: to.address,
     port: to.port,
-    ...(isLocalAddress(source) ? { localAddress: source } : {}),
+    ...(local ? { localAddress: source } : {}),
     ...(sourcePort !== undefined ? { localPort: sourcePort } : {}),
     allowHalfOpen: true,
   });
