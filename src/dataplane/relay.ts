@@ -6,6 +6,7 @@ import type { AppLogger } from '../log.js';
 import { DataPlaneError } from '../errors.js';
 import { canonical } from '../net/address.js';
 import type { PortAllocator } from '../net/ports.js';
+import { connectFrom, TransparentSources } from '../net/transparent.js';
 import type { DataPath, DataPathRequest, DataPlane } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
 
@@ -21,6 +22,12 @@ export interface RelayOptions {
    * are also the fallback where the worker cannot start or has died.
    */
   readonly splice?: boolean;
+  /**
+   * Routing table (and rule priority) for connections whose source is not this host's (the
+   * server's address, for active data in outbound mode); unset: such connections come from
+   * this host's own address.
+   */
+  readonly routeTable?: number;
 }
 
 interface RelayPath {
@@ -37,10 +44,14 @@ export class RelayDataPlane implements DataPlane {
   private readonly paths = new Map<string, RelayPath>();
   private seq = 0;
   private splicer: Splicer | null = null;
+  private transparent: TransparentSources | null = null;
 
   constructor(private readonly o: RelayOptions) {}
 
   async start(): Promise<void> {
+    if (this.o.routeTable && !this.transparent) {
+      this.transparent = TransparentSources.open({ table: this.o.routeTable, logger: this.o.logger });
+    }
     if (this.o.splice === false || this.splicer) return;
     const splicer = Splicer.start({
       onFailure: (err) => this.o.logger.error({ err: err.message }, 'splice worker failed; relaying through streams from now on'),
@@ -105,13 +116,7 @@ export class RelayDataPlane implements DataPlane {
       return;
     }
     this.stopListening(path);
-    const target = net.connect({
-      host: path.req.target.address,
-      port: path.req.target.port,
-      localAddress: path.req.source,
-      ...(path.req.sourcePort !== undefined ? { localPort: path.req.sourcePort } : {}),
-      allowHalfOpen: true,
-    });
+    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent, log);
     // Nothing is read from either side before both are connected: the first bytes go to
     // whichever carrier (splice or streams) takes the pair.
     target.pause();
@@ -217,5 +222,7 @@ export class RelayDataPlane implements DataPlane {
     for (const id of [...this.paths.keys()]) await this.release(id, true);
     await this.splicer?.close();
     this.splicer = null;
+    this.transparent?.close();
+    this.transparent = null;
   }
 }

@@ -1,7 +1,7 @@
 // The few libc calls Node does not offer, through koffi: getsockopt (for SO_ORIGINAL_DST),
-// setsockopt (SO_OOBINLINE, listener options), send (urgent data), and eventfd, write and
-// close (waking the splice worker). Loaded once, lazily; null where koffi or libc cannot be
-// loaded, and callers fall back.
+// setsockopt (SO_OOBINLINE, listener options), send (urgent data), eventfd, write and close
+// (waking the splice worker), and socket, bind, getsockname and recv (transparent sockets,
+// rtnetlink). Loaded once, lazily; null where koffi or libc cannot be loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
 import type net from 'node:net';
@@ -13,6 +13,10 @@ export interface Libc {
   eventfd(initval: number, flags: number): number;
   write(fd: number, buf: Buffer, len: number): number;
   close(fd: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  bind(fd: number, addr: Buffer, len: number): number;
+  getsockname(fd: number, addr: Buffer, len: number[]): number;
+  recv(fd: number, buf: Buffer, len: number, flags: number): number;
   errno(): number;
 }
 
@@ -30,6 +34,10 @@ export function loadLibc(): Libc | null {
       eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as Libc['eventfd'],
       write: lib.func('intptr_t write(int fd, const void *buf, size_t len)') as Libc['write'],
       close: lib.func('int close(int fd)') as Libc['close'],
+      socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
+      bind: lib.func('int bind(int fd, const uint8_t *addr, uint32_t len)') as Libc['bind'],
+      getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)') as Libc['getsockname'],
+      recv: lib.func('long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)') as Libc['recv'],
       errno: () => koffi.errno(),
     };
   } catch {
@@ -42,6 +50,13 @@ export function loadLibc(): Libc | null {
 export function fdOf(sock: net.Socket): number | null {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/** An int option value for setsockopt. */
+export function int32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  return b;
 }
 
 const SOL_SOCKET = 1;
@@ -82,11 +97,6 @@ export function tuneListener(server: net.Server): boolean {
   const c = loadLibc();
   const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (!c || typeof fd !== 'number' || fd < 0) return false;
-  const int = (v: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeInt32LE(v);
-    return b;
-  };
   const opts: [number, number, number][] = [
     [IPPROTO_TCP, TCP_NODELAY, 1],
     [SOL_SOCKET, SO_KEEPALIVE, 1],
@@ -95,7 +105,7 @@ export function tuneListener(server: net.Server): boolean {
     [IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count],
     [SOL_SOCKET, SO_OOBINLINE, 1],
   ];
-  return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int(value), 4) === 0);
+  return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int32(value), 4) === 0);
 }
 
 const MSG_OOB = 1;

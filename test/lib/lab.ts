@@ -3,7 +3,7 @@
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -113,6 +113,8 @@ export interface PyFtpResult {
   steps?: { step: string; bytes?: number; sha256?: string; count?: number; abort_replies?: string[]; noop_ok?: boolean }[];
   /** Control transcript: "> CMD" sent, "< reply" received (PASS masked). */
   replies: string[];
+  /** [address, port] of the far end of each data connection (in active mode: who connected). */
+  data_peers: [string, number][];
   elapsed_ms: number;
 }
 
@@ -394,6 +396,38 @@ export class Lab {
       ...commands,
     ].join('\n');
     return this.exec(t.ns ?? 'client', 'lftp', ['-c', script], { timeoutMs });
+  }
+
+  /**
+   * Download `path` with ncftpget (-C) into `out` (default: a scratch file), active (-E) for
+   * mode port or eprt, else passive; hashes it on success. ncftp refuses an active data
+   * connection that does not come from the server's address. Its state goes to a scratch HOME.
+   */
+  async ncftpGet(t: FtpTarget & { path: string; out?: string }): Promise<TransferResult> {
+    const file = t.out ?? this.tmpPath(t.path.replaceAll('/', '_'));
+    const home = this.tmpPath('ncftp-home');
+    await mkdir(home);
+    const timeoutMs = t.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const args = [
+      '-C',
+      t.mode === 'port' || t.mode === 'eprt' ? '-E' : '-F',
+      '-V',
+      '-r',
+      '0',
+      '-t',
+      String(Math.max(1, Math.floor(timeoutMs / 2000))),
+      '-P',
+      String(t.port),
+      ...(t.user !== undefined ? ['-u', t.user, '-p', t.pass ?? ''] : []),
+      ...(t.source ? ['-I', t.source] : []),
+      t.host,
+      t.path,
+      file,
+    ];
+    const r = await this.exec(t.ns ?? 'client', 'ncftpget', args, { timeoutMs, env: { ...process.env, HOME: home } });
+    if (r.code !== 0) return { ...r, ok: false, ftpCode: 0, file };
+    const [{ size: bytes }, sha256] = await Promise.all([stat(file), sha256File(file)]);
+    return { ...r, ok: true, ftpCode: 0, file, bytes, sha256 };
   }
 
   /** Python ftplib client (test/lib/ftpclient.py); `op` is e.g. ['get', '1MiB.bin', '--rest', '10']. */
