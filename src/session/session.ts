@@ -244,7 +244,9 @@ export class Session {
         passiveSource: serverLocal,
         passiveDirect: true,
         activeListen: serverLocal,
-        activeSource: clientLocal,
+        // From the server's own address, as without the gateway (careful clients such as
+        // ncftp refuse anything else): the relay binds it transparently.
+        activeSource: server.address,
       };
     }
     // The kernel carries data between client and server as if the gateway were not there:
