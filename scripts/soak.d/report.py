@@ -8,8 +8,10 @@ NAME ALIVE RSS_BEFORE_KIB FDS_BEFORE FDS_AFTER RELAY_LISTENERS_LEFT SOCKETS_LEFT
 """
 import argparse
 import json
+import sys
 
-from driver import GOOD
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from driver import GOOD  # noqa: E402
 
 MIB = 1024
 
@@ -27,13 +29,37 @@ def running_at(timeline, t):
     return ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])) or "none"
 
 
-def first_crossing(samples, name, limit_kib):
-    with open(samples) as f:
+def load_samples(path):
+    """name -> [(t, rss_kib)] in time order."""
+    out = {}
+    with open(path) as f:
         for line in f:
-            t, n, rss, _ = line.split()
-            if n == name and int(rss) > limit_kib:
-                return float(t)
-    return None
+            t, name, rss, _ = line.split()
+            out.setdefault(name, []).append((float(t), int(rss)))
+    return out
+
+
+def lift(points, timeline):
+    """Per hostile kind, the proxy's mean RSS while it ran minus while it did not (KiB), most
+    first: the kinds that make it grow, even when others run all the time. Kinds that ran (or
+    did not) in fewer than a tenth of the samples are left out: too few to compare."""
+    events = sorted([(t0, 1, k) for k, t0, _ in timeline] + [(t1, -1, k) for k, _, t1 in timeline])
+    kinds = sorted({k for k, _, _ in timeline})
+    running = dict.fromkeys(kinds, 0)
+    on = {k: [0, 0] for k in kinds}
+    off = {k: [0, 0] for k in kinds}
+    i = 0
+    for t, rss in points:
+        while i < len(events) and events[i][0] <= t:
+            running[events[i][2]] += events[i][1]
+            i += 1
+        for k in kinds:
+            acc = on[k] if running[k] > 0 else off[k]
+            acc[0] += rss
+            acc[1] += 1
+    enough = max(1, len(points) // 10)
+    diff = {k: on[k][0] / on[k][1] - off[k][0] / off[k][1] for k in kinds if min(on[k][1], off[k][1]) >= enough}
+    return sorted(diff.items(), key=lambda kv: -kv[1])
 
 
 def main():
@@ -47,6 +73,7 @@ def main():
     d = json.load(open(args.driver))
     w = json.load(open(args.watch))
     limit = args.rss_limit_mib * MIB
+    samples = load_samples(args.samples)
     fails = []
 
     print(f"soak --hostile: backend {args.backend}, seed {args.seed}, {args.minutes} min, {args.concurrency} sessions at a time; "
@@ -63,10 +90,12 @@ def main():
                 k = p["killed"]
                 fails.append(f"{name}: killed at {mib(k['rss_kib'])} RSS (past {args.kill_mib} MiB) while running: {running_at(d['timeline'], k['at'])}")
             if p["rss_max_kib"] > limit:
-                crossed = first_crossing(args.samples, name, limit)
-                fails.append(f"{name}: RSS reached {mib(p['rss_max_kib'])} (limit {args.rss_limit_mib} MiB); it passed the limit "
+                points = [(t, rss) for t, rss in samples.get(name, []) if args.load[0] <= t <= args.load[1]]
+                crossed = next((t for t, rss in points if rss > limit), p["rss_max_at"])
+                growth = ", ".join(f"{k} {v / MIB:+.0f} MiB" for k, v in lift(points, d["timeline"])[:4] if v > 0)
+                fails.append(f"{name}: RSS reached {mib(p['rss_max_kib'])} (limit {args.rss_limit_mib} MiB), first past it "
                              f"{crossed - args.load[0]:.0f} s into the load while running: {running_at(d['timeline'], crossed)}; "
-                             f"at its maximum: {running_at(d['timeline'], p['rss_max_at'])}")
+                             f"mean RSS while a kind ran minus while it did not: {growth or 'no kind stands out'}")
             if alive != "yes":
                 continue
             if int(fds_after) > int(fds_before):
