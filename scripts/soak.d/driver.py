@@ -187,6 +187,7 @@ class Ctl:
         return code, text
 
     def check_answer(self, line, r):
+        """Only PASV and EPSV are answered with 227 or 229."""
         if r[0] in (227, 229) and line.split(" ")[0].upper() not in ("PASV", "EPSV"):
             self.violations.append(f"{r[0]} in answer to {line.split(' ')[0]}: {r[1][:80]!r}")
 
@@ -259,14 +260,13 @@ class Data:
         self.rcvbuf = rcvbuf
         self.listener = None
         self.r = self.w = None
-        self.port = None
 
     async def prepare(self):
         c = self.c
         if self.mode in ("pasv", "epsv"):
             code, text = await c.cmd("PASV" if self.mode == "pasv" else "EPSV", want=2)
-            host, self.port = passive_endpoint(c, code, text)
-            self.r, self.w = await asyncio.wait_for(self.open(host, self.port), c.timeout)
+            host, port = passive_endpoint(c, code, text)
+            self.r, self.w = await asyncio.wait_for(self.open(host, port), c.timeout)
         else:
             fam = socket.AF_INET if self.family == 4 else socket.AF_INET6
             s = socket.socket(fam, socket.SOCK_STREAM)
@@ -292,16 +292,7 @@ class Data:
             self.r, self.w = await asyncio.open_connection(sock=conn, limit=self.rcvbuf or 1 << 20)
 
     async def open(self, host, port):
-        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        if self.rcvbuf:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        s.setblocking(False)
-        try:
-            await asyncio.get_running_loop().sock_connect(s, (host, port))
-        except BaseException:
-            s.close()
-            raise
-        return await asyncio.open_connection(sock=s, limit=self.rcvbuf or 1 << 20)
+        return await dial(host, port, rcvbuf=self.rcvbuf, limit=self.rcvbuf or 1 << 20)
 
     async def read_all(self, limit=None):
         h = hashlib.sha256()
@@ -321,6 +312,40 @@ class Data:
             self.listener.close()
         if self.w is not None:
             self.w.transport.abort()
+
+
+async def dial(host, port, rcvbuf=None, sndbuf=None, limit=1 << 20):
+    """A stream connection whose socket buffers are set before it connects."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, sndbuf)):
+        if size:
+            s.setsockopt(socket.SOL_SOCKET, opt, size)
+    s.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(s, (host, port))
+    except BaseException:
+        s.close()
+        raise
+    return await asyncio.open_connection(sock=s, limit=limit)
+
+
+async def list_kept(c, d):
+    """LIST on a prepared data connection, read to EOF, answered 226; the client keeps its end."""
+    code, text = await c.cmd("LIST")
+    if code not in (125, 150):
+        raise Unexpected(f"LIST: {text[:100]!r}")
+    await d.connected()
+    await d.read_all()
+    r = await c.final()
+    if r is None or r[0] != 226:
+        raise Unexpected(f"after LIST: {r}")
+
+
+async def quit(c):
+    """QUIT answered with 221, then a clean close."""
+    await c.cmd("QUIT", want=221)
+    await c.fin()
+    return c
 
 
 def passive_endpoint(c, code, text):
@@ -440,9 +465,7 @@ class Session:
             n, digest = await retr(c, self.mode, self.family, name)
             if digest != self.sums[name]:
                 raise Unexpected(f"RETR {name}: checksum mismatch after {n} bytes")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def normal_list(self):
         c = await self.ctl()
@@ -468,9 +491,7 @@ class Session:
         missing = {f"f{i:04d}.txt" for i in range(1000)} - names
         if missing:
             raise Unexpected(f"NLST dir1000: {len(missing)} of 1000 files missing")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def normal_put(self):
         c = await self.ctl()
@@ -483,9 +504,7 @@ class Session:
         if digest != hashlib.sha256(payload).hexdigest():
             raise Unexpected(f"STOR then RETR {name}: checksum mismatch ({n} of {len(payload)} bytes)")
         await c.cmd(f"DELE {name}", want=2)
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def abor(self):
         """RETR of a big file, ABOR halfway: the session must go on (NOOP answered)."""
@@ -524,9 +543,7 @@ class Session:
                 break
         else:
             raise Unexpected("NOOP after ABOR never answered 200")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     # --- faults from the client: anything may happen to the session, the proxy must survive ---
 
@@ -610,9 +627,7 @@ class Session:
             r = await c.reply()
             if r is None or r[0] != 200:
                 raise Unexpected(f"NOOP after a junk line ({kind}): {r}")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def junk_fatal(self, payload, want):
         """NUL, an over-long line, a CR flood: the proxy answers `want` and closes."""
@@ -678,17 +693,8 @@ class Session:
         """Commands the proxy answers itself (or NOOP), sent as fast as accepted, never reading."""
         self.reverse()
         self.fault = self.variant(list(FLOODS))
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        s.setblocking(False)
-        try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, (self.host, self.port)), self.args.timeout)
-        except BaseException:
-            s.close()
-            raise
         # limit=1: the stream stops reading after the first bytes, and the window closes.
-        r, w = await asyncio.open_connection(sock=s, limit=1)
+        r, w = await asyncio.wait_for(dial(self.host, self.port, rcvbuf=4096, sndbuf=65536, limit=1), self.args.timeout)
         self.c = Ctl(r, w, self.args.timeout)
         unit = FLOODS[self.fault]
         chunk = unit * (65536 // len(unit))
@@ -752,9 +758,7 @@ class Session:
         r = await c.final()
         if r is None or r[0] != 226:
             raise Unexpected(f"after RETR: {r}")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def pipelined_missing(self):
         """PASV and RETR of a missing file in one write: after the 550, the path is gone too."""
@@ -777,9 +781,7 @@ class Session:
         except (OSError, asyncio.TimeoutError):
             pass
         await c.cmd("NOOP", want=200)
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def many_pasv(self):
         """Many PASV+LIST, each read to EOF, no data socket ever closed; QUIT: all must go."""
@@ -794,13 +796,7 @@ class Session:
                 d = Data(c, self.mode, 4)
                 await d.prepare()
                 held.append(d)
-                code, text = await c.cmd("LIST")
-                if code not in (125, 150):
-                    raise Unexpected(f"LIST: {text[:100]!r}")
-                await d.read_all()
-                r = await c.final()
-                if r is None or r[0] != 226:
-                    raise Unexpected(f"after LIST: {r}")
+                await list_kept(c, d)
             await c.cmd("QUIT", want=221)
             await c.eof()
             await asyncio.sleep(SESSION_GRACE_S)
@@ -825,21 +821,14 @@ class Session:
         await d.prepare()
         try:
             if self.fault == "after-list":
-                code, text = await c.cmd("LIST")
-                if code not in (125, 150):
-                    raise Unexpected(f"LIST: {text[:100]!r}")
-                await d.read_all()
-                r = await c.final()
-                if r is None or r[0] != 226:
-                    raise Unexpected(f"after LIST: {r}")
+                await list_kept(c, d)
                 ended = time.monotonic()
                 while time.monotonic() - ended < HALF_CLOSED_S:
                     await asyncio.sleep(3)
                     await c.cmd("NOOP", want=200)
                 if await still_open(d.w):
                     raise Unexpected(f"a data connection still open {HALF_CLOSED_S} s after its transfer ended (the client never closed it)")
-                await c.cmd("QUIT", want=221)
-                await c.fin()
+                return await quit(c)
             else:
                 d.w.write_eof()
                 await asyncio.sleep(self.rng.uniform(0.5, 3))
@@ -884,9 +873,7 @@ class Session:
             if r[0] in (225, 226):
                 break
         await self.sync(c, "NOOP", "200")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def sync(self, c, line, prefix, slack=2):
         """Send `line`, skip up to `slack` replies that do not start with `prefix` (each 227/229
@@ -974,9 +961,7 @@ class Session:
         if not m or lines != int(m.group(1)) + 2:
             raise Unexpected(f"211 reply: {lines} lines arrived, the server sent {m and int(m.group(1)) + 2}")
         await c.cmd("NOOP", want=200)
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def multiline_227(self):
         """`227-Entering Passive Mode` then the 227 line with the address: a normal transfer."""
@@ -985,9 +970,7 @@ class Session:
         c = await self.ctl()
         await login(c)
         await self.fetch(c, "4096")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def dribble(self):
         """Every reply a byte at a time: a normal session, only slower."""
@@ -997,9 +980,7 @@ class Session:
         await c.cmd("TYPE I", want=200)
         await c.cmd("FEAT", want=211)
         await self.fetch(c, "65536")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def via_reverse(self, fn):
         self.reverse()

@@ -14,6 +14,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 from driver import GOOD  # noqa: E402
 
 MIB = 1024
+# Samples (half a second each) below which the per-kind RSS comparison says nothing.
+LIFT_SAMPLES = 120
 
 
 def mib(kib):
@@ -78,24 +80,25 @@ def main():
 
     print(f"soak --hostile: backend {args.backend}, seed {args.seed}, {args.minutes} min, {args.concurrency} sessions at a time; "
           f"{args.load[1] - args.load[0]:.0f} s of load, {args.elapsed} s in all")
-    print("  proxy  up   RSS start / max (limit)         fds before / after / max   sessions seen / ended   left: relay listeners, sockets, nft elements   health")
+    row = "  {:6}{:4}{:30}{:26}{:24}{:48}{}"
+    print(row.format("proxy", "up", f"RSS start / max (< {args.rss_limit_mib} MiB)", "fds before / after / max", "sessions seen / ended",
+                     "left: relay listeners / sockets / nft elements", "health"))
     with open(args.after) as f:
         for line in f:
             name, alive, rss_before, fds_before, fds_after, listeners, sockets, elements, health = line.split()
             p = w[name]
-            print(f"  {name:5}  {alive:3}  {mib(p['rss_start_kib'])} / {mib(p['rss_max_kib'])} ({args.rss_limit_mib} MiB)"
-                  f"{'':8}{fds_before} / {fds_after} / {p['fds_max']}{'':13}{p['sessions_seen']} / {p['sessions_ended']}"
-                  f"{'':17}{listeners}, {sockets}, {elements}{'':33}{health}/3")
+            print(row.format(name, alive, f"{mib(p['rss_start_kib'])} / {mib(p['rss_max_kib'])}", f"{fds_before} / {fds_after} / {p['fds_max']}",
+                             f"{p['sessions_seen']} / {p['sessions_ended']}", f"{listeners} / {sockets} / {elements}", f"{health}/3"))
             if p["killed"]:
                 k = p["killed"]
                 fails.append(f"{name}: killed at {mib(k['rss_kib'])} RSS (past {args.kill_mib} MiB) while running: {running_at(d['timeline'], k['at'])}")
             if p["rss_max_kib"] > limit:
                 points = [(t, rss) for t, rss in samples.get(name, []) if args.load[0] <= t <= args.load[1]]
                 crossed = next((t for t, rss in points if rss > limit), p["rss_max_at"])
-                growth = ", ".join(f"{k} {v / MIB:+.0f} MiB" for k, v in lift(points, d["timeline"])[:4] if v > 0)
+                growth = ", ".join(f"{k} {v / MIB:+.0f} MiB" for k, v in lift(points, d["timeline"])[:4] if v > 0) if len(points) >= LIFT_SAMPLES else ""
                 fails.append(f"{name}: RSS reached {mib(p['rss_max_kib'])} (limit {args.rss_limit_mib} MiB), first past it "
                              f"{crossed - args.load[0]:.0f} s into the load while running: {running_at(d['timeline'], crossed)}; "
-                             f"mean RSS while a kind ran minus while it did not: {growth or 'no kind stands out'}")
+                             f"mean RSS while a kind ran minus while it did not: {growth or 'no kind stands out (or too few samples)'}")
             if alive != "yes":
                 continue
             if int(fds_after) > int(fds_before):
