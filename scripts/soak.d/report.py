@@ -100,6 +100,8 @@ def main():
                              f"{crossed - args.load[0]:.0f} s into the load while running: {running_at(d['timeline'], crossed)}; "
                              f"mean RSS while a kind ran minus while it did not: {growth or 'no kind stands out (or too few samples)'}")
             if alive != "yes":
+                if not p["killed"]:
+                    fails.append(f"{name}: exited during the run (its stderr is {name}-stderr.log with --keep)")
                 continue
             if int(fds_after) > int(fds_before):
                 fails.append(f"{name}: {int(fds_after) - int(fds_before)} file descriptors more than before the load ({fds_before} -> {fds_after})")
