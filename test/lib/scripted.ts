@@ -37,8 +37,8 @@ export class ScriptedServer {
     });
   }
 
-  async listen(): Promise<number> {
-    this.server.listen(0, '127.0.0.1');
+  async listen(host = '127.0.0.1'): Promise<number> {
+    this.server.listen(0, host);
     await once(this.server, 'listening');
     return (this.server.address() as net.AddressInfo).port;
   }

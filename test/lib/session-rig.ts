@@ -31,6 +31,8 @@ export interface RigOptions {
   respond?: Responder;
   flags?: string[];
   resolve?: () => Promise<Endpoint>;
+  /** Where the scripted server listens (::1: the proxy then speaks EPSV/EPRT to it). */
+  serverHost?: string;
   ports?: PortAllocator;
   logger?: AppLogger;
 }
@@ -38,13 +40,14 @@ export interface RigOptions {
 /** Scripted server, fake data plane and proxy, all closed in `t`'s teardown. */
 export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
   const server = new ScriptedServer(opts.respond ?? basicResponder);
-  const sport = await server.listen();
+  const serverHost = opts.serverHost ?? '127.0.0.1';
+  const sport = await server.listen(serverHost);
   const dp = new FakeDataPlane(opts.ports);
   const proxy = new ProxyServer({
     config: config(opts.flags),
     dataPlane: dp,
     logger: opts.logger ?? quiet,
-    resolveServer: opts.resolve ?? (async () => ({ address: '127.0.0.1', port: sport })),
+    resolveServer: opts.resolve ?? (async () => ({ address: serverHost, port: sport })),
   });
   const addr = await proxy.listen();
   t.teardown(async () => {
