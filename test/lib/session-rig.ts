@@ -33,13 +33,15 @@ export interface RigOptions {
   resolve?: () => Promise<Endpoint>;
   /** Where the scripted server listens (::1: the proxy then speaks EPSV/EPRT to it). */
   serverHost?: string;
+  /** The scripted server greets this long after the connection. */
+  greetAfterMs?: number;
   ports?: PortAllocator;
   logger?: AppLogger;
 }
 
 /** Scripted server, fake data plane and proxy, all closed in `t`'s teardown. */
 export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
-  const server = new ScriptedServer(opts.respond ?? basicResponder);
+  const server = new ScriptedServer(opts.respond ?? basicResponder, '220 scripted ready', opts.greetAfterMs ?? 0);
   const serverHost = opts.serverHost ?? '127.0.0.1';
   const sport = await server.listen(serverHost);
   const dp = new FakeDataPlane(opts.ports);
@@ -74,4 +76,16 @@ export async function eventually(cond: () => boolean, ms = 3000): Promise<boolea
     await new Promise((r) => setTimeout(r, 10));
   }
   return true;
+}
+
+/** The proxy's own 227: its address (127.0.0.1 in the rig) and the port of a fake data-plane path. */
+export function isOwn227(r: Rig, line: string | null): boolean {
+  const m = /^227 Entering Passive Mode \(127,0,0,1,(\d+),(\d+)\)\.$/.exec(line ?? '');
+  return m !== null && r.dp.opened.some((p) => p.port === Number(m[1]) * 256 + Number(m[2]));
+}
+
+/** The proxy's own 229: the port of a fake data-plane path. */
+export function isOwn229(r: Rig, line: string | null): boolean {
+  const m = /^229 Entering Extended Passive Mode \(\|\|\|(\d+)\|\)$/.exec(line ?? '');
+  return m !== null && r.dp.opened.some((p) => p.port === Number(m[1]));
 }

@@ -8,7 +8,7 @@
 //     in a later line; the proxy must find it there, open the data path and rewrite the reply.
 import t, { type Test } from 'tap';
 import { Control, basicResponder, type Responder } from '../lib/scripted.js';
-import { login, rig, type Rig } from '../lib/session-rig.js';
+import { isOwn227, isOwn229, login, rig } from '../lib/session-rig.js';
 
 const FOREIGN_227 = '227 Entering Passive Mode (192,168,1,10,0,22).';
 const FOREIGN_229 = '229 Entering Extended Passive Mode (|||22|)';
@@ -33,17 +33,6 @@ class Seen {
     if (l !== null) this.lines.push(l);
     return l;
   }
-}
-
-/** The proxy's own 227: its address (127.0.0.1 here) and the port of the fake data plane's path. */
-function isOwn227(r: Rig, line: string | null): boolean {
-  const m = /^227 Entering Passive Mode \(127,0,0,1,(\d+),(\d+)\)\.$/.exec(line ?? '');
-  return m !== null && r.dp.opened.some((p) => p.port === Number(m[1]) * 256 + Number(m[2]));
-}
-
-function isOwn229(r: Rig, line: string | null): boolean {
-  const m = /^229 Entering Extended Passive Mode \(\|\|\|(\d+)\|\)$/.exec(line ?? '');
-  return m !== null && r.dp.opened.some((p) => p.port === Number(m[1]));
 }
 
 async function unsolicited(t: Test, extra: string, verb: 'PASV' | 'EPSV'): Promise<void> {
