@@ -37,22 +37,34 @@ interface FloodResult {
   accepted: number;
   /** Of these, the bytes that left in the second half of the flood. */
   lateAccepted: number;
-  /** The proxy closed or reset the connection. */
+  /**
+   * The proxy ended the session during the flood (its log says so). Its 421 cannot be checked:
+   * it sits behind the unread replies, and the proxy resets a peer that never reads.
+   */
   cutOff: boolean;
-  /** The last bytes the client could read afterwards (a 421 when the proxy cut it off). */
+  /** The last bytes the client could read afterwards. */
   tail: string;
   /** The flood stopped because the proxy's RSS passed RSS_RUNAWAY_MIB. */
   runaway: boolean;
   peakRssMiB: number;
 }
 
-/** Send `line` CRLF over and over for FLOOD_MS without reading, then read what is left. */
+/**
+ * After the server's greeting has had time to pass (the flood is of a client before login,
+ * not before the greeting), send `line` CRLF over and over for FLOOD_MS without reading.
+ */
 async function flood(proxy: LoopbackProxy, line: string): Promise<FloodResult> {
   const sock = net.connect(proxy.port, '127.0.0.1');
   await once(sock, 'connect');
-  let cutOff = false;
-  sock.on('error', () => (cutOff = true));
-  sock.on('close', () => (cutOff = true));
+  await sleep(300);
+  let closed = false;
+  sock.on('error', () => (closed = true));
+  sock.on('close', () => (closed = true));
+  const sid = (): string | undefined => proxy.sidOf(sock.localPort!);
+  const cutOff = (): boolean => {
+    const s = sid();
+    return s !== undefined && proxy.ended.has(s);
+  };
   const unit = line + '\r\n';
   const chunk = Buffer.from(unit.repeat(Math.ceil(65536 / unit.length)), 'latin1');
   let handed = 0;
@@ -61,7 +73,7 @@ async function flood(proxy: LoopbackProxy, line: string): Promise<FloodResult> {
   let peakRssMiB = 0;
   const end = Date.now() + FLOOD_MS;
   let nextRss = 0;
-  while (Date.now() < end && handed < FLOOD_BYTES && !cutOff) {
+  while (Date.now() < end && handed < FLOOD_BYTES && !closed && !cutOff()) {
     if (atHalf === null && Date.now() >= end - FLOOD_MS / 2) atHalf = handed - sock.writableLength;
     if (Date.now() >= nextRss) {
       nextRss = Date.now() + 50;
@@ -85,10 +97,9 @@ async function flood(proxy: LoopbackProxy, line: string): Promise<FloodResult> {
   // Now read what is there, keeping only the end: a proxy that cut the client off said 421 last.
   let tail = '';
   sock.on('data', (d: Buffer) => (tail = (tail + d.toString('latin1')).slice(-300)));
-  if (runaway) sock.destroy();
-  else await Promise.race([once(sock, 'close'), sleep(cutOff ? 3000 : 200)]);
+  if (!runaway) await Promise.race([once(sock, 'close'), sleep(200)]);
   sock.destroy();
-  return { accepted, lateAccepted: accepted - (atHalf ?? 0), cutOff, tail, runaway, peakRssMiB };
+  return { accepted, lateAccepted: accepted - (atHalf ?? 0), cutOff: cutOff(), tail, runaway, peakRssMiB };
 }
 
 async function login(t: Test, c: Control): Promise<void> {
@@ -129,12 +140,12 @@ for (const kind of KINDS) {
     t.notOk(r.runaway, `the flood was not stopped for a runaway RSS (peak ${r.peakRssMiB.toFixed(0)} MiB)`);
     t.ok(growth < RSS_GROWTH_MIB, `proxy RSS grew ${growth.toFixed(0)} MiB (from ${baseline.toFixed(0)}), bound ${RSS_GROWTH_MIB}`);
     t.ok(
-      r.lateAccepted <= LATE_ACCEPTED_BOUND || (r.cutOff && /421 [^\r\n]*\r\n$/.test(r.tail)),
-      `the proxy paused reading (${(r.lateAccepted / 2 ** 20).toFixed(1)} of ${(r.accepted / 2 ** 20).toFixed(1)} MiB taken in the second half, bound ${LATE_ACCEPTED_BOUND / 2 ** 20}) or cut the client off with 421 (cut off: ${r.cutOff}, last bytes ${JSON.stringify(r.tail.slice(-60))})`,
+      r.lateAccepted <= LATE_ACCEPTED_BOUND || r.cutOff,
+      `the proxy paused reading (${(r.lateAccepted / 2 ** 20).toFixed(1)} of ${(r.accepted / 2 ** 20).toFixed(1)} MiB taken in the second half, bound ${LATE_ACCEPTED_BOUND / 2 ** 20}) or ended the session (${r.cutOff}; last bytes the client got ${JSON.stringify(r.tail.slice(-60))})`,
     );
     t.ok(proxy.alive, 'the proxy is still running');
     const worst = Math.max(...rtts);
-    t.ok(rtts.length >= 5 && worst < ROUND_TRIP_MS, `another session's NOOP round trips during the flood: ${rtts.length}, worst ${worst} ms (bound ${ROUND_TRIP_MS})`);
+    t.ok(rtts.length >= 5 && worst < ROUND_TRIP_MS, `another session's NOOP round trips during the flood: ${rtts.length}, worst ${worst} ms (bound ${ROUND_TRIP_MS}): ${rtts.join(" ")}`);
     t.notMatch(proxy.stderr, /MaxListenersExceededWarning/, 'no listener leak warning');
     other.send('NOOP');
     t.equal(await other.line(), '200 NOOP ok', 'the other session still works after the flood');
