@@ -174,7 +174,7 @@ t.test('pure path: an unsolicited 227 after a 200', async (t) => {
   b.server('215 UNIX\r\n');
   t.equal(b.opens.size, 0, 'nothing opened for it');
   t.same(b.toClient.filter((l) => l.startsWith('227') || l.includes('192,168,1,10')), [], `the 227 never reaches the client: ${JSON.stringify(b.toClient)}`);
-  t.equal(b.toClient.at(-1), '215 UNIX', "SYST gets its own reply");
+  t.equal(b.toClient.at(-1), '215 UNIX', 'SYST gets its own reply');
 });
 
 t.test('pure path: a transfer ended by a 150 alone, then ABOR, NOOP and PASV', async (t) => {
@@ -197,23 +197,19 @@ t.test('pure path: a transfer ended by a 150 alone, then ABOR, NOOP and PASV', a
   t.equal(b.toClient.at(-1), format227({ address: '192.0.2.1', port: 50001 }), "the second PASV gets the proxy's 227");
 });
 
-t.test('pure path: a skipped reply, then PASV', async (t) => {
-  const b = new Bytes();
-  b.server('220 ready\r\n');
-  b.client('SITE x\r\nPASV\r\n');
-  b.server('227 Entering Passive Mode (198,51,100,2,4,1).\r\n');
-  b.opened(50000);
-  noRaw227(t, b);
-});
-
-t.test('pure path: a command answered twice, then PASV', async (t) => {
-  const b = new Bytes();
-  b.server('220 ready\r\n');
-  b.client('NOOP\r\nPASV\r\n');
-  b.server('200 ok\r\n200 ok\r\n227 Entering Passive Mode (198,51,100,2,4,1).\r\n');
-  b.opened(50000);
-  noRaw227(t, b);
-});
+for (const [what, client, server] of [
+  ['a skipped reply', 'SITE x\r\nPASV\r\n', '227 Entering Passive Mode (198,51,100,2,4,1).\r\n'],
+  ['a command answered twice', 'NOOP\r\nPASV\r\n', '200 ok\r\n200 ok\r\n227 Entering Passive Mode (198,51,100,2,4,1).\r\n'],
+] as const) {
+  t.test(`pure path: ${what}, then PASV`, async (t) => {
+    const b = new Bytes();
+    b.server('220 ready\r\n');
+    b.client(client);
+    b.server(server);
+    b.opened(50000);
+    noRaw227(t, b);
+  });
+}
 
 /** Through the session shell: every line the client reads until `n` lines or a quiet second. */
 async function readAll(c: Control, n: number): Promise<string[]> {
