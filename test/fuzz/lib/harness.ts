@@ -5,7 +5,7 @@
 
 import { SessionMachine, type Action, type Addressing } from '../../../src/session/machine.js';
 import { LineFramer } from '../../../src/protocol/lines.js';
-import { ReplyAssembler, type Reply } from '../../../src/protocol/replies.js';
+import { ReplyAssembler, parse227, parse229, type Reply } from '../../../src/protocol/replies.js';
 import { formatEprt, formatPort } from '../../../src/protocol/format.js';
 import { classifyCommand, removeTelnet } from '../../../src/protocol/commands.js';
 import { DataPlaneError, ProtocolError } from '../../../src/errors.js';
@@ -525,11 +525,14 @@ class SessionSim {
     this.greeted = true;
     if (reply.code === 227 || reply.code === 229) {
       for (const line of reply.lines) {
-        if (reply.code === 227) {
-          for (const m of line.matchAll(/\d+,\d+,\d+,\d+,(\d+),(\d+)/g)) this.announced.add(Number(m[1]) * 256 + Number(m[2]));
-        } else {
-          for (const m of line.matchAll(/\d+/g)) this.announced.add(Number(m[0]));
+        // Loosely, as any reading of the line could take it (a 229's delimiter may be a digit).
+        const asReply = `${reply.code} ${line}`;
+        try {
+          this.announced.add(reply.code === 227 ? parse227(asReply).port : parse229(asReply));
+        } catch {
+          // Not this line.
         }
+        for (const m of line.matchAll(/\d+,\d+,\d+,\d+,(\d+),(\d+)/g)) this.announced.add(Number(m[1]) * 256 + Number(m[2]));
       }
     }
     this.note(() => `reply ${JSON.stringify(reply.lines.join('|').slice(0, 200))}`);
