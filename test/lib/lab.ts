@@ -338,6 +338,22 @@ export class Lab {
     await this.labCmd(['redirect', this.prefix, on ? 'on' : 'off', String(port)]);
   }
 
+  /**
+   * Reverse mode as deployed: the LAN cannot reach the server's own addresses, only the proxy
+   * in front of it, so a 227 that names the server leads nowhere (the lab's plain NAT would
+   * otherwise carry it). Filtered before the gateway's DNAT: the nftables data plane's
+   * translated connections still pass.
+   */
+  async isolateServer(): Promise<void> {
+    const { server4, server6 } = this.env;
+    await this.nft([
+      'add table inet lab_isolate; ' +
+        'add chain inet lab_isolate pre { type filter hook prerouting priority -150; policy accept; }; ' +
+        `add rule inet lab_isolate pre ip daddr ${server4} drop; ` +
+        `add rule inet lab_isolate pre ip6 daddr ${server6} drop`,
+    ]);
+  }
+
   /** A fresh path in the lab's scratch dir (removed with the lab). */
   tmpPath(name: string): string {
     this.tmpSeq += 1;
