@@ -13,17 +13,15 @@ import type { DataPathRequest } from '../../../src/dataplane/types.js';
 import { Rng, sessionSeed } from './rng.js';
 import { clientLine, decorate, junk, longLine, serverAnswer, serverNoise, unrulyAnswer, unrulyNoise, type Peers } from './inputs.js';
 
-// session.ts's backpressure: the client is paused above PAUSE commands in flight and resumed
-// at RESUME; its reply assembler holds at most SHELL_REPLY_LINES lines.
+// session.ts's backpressure: the client is not read while more than PAUSE commands are in
+// flight; its reply assembler holds at most the default reply size before handing on pieces.
 const PAUSE_OUTSTANDING = 64;
-const RESUME_OUTSTANDING = 16;
-const SHELL_REPLY_LINES = 20000;
 const MAX_QUEUED_DEFAULT = 256;
 /** The client's reading of what it receives: no bound of its own worth testing. */
 const CLIENT_VIEW_LINES = 1_000_000;
 
 /** What the framers may throw: anything else, or any throw from the machine, is a bug. */
-const FRAMER_ERRORS = new Set(['LINE_TOO_LONG', 'NUL_IN_LINE', 'BAD_REPLY', 'REPLY_TOO_LONG']);
+const FRAMER_ERRORS = new Set(['LINE_TOO_LONG', 'NUL_IN_LINE', 'BAD_REPLY']);
 const LOG_LEVELS = new Set(['debug', 'info', 'notice', 'warn', 'error']);
 
 const CLIENT4 = '192.0.2.2';
@@ -53,7 +51,8 @@ export interface Plan {
   readonly rewriteSourcePort: boolean;
   readonly maxQueued: number | undefined;
   readonly maxLine: number;
-  readonly maxReplyLines: number;
+  /** The reply assembler's byte bound (undefined: the session's default). */
+  readonly maxReplyBytes: number | undefined;
   readonly masquerade: boolean;
   readonly steps: number;
 }
@@ -153,7 +152,7 @@ export function planFor(rng: Rng, styles: readonly Style[]): Plan {
     rewriteSourcePort: rng.chance(0.3),
     maxQueued: rng.chance(0.7) ? undefined : rng.range(1, 300),
     maxLine: rng.chance(0.7) ? 1024 : rng.pick([512, 513, 2048, 65536]),
-    maxReplyLines: rng.chance(0.7) ? SHELL_REPLY_LINES : rng.range(1, 200),
+    maxReplyBytes: rng.chance(0.7) ? undefined : rng.range(1, 2000),
     masquerade: rng.chance(0.5),
     steps: style === 'orderly' || style === 'unruly' ? rng.range(5, 400) : rng.chance(0.9) ? rng.range(1, 300) : rng.range(300, 3000),
   };
@@ -304,7 +303,7 @@ class SessionSim {
     });
     this.clientFramer = new LineFramer(plan.maxLine);
     this.serverFramer = new LineFramer(plan.maxLine);
-    this.assembler = new ReplyAssembler(plan.maxReplyLines);
+    this.assembler = new ReplyAssembler(plan.maxReplyBytes);
     this.peers = {
       client: this.client,
       clientFamily: plan.clientFamily,
@@ -683,7 +682,7 @@ class SessionSim {
     if (this.closing !== null) return;
     const n = this.machine.outstanding;
     if (!this.paused && n > PAUSE_OUTSTANDING) this.paused = true;
-    else if (this.paused && n <= RESUME_OUTSTANDING) this.paused = false;
+    else if (this.paused && n <= PAUSE_OUTSTANDING) this.paused = false;
   }
 
   /** The fake data plane's release: unknown or already released ids are errors. */
