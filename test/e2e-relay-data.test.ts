@@ -1,0 +1,69 @@
+// The relay data plane's own bounds against a real server (vsftpd) in the namespace lab: a
+// session that hoards half-closed data connections, measured in the proxy's descriptors.
+import t from 'tap';
+import { readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { isRoot, startLab, SYSTEM_PYTHON, type Lab } from './lib/lab.js';
+import { startProxy, type ProxyProcess } from './lib/proxy.js';
+
+const PROBE = fileURLToPath(new URL('./lib/dataprobe.py', import.meta.url));
+const PROXY_PORT = 8021;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const fds = (pid: number): number => readdirSync(`/proc/${pid}/fd`).length;
+
+/** The proxy in reverse mode in front of the lab's vsftpd, relaying data. */
+async function reverseRelay(lab: Lab, extra: string[] = []): Promise<ProxyProcess> {
+  return startProxy(lab, [
+    '-R', lab.env.server4, '-P', String(lab.env.ports.vsftpd),
+    '-b', lab.env.gwLan4, '-p', String(PROXY_PORT), '--backend', 'relay', ...extra,
+  ]);
+}
+
+/** Polls until `cond` holds, for at most `ms`; false if it never did. */
+async function until(ms: number, cond: () => boolean): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await sleep(50);
+  }
+  return true;
+}
+
+t.test('relay against vsftpd', { skip: isRoot ? false : 'needs root (network namespaces)' }, async (t) => {
+  const lab = await startLab(t);
+  const probeArgs = (...args: string[]): string[] => [PROBE, '--host', lab.env.gwLan4, '--port', String(PROXY_PORT), ...args];
+
+  await t.test('200 x (PASV, LIST, read to EOF, never close): descriptors stay bounded and return after QUIT', async (t) => {
+    const proxy = await reverseRelay(lab);
+    t.teardown(() => proxy.stop());
+    const pid = proxy.child.pid!;
+    // One short session first: what the proxy opens once, on first use, is part of its baseline.
+    const warm = await lab.exec('client', SYSTEM_PYTHON, probeArgs('hoard', '--count', '1'));
+    t.match(warm.stdout, /"ok": true/, warm.stderr);
+    t.ok(await until(5000, () => proxy.find('session ended').length === 1), 'warm-up session ended');
+    await sleep(1000);
+    const baseline = fds(pid);
+
+    const hoarder = lab.spawn('client', SYSTEM_PYTHON, probeArgs('hoard', '--count', '200'));
+    let out = '';
+    hoarder.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    let peak = baseline;
+    while (!out.includes('\n') && hoarder.exitCode === null) {
+      peak = Math.max(peak, fds(pid));
+      await sleep(20);
+    }
+    const result = JSON.parse(out) as { ok: boolean; lists?: number; quit?: string; error?: string };
+    t.ok(result.ok, `the hoarding session ran: ${result.error ?? ''}`);
+    t.equal(result.lists, 200, '200 listings read to EOF, their data sockets all still open');
+    t.match(result.quit, /^221/);
+    // Four pairs of six descriptors (two sockets, two splice pipes), a listener, the control
+    // connection, and room for a pair being set up while the oldest is cut.
+    t.ok(peak - baseline <= 48, `at most ${peak - baseline} descriptors above the baseline of ${baseline} during the session`);
+    t.ok(await until(5000, () => proxy.find('session ended').length === 2), 'session ended');
+    const endedAt = Date.now();
+    const back = await until(3000, () => fds(pid) <= baseline);
+    t.ok(back, `back to ${baseline} descriptors ${Date.now() - endedAt} ms after the session ended (now ${fds(pid)}), while the client still holds its sockets`);
+    hoarder.stdin!.end();
+  });
+});
