@@ -1,7 +1,11 @@
 // The relay data plane's own bounds against a real server (vsftpd) in the namespace lab: a
-// session that hoards half-closed data connections, measured in the proxy's descriptors.
+// session that hoards half-closed data connections, measured in the proxy's descriptors; a
+// slowly read download that outlasts the idle timeout.
 import t from 'tap';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isRoot, startLab, SYSTEM_PYTHON, type Lab } from './lib/lab.js';
 import { startProxy, type ProxyProcess } from './lib/proxy.js';
@@ -65,5 +69,28 @@ t.test('relay against vsftpd', { skip: isRoot ? false : 'needs root (network nam
     const back = await until(3000, () => fds(pid) <= baseline);
     t.ok(back, `back to ${baseline} descriptors ${Date.now() - endedAt} ms after the session ended (now ${fds(pid)}), while the client still holds its sockets`);
     hoarder.stdin!.end();
+  });
+
+  await t.test('-t 10: a PORT download read slowly for over 20 s arrives whole, and the next command gets 200', async (t) => {
+    const file = randomBytes(8 << 20);
+    await writeFile(join(lab.env.upload.vsftpd, 'slow-8MiB.bin'), file, { mode: 0o644 });
+    const proxy = await reverseRelay(lab, ['-t', '10']);
+    t.teardown(() => proxy.stop());
+    // 8 KiB every 25 ms through a 16 KiB receive buffer: some 26 s. The server has long sent
+    // everything (and its 226) while the relay is still delivering.
+    const r = await lab.exec(
+      'client',
+      SYSTEM_PYTHON,
+      probeArgs('--user', lab.env.user, '--password', lab.env.pass, '--timeout', '60', 'slowget', 'slow-8MiB.bin', '--rcvbuf', '8192', '--chunk', '8192', '--pause', '0.025'),
+      { timeoutMs: 120_000 },
+    );
+    const got = JSON.parse(r.stdout) as { ok: boolean; error?: string; bytes?: number; sha256?: string; seconds?: number; final?: string; noop?: string };
+    t.ok(got.ok, `the download ran: ${got.error ?? ''} ${r.stderr}`);
+    t.ok((got.seconds ?? 0) > 20, `it took ${got.seconds} s, over twice the idle timeout`);
+    t.equal(got.bytes, file.length);
+    t.equal(got.sha256, createHash('sha256').update(file).digest('hex'), 'the file is whole');
+    t.match(got.final, /^226/, 'the transfer reply');
+    t.match(got.noop, /^200/, 'NOOP after it: the session is still there');
+    t.same(proxy.find('session ended').filter((l) => l.reason === 'idle timeout'), [], 'no idle timeout');
   });
 });
