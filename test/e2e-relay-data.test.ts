@@ -1,6 +1,7 @@
-// The relay data plane's own bounds against a real server (vsftpd) in the namespace lab: a
-// session that hoards half-closed data connections, measured in the proxy's descriptors; a
-// slowly read download that outlasts the idle timeout.
+// The relay data plane against a real server (vsftpd) in the namespace lab: a session that
+// hoards half-closed data connections, measured in the proxy's descriptors; a slowly read
+// download that outlasts the idle timeout; in outbound mode, a second LAN host going for the
+// passive port another client was told.
 import t from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
@@ -92,5 +93,39 @@ t.test('relay against vsftpd', { skip: isRoot ? false : 'needs root (network nam
     t.match(got.final, /^226/, 'the transfer reply');
     t.match(got.noop, /^200/, 'NOOP after it: the session is still there');
     t.same(proxy.find('session ended').filter((l) => l.reason === 'idle timeout'), [], 'no idle timeout');
+  });
+
+  await t.test('outbound: a second LAN host connecting first to the port a client was told gets nothing', async (t) => {
+    await lab.redirect(true, PROXY_PORT);
+    t.teardown(() => lab.redirect(false));
+    const proxy = await startProxy(lab, ['-b', '::', '-p', String(PROXY_PORT), '--backend', 'relay']);
+    t.teardown(() => proxy.stop());
+    const file = await lab.expectedSha256('1MiB.bin');
+    // Host A (client4) gets a PASV reply; host B (client4Alt) connects there first, then A.
+    const r = await lab.exec('client', SYSTEM_PYTHON, [
+      PROBE, '--host', lab.env.server4, '--port', String(lab.env.ports.vsftpd),
+      'steal', '1MiB.bin', '--source', lab.env.client4, '--thief', lab.env.client4Alt,
+    ]);
+    const got = JSON.parse(r.stdout) as {
+      ok: boolean;
+      error?: string;
+      thief?: { connect: string; bytes?: number; end?: string };
+      victim?: { pasv: string; bytes?: number; sha256?: string; final?: string; error?: string };
+    };
+    t.ok(got.ok, `the probe ran: ${got.error ?? ''} ${r.stderr}`);
+    const { thief, victim } = got;
+    t.match(victim?.pasv, `(${lab.env.gwLan4.replaceAll('.', ',')},`, "A is told the gateway's own address");
+    t.equal(thief?.bytes ?? 0, 0, `B gets no data (${JSON.stringify(thief)})`);
+    t.not(thief?.end, 'timeout', 'B is refused or closed, not left waiting');
+    t.equal(victim?.sha256, file, `A gets its whole file (${JSON.stringify(victim)})`);
+    t.match(victim?.final, /^226/);
+    t.ok(
+      proxy.find('data connection from unexpected source refused').some((l) => l.from === lab.env.client4Alt),
+      'the proxy logged the refused source',
+    );
+    const epsv = await lab.pyftp(lab.target('vsftpd', 4), ['raw', 'EPSV']);
+    t.match(epsv.raw_replies?.[0], /^502 /, 'EPSV from an IPv4 client: 502, use PASV');
+    const curl = await lab.curlGet({ ...lab.target('vsftpd', 4), mode: 'epsv', trustPasvAddress: true, path: '1MiB.bin' });
+    t.equal(curl.sha256, await lab.expectedSha256('1MiB.bin'), `curl trying EPSV first falls back to PASV ${curl.stderr}`);
   });
 });

@@ -176,8 +176,15 @@ class Data:
     async def prepare(self):
         c = self.c
         if self.mode in ("pasv", "epsv"):
-            code, text = await c.cmd("PASV" if self.mode == "pasv" else "EPSV", want=2)
-            if self.mode == "pasv":
+            verb = "PASV" if self.mode == "pasv" else "EPSV"
+            code, text = await c.cmd(verb)
+            if verb == "EPSV" and code == 502 and self.family == 4:
+                # The relay in outbound mode refuses IPv4 EPSV: use PASV, as curl and lftp do.
+                verb = "PASV"
+                code, text = await c.cmd(verb)
+            if not str(code).startswith("2"):
+                raise Unexpected(f"{verb}: {text[:100]!r}")
+            if verb == "PASV":
                 m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)
                 if not m or code != 227:
                     raise Unexpected(f"PASV: {text[:100]!r}")
