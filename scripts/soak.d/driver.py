@@ -264,7 +264,14 @@ class Data:
     async def prepare(self):
         c = self.c
         if self.mode in ("pasv", "epsv"):
-            code, text = await c.cmd("PASV" if self.mode == "pasv" else "EPSV", want=2)
+            verb = "PASV" if self.mode == "pasv" else "EPSV"
+            code, text = await c.cmd(verb)
+            if verb == "EPSV" and code == 502 and self.family == 4:
+                # The relay in outbound mode may refuse IPv4 EPSV: use PASV, as curl and lftp do.
+                verb = "PASV"
+                code, text = await c.cmd(verb)
+            if not str(code).startswith("2"):
+                raise Unexpected(f"{verb}: {text[:100]!r}")
             host, port = passive_endpoint(c, code, text)
             self.r, self.w = await asyncio.wait_for(self.open(host, port), c.timeout)
         else:

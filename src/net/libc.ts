@@ -1,7 +1,8 @@
-// The few libc calls Node does not offer, through koffi: getsockopt (for SO_ORIGINAL_DST),
-// setsockopt (SO_OOBINLINE, listener options), send (urgent data), eventfd, write and close
-// (waking the splice worker), and socket, bind, getsockname and recv (transparent sockets,
-// rtnetlink). Loaded once, lazily; null where koffi or libc cannot be loaded, and callers fall back.
+// The few libc calls Node does not offer, through koffi: getsockopt (SO_ORIGINAL_DST, and
+// TCP_INFO for the relay's bounds), setsockopt (SO_OOBINLINE, listener options), send (urgent
+// data), eventfd, write and close (waking the splice worker), and socket, bind, getsockname and
+// recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi or libc cannot be
+// loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
 import type net from 'node:net';
@@ -106,6 +107,49 @@ export function tuneListener(server: net.Server): boolean {
     [SOL_SOCKET, SO_OOBINLINE, 1],
   ];
   return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int32(value), 4) === 0);
+}
+
+const TCP_INFO = 11;
+/** Offsets in struct tcp_info (linux/tcp.h); the kernel fills at least up to bytes_received. */
+const TCPI_BYTES_ACKED = 120;
+const TCPI_BYTES_RECEIVED = 128;
+const TCPI_MIN_LENGTH = 136;
+/** tcpi_state values (include/net/tcp_states.h). */
+const FIN_WAIT2 = 5;
+const TIME_WAIT = 6;
+const CLOSE = 7;
+const CLOSE_WAIT = 8;
+const LAST_ACK = 9;
+const CLOSING = 11;
+const tcpInfo = Buffer.alloc(256);
+
+/** How far one TCP connection has got, as its kernel counts it. */
+export interface TcpFlow {
+  /** The peer has finished sending: its FIN has arrived. */
+  readonly finReceived: boolean;
+  /** Everything sent, our FIN included, is acknowledged by the peer. */
+  readonly finAcked: boolean;
+  /** Bytes the peer acknowledged plus bytes received: grows whenever anything is delivered. */
+  readonly moved: number;
+}
+
+/**
+ * TCP_INFO of a connected socket: one system call, whoever carries its bytes (Node streams or
+ * the splice worker). Counting what the peer acknowledged, not what was written, sees a slow
+ * reader still taking data that left the proxy long ago. Null where it cannot be read.
+ */
+export function tcpFlow(sock: net.Socket): TcpFlow | null {
+  const c = loadLibc();
+  const fd = fdOf(sock);
+  if (!c || fd === null) return null;
+  const len = [tcpInfo.length];
+  if (c.getsockopt(fd, IPPROTO_TCP, TCP_INFO, tcpInfo, len) !== 0 || len[0]! < TCPI_MIN_LENGTH) return null;
+  const state = tcpInfo[0];
+  return {
+    finReceived: state === CLOSE_WAIT || state === LAST_ACK || state === CLOSING || state === TIME_WAIT || state === CLOSE,
+    finAcked: state === FIN_WAIT2 || state === TIME_WAIT || state === CLOSE,
+    moved: Number(tcpInfo.readBigUInt64LE(TCPI_BYTES_ACKED) + tcpInfo.readBigUInt64LE(TCPI_BYTES_RECEIVED)),
+  };
 }
 
 const MSG_OOB = 1;

@@ -21,10 +21,16 @@ export interface Addressing {
   readonly activeSource: string;
   /**
    * Passive data needs no data path: the client is sent straight to the server's announced
-   * port on the control connection's server address, which plain NAT already carries
-   * (outbound mode with the relay, where nothing could intercept a connection to the server).
+   * port on the control connection's server address, which plain NAT already carries (outbound
+   * mode with the relay, IPv6 clients: nothing could intercept a connection to the server).
    */
   readonly passiveDirect?: boolean;
+  /**
+   * EPSV (and EPSV ALL) is answered with 502 so that the client falls back to PASV: an EPSV
+   * client connects to the control connection's address (RFC 2428), which in outbound mode is
+   * the real server, where no relay can catch it (outbound mode with the relay, IPv4 clients).
+   */
+  readonly epsvRefused?: boolean;
 }
 
 export interface MachineOptions {
@@ -97,6 +103,8 @@ function accepts(p: Pending, code: number): boolean {
   if (p.kind === 'passive') return passiveCode || code >= 400;
   return p.kind !== 'local' && !passiveCode;
 }
+
+const EPSV_REFUSED = '502 EPSV not available through this gateway, use PASV';
 
 export class SessionMachine {
   private readonly pending: Pending[] = [{ kind: 'greeting' }];
@@ -300,11 +308,13 @@ export class SessionMachine {
       case 'PASV':
         return this.passive(227, out);
       case 'EPSV':
+        if (this.o.addressing.epsvRefused) return this.answerLocally(EPSV_REFUSED, out);
         if (cmd.family !== undefined && cmd.family !== (this.clientFamily === 4 ? 1 : 2)) {
           return this.refuse('EPSV family', `522 Network protocol not supported, use (${this.clientFamily === 4 ? 1 : 2})`, out);
         }
         return this.passive(229, out);
       case 'EPSV_ALL':
+        if (this.o.addressing.epsvRefused) return this.answerLocally(EPSV_REFUSED, out);
         this.epsvAll = true;
         return this.answerLocally('200 EPSV ALL ok', out);
       case 'PORT':

@@ -246,8 +246,21 @@ export class Session {
       };
     }
     if (this.o.dataPlane.name === 'relay') {
-      // Nothing can catch the client's connection to the server's address in userspace, and
-      // the gateway's NAT carries it anyway; only active data needs the proxy.
+      if (familyOf(this.client.address) === 4) {
+        // PASV carries an address: the gateway's own, where the relay admits only this client.
+        // EPSV carries none (the client connects to the server's address): refused, use PASV.
+        return {
+          passiveListen: clientLocal,
+          passiveAdvertise: clientLocal,
+          passiveSource: serverLocal,
+          activeListen: serverLocal,
+          activeSource: clientLocal,
+          epsvRefused: true,
+        };
+      }
+      // IPv6 has only EPSV: nothing can catch the client's connection to the server's address
+      // in userspace, and the gateway carries it (routing or NAT66). Nothing checks who connects
+      // (README, Security); only active data needs the proxy.
       return {
         passiveListen: clientLocal,
         passiveAdvertise: server.address,

@@ -80,6 +80,11 @@ export interface FtpTarget {
   mode?: FtpMode;
   /** Local address to bind, e.g. env.client4Alt for "another LAN host". */
   source?: string;
+  /**
+   * curl connects where a 227 reply says (--no-ftp-skip-pasv-ip), not to the control
+   * connection's address as curl 7.74 and later do by default. Default: false.
+   */
+  trustPasvAddress?: boolean;
   /** Namespace the client runs in. Default: client. */
   ns?: NsName;
   timeoutMs?: number;
@@ -230,13 +235,15 @@ function urlHost(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
-function curlModeArgs(mode: FtpMode, source: string | undefined): string[] {
+function curlModeArgs(mode: FtpMode, source: string | undefined, trustPasvAddress = false): string[] {
   const active = ['--ftp-port', source ?? '-'];
+  const pasv = trustPasvAddress ? ['--ftp-pasv', '--no-ftp-skip-pasv-ip'] : ['--ftp-pasv'];
   switch (mode) {
     case 'pasv':
-      return ['--ftp-pasv', '--disable-epsv'];
+      return [...pasv, '--disable-epsv'];
     case 'epsv':
-      return ['--ftp-pasv'];
+      // With PASV as curl's fallback when EPSV is refused.
+      return pasv;
     case 'port':
       return [...active, '--disable-eprt'];
     case 'eprt':
@@ -497,7 +504,7 @@ export class Lab {
       String(Math.max(1, Math.floor(timeoutMs / 1000) - 1)),
       '-w',
       '%{response_code}',
-      ...curlModeArgs(t.mode ?? 'pasv', t.source),
+      ...curlModeArgs(t.mode ?? 'pasv', t.source, t.trustPasvAddress),
       ...(t.source ? ['--interface', t.source] : []),
       ...(t.user !== undefined ? ['--user', `${t.user}:${t.pass ?? ''}`] : []),
       ...io,

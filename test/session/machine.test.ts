@@ -272,6 +272,20 @@ t.test('passiveDirect: the client is sent to the server address and port, no dat
   t.same(sent(m.serverReply(reply('229 ok (|||6000|)')), 'toClient'), ['229 Entering Extended Passive Mode (|||6000|)']);
 });
 
+t.test('epsvRefused: EPSV and EPSV ALL get 502 from the proxy, in turn; PASV still works', async (t) => {
+  const m = machine({ addressing: { ...addressing, epsvRefused: true } });
+  const refused = '502 EPSV not available through this gateway, use PASV';
+  t.same(sent(m.clientLine('EPSV'), 'toClient'), [refused]);
+  t.same(sent(m.clientLine('NOOP'), 'toServer'), ['NOOP']);
+  const a = m.clientLine('EPSV ALL');
+  t.same([sent(a, 'toServer'), sent(a, 'toClient')], [[], []], 'nothing to the server; the 502 waits for the NOOP reply');
+  t.same(sent(m.serverReply(reply('200 NOOP ok')), 'toClient'), ['200 NOOP ok', refused]);
+  m.clientLine('PASV');
+  const [open] = opens(m.serverReply(reply('227 Entering Passive Mode (10,0,0,5,19,137)')));
+  t.ok(open, 'PASV still opens a path: EPSV ALL was not taken');
+  t.same(sent(m.dataOpened(open!.token, { id: 'p1', port: 50001 }), 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,81).']);
+});
+
 t.test('a server that skips the reply to ABOR does not make a later path go away', async (t) => {
   const m = machine();
   const port = (n: number) => {

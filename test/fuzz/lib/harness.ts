@@ -171,6 +171,16 @@ function addressingFor(plan: Plan, server: string): Addressing {
       activeSource: clientLocal,
     };
   }
+  if (plan.mode === 'relay' && plan.clientFamily === 4) {
+    return {
+      passiveListen: clientLocal,
+      passiveAdvertise: clientLocal,
+      passiveSource: serverLocal,
+      activeListen: serverLocal,
+      activeSource: clientLocal,
+      epsvRefused: true,
+    };
+  }
   if (plan.mode === 'relay') {
     return {
       passiveListen: clientLocal,
