@@ -115,6 +115,14 @@ HALF_CLOSED_S = 15
 TCP_GONE = {6, 7}  # TIME_WAIT, CLOSE
 
 
+
+def hard_close(w):
+    """Reset a connection (RST), unless it is already closed: asyncio's abort() on a transport
+    that has finished closing fails (its loop is gone)."""
+    t = w.transport
+    if t is not None and not t.is_closing():
+        t.abort()
+
 class Unexpected(Exception):
     """The session saw something its scenario must not see."""
 
@@ -227,7 +235,7 @@ class Ctl:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-        self.w.transport.abort()
+        hard_close(self.w)
 
     async def fin(self):
         self.w.close()
@@ -318,7 +326,7 @@ class Data:
         if self.listener is not None:
             self.listener.close()
         if self.w is not None:
-            self.w.transport.abort()
+            hard_close(self.w)
 
 
 async def dial(host, port, rcvbuf=None, sndbuf=None, limit=1 << 20):
@@ -783,7 +791,7 @@ class Session:
             raise Unexpected(f"RETR of a missing file: {r}")
         try:
             _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
-            w.transport.abort()
+            hard_close(w)
             raise Unexpected(f"the data port of a RETR that failed ({r[0]}) still admits a connection")
         except (OSError, asyncio.TimeoutError):
             pass
@@ -1072,7 +1080,7 @@ async def one(args, index, scenario, sums, results):
         # A failed session leaves nothing open for the proxy to hold on to.
         for d in s.c.data:
             d.abort()
-        s.c.w.transport.abort()
+        hard_close(s.c.w)
     entry.update(server=s.server, family=s.family, mode=s.mode)
     if s.fault:
         entry["fault"] = s.fault
