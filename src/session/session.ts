@@ -254,7 +254,7 @@ export class Session {
           passiveAdvertise: clientLocal,
           passiveSource: serverLocal,
           activeListen: serverLocal,
-          activeSource: clientLocal,
+          activeSource: server.address,
           epsvRefused: true,
         };
       }
