@@ -80,6 +80,8 @@ export function setOobInline(sock: net.Socket): boolean {
 
 const IPPROTO_TCP = 6;
 const SO_KEEPALIVE = 9;
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
 const TCP_NODELAY = 1;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
@@ -89,10 +91,17 @@ const TCP_KEEPCNT = 6;
 export const KEEPALIVE = { idle: 60, interval: 10, count: 6 } as const;
 
 /**
+ * The kernel buffers of a control connection with its client (the kernel doubles the value).
+ * Commands and replies are small; without a fixed size the kernel grows each to megabytes for a
+ * client that floods commands and never reads, before the proxy's own backpressure can start.
+ */
+const CONTROL_SOCKBUF = 64 * 1024;
+
+/**
  * Set on a listening socket what every accepted control connection needs: TCP_NODELAY,
- * keepalive (KEEPALIVE) and SO_OOBINLINE. Linux copies these into each accepted socket, which
- * saves six system calls per session. Returns false if any could not be set; the caller then
- * sets them per connection.
+ * keepalive (KEEPALIVE), SO_OOBINLINE and fixed buffer sizes (CONTROL_SOCKBUF). Linux copies
+ * these into each accepted socket, which saves eight system calls per session. Returns false if
+ * any could not be set; the caller then sets them per connection.
  */
 export function tuneListener(server: net.Server): boolean {
   const c = loadLibc();
@@ -105,6 +114,8 @@ export function tuneListener(server: net.Server): boolean {
     [IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE.interval],
     [IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count],
     [SOL_SOCKET, SO_OOBINLINE, 1],
+    [SOL_SOCKET, SO_SNDBUF, CONTROL_SOCKBUF],
+    [SOL_SOCKET, SO_RCVBUF, CONTROL_SOCKBUF],
   ];
   return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int32(value), 4) === 0);
 }
