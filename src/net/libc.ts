@@ -1,8 +1,8 @@
 // The few libc calls Node does not offer, through koffi: getsockopt (SO_ORIGINAL_DST, and
 // TCP_INFO for the relay's bounds), setsockopt (SO_OOBINLINE, listener options), send (urgent
-// data), eventfd, write and close (waking the splice worker), and socket, bind, getsockname and
-// recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi or libc cannot be
-// loaded, and callers fall back.
+// data), eventfd, write and close (waking the splice worker), and socket, bind, listen,
+// getsockname and recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi
+// or libc cannot be loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
 import type net from 'node:net';
@@ -16,6 +16,7 @@ export interface Libc {
   close(fd: number): number;
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
+  listen(fd: number, backlog: number): number;
   getsockname(fd: number, addr: Buffer, len: number[]): number;
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
   errno(): number;
@@ -37,6 +38,7 @@ export function loadLibc(): Libc | null {
       close: lib.func('int close(int fd)') as Libc['close'],
       socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
       bind: lib.func('int bind(int fd, const uint8_t *addr, uint32_t len)') as Libc['bind'],
+      listen: lib.func('int listen(int fd, int backlog)') as Libc['listen'],
       getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)') as Libc['getsockname'],
       recv: lib.func('long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)') as Libc['recv'],
       errno: () => koffi.errno(),
