@@ -51,9 +51,11 @@ export interface DataPlane {
    * Stop admitting through `id`. With abort=false an established data connection goes on
    * to its natural end (the kernel, or the relay, carries it); with abort=true (session
    * teardown) the relay also cuts it. Releasing an unknown or already released id is an
-   * error in the fake, and a no-op elsewhere.
+   * error in the fake, and a no-op elsewhere. With `urgent` the release takes effect before
+   * this call returns where the backend can (nftables over netlink; the relay always does), so
+   * that a reply written next cannot be raced to the port; otherwise it may be batched.
    */
-  release(id: string, abort: boolean): Promise<void>;
+  release(id: string, abort: boolean, urgent?: boolean): Promise<void>;
   /**
    * Session `sid` has ended (its last reply is written): nothing of it may outlive it. Every
    * path it still holds is released, and a plane that carries bytes itself (the relay) ends

@@ -58,7 +58,11 @@ export type Action =
   /** `urgent`: an ABOR, to be sent with the Telnet Synch (TCP urgent data). */
   | { readonly type: 'toServer'; readonly text: string; readonly urgent?: boolean }
   | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
-  | { readonly type: 'release'; readonly id: string }
+  /**
+   * `urgent`: applied before the next reply goes out where the data plane can (a refused
+   * transfer's path: its client must not be able to race the reply to the port).
+   */
+  | { readonly type: 'release'; readonly id: string; readonly urgent?: boolean }
   | { readonly type: 'transfer'; readonly active: boolean }
   /** The server accepted the login (230/232): login-phase limits end. */
   | { readonly type: 'loggedIn' }
@@ -452,14 +456,14 @@ export class SessionMachine {
     out.push({ type: 'open', token, request });
   }
 
-  private replacePath(path: { path: DataPath; neg: number } | null, out: Action[]): void {
-    if (this.path) out.push({ type: 'release', id: this.path.path.id });
+  private replacePath(path: { path: DataPath; neg: number } | null, out: Action[], urgent = false): void {
+    if (this.path) out.push({ type: 'release', id: this.path.path.id, ...(urgent ? { urgent } : {}) });
     this.path = path;
   }
 
   /** The path negotiated by `neg` admits nothing more (its transfer is over or refused). */
-  private releaseNegotiated(neg: number, out: Action[]): void {
-    if (this.path?.neg === neg) this.replacePath(null, out);
+  private releaseNegotiated(neg: number, out: Action[], urgent = false): void {
+    if (this.path?.neg === neg) this.replacePath(null, out, urgent);
   }
 
   private handleServer(reply: Reply, out: Action[]): void {
@@ -556,20 +560,26 @@ export class SessionMachine {
         else send();
         break;
       case 'active':
-        // The reply goes first here and below: releasing is housekeeping the client need not
-        // wait for.
+        // Refused: the path goes before the reply, so that nobody can use it after reading it.
+        if (reply.code >= 400 || reply.code === 0) this.releaseNegotiated(head.neg, out, true);
         send();
-        if (reply.code >= 400 || reply.code === 0) this.releaseNegotiated(head.neg, out);
         break;
       case 'transfer':
         if (this.transferring) {
           this.transferring = false;
           out.push({ type: 'transfer', active: false });
         }
-        send();
         // The transfer is over (or never started): the path negotiated for it admits nothing
-        // more. Only that one: a path negotiated after it stays.
-        this.releaseNegotiated(head.neg, out);
+        // more. Only that one: a path negotiated after it stays. After a success the reply goes
+        // first (releasing is housekeeping the client need not wait for); after a failure the
+        // path goes first, so that the client cannot race the reply to it.
+        if (reply.code >= 400 || reply.code === 0) {
+          this.releaseNegotiated(head.neg, out, true);
+          send();
+        } else {
+          send();
+          this.releaseNegotiated(head.neg, out);
+        }
         break;
       case 'abor':
       case 'other':

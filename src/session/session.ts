@@ -363,7 +363,7 @@ export class Session {
           this.open(a.token, a.request);
           break;
         case 'release':
-          this.release(a.id, false);
+          this.release(a.id, false, a.urgent);
           break;
         case 'transfer':
           // The control connection is quiet during a long transfer: no idle timeout then.
@@ -422,8 +422,8 @@ export class Session {
     );
   }
 
-  private release(id: string, abort: boolean): void {
-    this.o.dataPlane.release(id, abort).catch((err: unknown) => {
+  private release(id: string, abort: boolean, urgent?: boolean): void {
+    this.o.dataPlane.release(id, abort, urgent).catch((err: unknown) => {
       this.log.error({ dataPath: id, err: err instanceof Error ? err.message : String(err) }, 'data path release failed');
     });
   }

@@ -115,6 +115,20 @@ t.test('releases of one turn go to the kernel in one transaction', async (t) => 
   t.equal(kernel.batches.length, before + 1, 'a second release of the same id sends nothing');
 });
 
+t.test('an urgent release goes to the kernel before release() returns, with what was queued', async (t) => {
+  const { kernel, dp } = await started(t);
+  const a = await dp.open(passive4);
+  const b = await dp.open({ ...passive4, target: { address: '198.51.100.2', port: 40001 } });
+  const before = kernel.batches.length;
+  const queued = dp.release(a.id, false);
+  const urgent = dp.release(b.id, false, true);
+  t.equal(kernel.batches.length, before + 1, 'sent within the call: a reply written next cannot be raced to the port');
+  t.same(releasedPorts(kernel.batches[before]!), [a.port, b.port], 'the queued release went with it, in call order');
+  await Promise.all([queued, urgent]);
+  await nextTurn();
+  t.equal(kernel.batches.length, before + 1, 'nothing left to send later');
+});
+
 t.test('more releases than one transaction holds: whole paths per transaction', async (t) => {
   const { kernel, ports, dp } = await started(t);
   const paths = [];

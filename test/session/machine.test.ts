@@ -250,14 +250,14 @@ t.test('a transfer refused without a preliminary reply releases the path', async
   t.same(releases(m.serverReply(reply('550 no such file'))), ['p']);
 });
 
-t.test('PORT refused by the server: the reply goes out, then the path is released', async (t) => {
+t.test('PORT refused by the server: the path is released at once, before the reply goes out', async (t) => {
   const m = machine();
   const a = m.clientLine('PORT 192,0,2,2,156,64');
   m.dataOpened(opens(a)[0]!.token, { id: 'a1', port: 50020 });
   const b = m.serverReply(reply('500 PORT refused'));
   t.same(
-    b.map((x) => (x.type === 'release' ? `release ${x.id}` : x.type === 'toClient' ? x.text : x.type)),
-    ['500 PORT refused', 'release a1'],
+    b.map((x) => (x.type === 'release' ? `release ${x.id}${x.urgent ? ' urgent' : ''}` : x.type === 'toClient' ? x.text : x.type)),
+    ['release a1 urgent', '500 PORT refused'],
   );
   t.equal(m.currentPath, null);
 });
@@ -434,6 +434,11 @@ t.test('pipelined PASV + RETR: the transfer is tied to the path negotiated for i
   t.same(sent(b, 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,82).']);
   const c = m.serverReply(reply('550 No such file'));
   t.same(releases(c), ['new'], 'the RETR forwarded before the path existed still releases it');
+  t.same(
+    c.map((x) => (x.type === 'release' ? `release ${x.id}${x.urgent ? ' urgent' : ''}` : x.type === 'toClient' ? x.text : x.type)),
+    ['release new urgent', '550 No such file'],
+    'at once, before the client can read the 550 and race to the port',
+  );
   t.equal(m.currentPath, null);
 });
 

@@ -251,7 +251,7 @@ export class NftablesDataPlane implements DataPlane {
    * transaction, after the turn's replies are written. Resolves once it is applied; the port
    * is free again only then.
    */
-  release(id: string, _abort: boolean): Promise<void> {
+  release(id: string, _abort: boolean, urgent = false): Promise<void> {
     // abort changes nothing here: the kernel carries an established connection, and removing
     // the entries does not touch its conntrack binding.
     const path = this.paths.get(id);
@@ -260,6 +260,8 @@ export class NftablesDataPlane implements DataPlane {
     const snat = this.dropSnat(path.snatKey);
     return new Promise((resolve, reject) => {
       this.queued.push({ id, path, snat, resolve, reject });
+      // The netlink runner sends its batch within run(), and the kernel applies it there.
+      if (urgent) return this.flushReleases();
       // Left referenced: a queued release is applied even when nothing else keeps the loop up.
       // close() cancels it.
       this.flushSoon ??= setImmediate(() => this.flushReleases());
