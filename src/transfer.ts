@@ -3,18 +3,13 @@
 
 import path from 'node:path';
 import type { Endpoint } from './dataplane/types.js';
+import type { TransferVerb } from './protocol/commands.js';
 
-export const TRANSFER_COMMANDS = ['RETR', 'STOR', 'STOU', 'APPE', 'LIST', 'NLST', 'MLSD'] as const;
-export type TransferCommand = (typeof TRANSFER_COMMANDS)[number];
+/** A transfer command (protocol/commands.ts classifies client lines into these). */
+export type TransferCommand = TransferVerb;
 
 export const TRANSFER_RESULTS = ['ok', 'failed', 'aborted'] as const;
 export type TransferResult = (typeof TRANSFER_RESULTS)[number];
-
-/** The transfer command a client line starts, or null. */
-export function transferCommand(verb: string): TransferCommand | null {
-  const v = verb.toUpperCase();
-  return (TRANSFER_COMMANDS as readonly string[]).includes(v) ? (v as TransferCommand) : null;
-}
 
 /** Server to client (download) or client to server (upload). */
 export function transferDirection(command: TransferCommand): 'download' | 'upload' {
@@ -100,11 +95,4 @@ export function nextDirectory(current: string | null, verb: string, arg: string,
 /** The representation type after TYPE `arg` was accepted: A and E are text, I and L binary. */
 export function typeAfter(arg: string): 'ascii' | 'binary' {
   return /^\s*[IL]/i.test(arg) ? 'binary' : 'ascii';
-}
-
-const ANONYMOUS = new Set(['anonymous', 'ftp']);
-
-/** USER names that mean an anonymous login (RFC 1635). */
-export function isAnonymous(user: string): boolean {
-  return ANONYMOUS.has(user.toLowerCase());
 }

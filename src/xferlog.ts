@@ -3,7 +3,8 @@
 
 import fs from 'node:fs/promises';
 import type { AppLogger } from './log.js';
-import { isAnonymous, recordPath, transferDirection, type TransferRecord } from './transfer.js';
+import { isAnonymous } from './protocol/commands.js';
+import { recordPath, transferDirection, type TransferRecord } from './transfer.js';
 
 const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
 const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];

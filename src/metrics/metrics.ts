@@ -3,7 +3,8 @@
 
 import fs from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { TRANSFER_COMMANDS, TRANSFER_RESULTS, transferDirection, type TransferCommand, type TransferResult } from '../transfer.js';
+import { TRANSFER_VERBS } from '../protocol/commands.js';
+import { TRANSFER_RESULTS, transferDirection, type TransferCommand, type TransferResult } from '../transfer.js';
 
 /** Why a connection did not become a session (the `reason` label). */
 export const REFUSAL_REASONS = [
@@ -118,7 +119,7 @@ export class PromMetrics implements Metrics {
     for (const reason of REFUSAL_REASONS) this.refusals.inc({ reason }, 0);
     for (const mode of ['passive', 'active']) this.dataConnections.inc({ mode }, 0);
     for (const code of DATA_PLANE_ERROR_CODES) this.dataPlaneErrors.inc({ code }, 0);
-    for (const command of TRANSFER_COMMANDS) {
+    for (const command of TRANSFER_VERBS) {
       for (const result of TRANSFER_RESULTS) this.transfers.inc({ command, result }, 0);
     }
     for (const direction of ['download', 'upload']) this.transferBytes.inc({ direction }, 0);
