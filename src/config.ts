@@ -51,6 +51,8 @@ export interface Config {
   readonly mark?: number;
   readonly maxLineLength: number;
   readonly nftTable: string;
+  /** Relay, outbound mode: policy routing table (and rule priority) for active data from the server's address; 0 = off. */
+  readonly routeTable: number;
   readonly shutdownGrace: number;
   readonly printRuleset: boolean;
   readonly loginTimeout: number;
@@ -152,6 +154,13 @@ export function buildClientConfig(o: RawClientOptions): ClientConfig {
   });
 }
 
+/** A rule's priority must come before the main table's (32766); 253-255 are the kernel's tables. */
+function routeTable(raw: string): number {
+  const n = integer('--route-table', raw, 0, 32765);
+  if (n >= 253 && n <= 255) fail('--route-table', `${n} is one of the kernel's own tables (253-255)`);
+  return n;
+}
+
 function tlsMode(raw: string): 'refuse' | 'pass' {
   const v = raw.trim().toLowerCase();
   if (v !== 'refuse' && v !== 'pass') fail('--tls', `'${raw}' is not one of refuse, pass`);
@@ -210,6 +219,7 @@ export function buildConfig(o: RawOptions): Config {
     ...(mark !== undefined ? { mark } : {}),
     maxLineLength: integer('--max-line-length', o.maxLineLength, 512, 65536),
     nftTable: table,
+    routeTable: routeTable(o.routeTable),
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),

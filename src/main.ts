@@ -22,7 +22,14 @@ const out = { out: (s: string) => void process.stdout.write(s), err: (s: string)
 function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
   const ports = new PortAllocator(cfg.dataPorts.low, cfg.dataPorts.high);
   if (cfg.backend === 'relay') {
-    return new RelayDataPlane({ ports, dataTimeout: cfg.dataTimeout, dataIdleTimeout: cfg.dataIdleTimeout, logger });
+    return new RelayDataPlane({
+      ports,
+      dataTimeout: cfg.dataTimeout,
+      dataIdleTimeout: cfg.dataIdleTimeout,
+      // Only outbound mode asks for data from an address that is not this host's (the server's).
+      ...(cfg.mode === 'outbound' && cfg.routeTable ? { routeTable: cfg.routeTable } : {}),
+      logger,
+    });
   }
   return new NftablesDataPlane({
     table: cfg.nftTable,

@@ -35,6 +35,8 @@ t.test('defaults match the documented contract', async (t) => {
   t.equal(c.connectTimeout, 30);
   t.equal(c.maxLineLength, 1024);
   t.equal(c.nftTable, 'ftp_proxy');
+  t.equal(c.routeTable, 2121);
+  t.equal(run(['--route-table', '0']).config!.routeTable, 0, '--route-table 0: off');
   t.notOk(c.anonymousOnly || c.rewriteSourcePort || c.logRules || c.foreground);
   t.equal(run(['-6']).config!.bind, '::1');
   t.ok(Object.isFrozen(c));
@@ -127,6 +129,8 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['--data-timeout', '3601'], /--data-timeout/],
     [['--max-line-length', '100'], /--max-line-length/],
     [['--nft-table', 'my-table'], /--nft-table/],
+    [['--route-table', '32766'], /--route-table: '32766' is not a whole number from 0 to 32765/],
+    [['--route-table', '254'], /--route-table: 254 is one of the kernel's own tables/],
     [['--shutdown-grace', 'x'], /--shutdown-grace/],
     [['--login-timeout', '0'], /--login-timeout/],
     [['--tls', 'starttls'], /--tls: 'starttls' is not one of refuse, pass/],

@@ -6,8 +6,19 @@ redirect to the proxy) and is judged against what that scenario must see: a norm
 must end with the right checksum, a fault must get the reply it deserves or none. Prints one
 JSON object: counts by scenario and outcome, and the unexpected failures in detail.
 
+With --hostile it runs for --minutes instead of a number of sessions: half of the workers run
+good sessions (transfers with checksums, through both proxies) while the other half run
+hostile clients against the reverse-mode proxy (--reverse-port on the gateway) and sessions
+with hostile servers (badserver.py) through the outbound one. A hostile session "fails" when
+the proxy misbehaved (a flood it never pushed back, a data connection that outlived its
+session, a session that did not recover); its JSON adds the outcome and figures per kind and a
+timeline of the hostile sessions. Every client checks every 227 it reads: its address must be
+the one it connected to (the proxy's in reverse mode, the server's in outbound mode), and no
+227/229 may answer anything but PASV/EPSV.
+
 usage: driver.py --server4 A --server6 A --sums FILE --sessions N [--concurrency C] [--seed S]
                  [--only SCENARIO[,SCENARIO]] [--servers NAME[,NAME]] [--modes pasv,...] [--bad-ports FIRST] [--timeout S]
+       driver.py --hostile --minutes M --gw4 A --reverse-port P [--stop-file F] (and the above but --sessions)
 """
 import argparse
 import asyncio
@@ -21,13 +32,14 @@ import struct
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+from badserver import MODES as BAD_MODES, WORKING, payload  # noqa: E402
+
 SERVERS = {"vsftpd": 21, "pyftpd": 2121, "pureftpd": 2122}
 SERVER_WEIGHTS = {"vsftpd": 5, "pureftpd": 3, "pyftpd": 2}
 MODES = {4: ["pasv", "epsv", "port", "eprt"], 6: ["epsv", "eprt"]}
 UPLOAD_USER = ("ftplab", "ftplab")
-
-# Misbehaving servers of soak.d/badserver.py, by offset from --bad-ports.
-BAD_MODES = ["silent", "junk-greeting", "close-after-227", "endless-multiline", "rst-on-pasv", "bad-227"]
 
 # Scenario -> weight. Faults from the client side, then the bad servers, then the normal ones.
 SCENARIOS = {
@@ -47,6 +59,69 @@ SCENARIOS = {
     "bad-server": 12,
 }
 
+# --hostile: the good sessions (half of the workers) and the hostile ones (the other half).
+# rev-* go through the reverse-mode proxy to vsftpd, the others through the outbound one.
+GOOD = {
+    "normal-get": 6,
+    "normal-list": 1,
+    "normal-put": 2,
+    "rev-get": 6,
+    "rev-list": 1,
+    "rev-put": 2,
+}
+HOSTILE = {
+    # clients from the internet, against the reverse-mode proxy
+    "flood": 6,
+    "pre-greeting": 4,
+    "pipelined-missing": 4,
+    "many-pasv": 2,
+    "half-open": 3,
+    "stop-reading": 2,
+    # servers, through the outbound proxy (soak.d/badserver.py)
+    "skip-reply": 3,
+    "extra-reply": 3,
+    "big-multiline": 2,
+    "multiline-227": 3,
+    "dribble": 3,
+}
+# Any of them can also be run a number of times (--sessions, --only).
+ALL = {**SCENARIOS, **GOOD, **HOSTILE}
+# At most this many of a kind at once: floods and big replies cost the machine, not only the proxy.
+HOSTILE_CAP = {"flood": 2, "many-pasv": 1, "big-multiline": 2, "stop-reading": 2}
+
+# Locally answered commands (and NOOP, which the server answers), flooded by a client that
+# never reads. "epsvall" sends EPSV ALL once, then PASV (refused with 503) over and over.
+FLOODS = {
+    "lprt": b"LPRT\r\n",
+    "lpsv": b"LPSV\r\n",
+    "auth": b"AUTH TLS\r\n",
+    "port": b"PORT 1,2,3\r\n",
+    "cr": b"\r\r\n",
+    "epsvall": b"PASV\r\n",
+    "noop": b"NOOP\r\n",
+}
+# A flood lasts FLOOD_S, then the client resets, unless the proxy cuts it off first or it got
+# FLOOD_BYTES accepted (no push-back: a finding). The proxy must have stopped taking bytes at
+# least PUSHBACK_S before the end (else: still reading, a finding). The slack a proxy that
+# does push back leaves is its socket buffers (a few MiB here).
+FLOOD_BYTES = 16 << 20
+FLOOD_S = 15
+PUSHBACK_S = 3
+# After the session ended (or the transfer, while the session lives), a data connection the
+# proxy carries must be gone within this many seconds.
+SESSION_GRACE_S = 3
+HALF_CLOSED_S = 15
+# TCP states (linux/tcp_states.h) of a socket whose peer is gone.
+TCP_GONE = {6, 7}  # TIME_WAIT, CLOSE
+
+
+
+def hard_close(w):
+    """Reset a connection (RST), unless it is already closed: asyncio's abort() on a transport
+    that has finished closing fails (its loop is gone)."""
+    t = w.transport
+    if t is not None and not t.is_closing():
+        t.abort()
 
 class Unexpected(Exception):
     """The session saw something its scenario must not see."""
@@ -60,6 +135,10 @@ class Ctl:
         self.w = writer
         self.timeout = timeout
         self.transcript = []
+        # 227/229 replies the proxy should never have let through (check_227, check_answer).
+        self.violations = []
+        # Data connections made for this session, all closed when it ends however it ended.
+        self.data = []
 
     @classmethod
     async def connect(cls, host, port, timeout):
@@ -84,7 +163,15 @@ class Ctl:
         if not raw:
             return None
         s = raw.decode("latin1").rstrip("\r\n")
+        if s.startswith("227"):
+            self.check_227(s)
         return s
+
+    def check_227(self, line):
+        """A 227 line must carry the address this client connected to, whoever sent it."""
+        m = re.search(r"(\d+),(\d+),(\d+),(\d+),\d+,\d+", line)
+        if m and ".".join(m.groups()) != self.peer:
+            self.violations.append(f"227 carrying {'.'.join(m.groups())} (connected to {self.peer}): {line[:80]!r}")
 
     async def reply(self, timeout=None):
         """(code, text) of the next whole reply, or None at EOF."""
@@ -107,6 +194,11 @@ class Ctl:
                     break
         return code, text
 
+    def check_answer(self, line, r):
+        """Only PASV and EPSV are answered with 227 or 229."""
+        if r[0] in (227, 229) and line.split(" ")[0].upper() not in ("PASV", "EPSV"):
+            self.violations.append(f"{r[0]} in answer to {line.split(' ')[0]}: {r[1][:80]!r}")
+
     async def final(self, timeout=None):
         """The next reply of 200 or above (preliminary ones skipped); None at EOF."""
         while True:
@@ -119,6 +211,7 @@ class Ctl:
         r = await self.reply(timeout)
         if r is None:
             raise Unexpected(f"EOF after {line.split(' ')[0]}")
+        self.check_answer(line, r)
         if want is not None and not str(r[0]).startswith(str(want)):
             raise Unexpected(f"{line.split(' ')[0]}: {r[1][:100]!r}")
         return r
@@ -142,7 +235,7 @@ class Ctl:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         except OSError:
             pass
-        self.w.transport.abort()
+        hard_close(self.w)
 
     async def fin(self):
         self.w.close()
@@ -166,32 +259,34 @@ async def login(c, user="anonymous", password="soak@example.org"):
 class Data:
     """One data connection, passive or active, set up before the transfer command."""
 
-    def __init__(self, c, mode, family):
+    def __init__(self, c, mode, family, rcvbuf=None):
         self.c = c
+        c.data.append(self)
         self.mode = mode
         self.family = family
+        # A small receive buffer (and stream limit) for a client that reads slowly or stops.
+        self.rcvbuf = rcvbuf
         self.listener = None
         self.r = self.w = None
 
     async def prepare(self):
         c = self.c
         if self.mode in ("pasv", "epsv"):
-            code, text = await c.cmd("PASV" if self.mode == "pasv" else "EPSV", want=2)
-            if self.mode == "pasv":
-                m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)
-                if not m or code != 227:
-                    raise Unexpected(f"PASV: {text[:100]!r}")
-                n = [int(x) for x in m.groups()]
-                host, port = ".".join(map(str, n[:4])), n[4] * 256 + n[5]
-            else:
-                m = re.search(r"\(([!-~])\1\1(\d+)\1\)", text)
-                if not m or code != 229:
-                    raise Unexpected(f"EPSV: {text[:100]!r}")
-                host, port = c.peer, int(m.group(2))
-            self.r, self.w = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 20), c.timeout)
+            verb = "PASV" if self.mode == "pasv" else "EPSV"
+            code, text = await c.cmd(verb)
+            if verb == "EPSV" and code == 502 and self.family == 4:
+                # The relay in outbound mode may refuse IPv4 EPSV: use PASV, as curl and lftp do.
+                verb = "PASV"
+                code, text = await c.cmd(verb)
+            if not str(code).startswith("2"):
+                raise Unexpected(f"{verb}: {text[:100]!r}")
+            host, port = passive_endpoint(c, code, text)
+            self.r, self.w = await asyncio.wait_for(self.open(host, port), c.timeout)
         else:
             fam = socket.AF_INET if self.family == 4 else socket.AF_INET6
             s = socket.socket(fam, socket.SOCK_STREAM)
+            if self.rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             s.bind((c.local, 0))
             s.listen(1)
             s.setblocking(False)
@@ -209,7 +304,10 @@ class Data:
             conn, _ = await asyncio.wait_for(loop.sock_accept(self.listener), self.c.timeout)
             self.listener.close()
             self.listener = None
-            self.r, self.w = await asyncio.open_connection(sock=conn, limit=1 << 20)
+            self.r, self.w = await asyncio.open_connection(sock=conn, limit=self.rcvbuf or 1 << 20)
+
+    async def open(self, host, port):
+        return await dial(host, port, rcvbuf=self.rcvbuf, limit=self.rcvbuf or 1 << 20)
 
     async def read_all(self, limit=None):
         h = hashlib.sha256()
@@ -228,7 +326,58 @@ class Data:
         if self.listener is not None:
             self.listener.close()
         if self.w is not None:
-            self.w.transport.abort()
+            hard_close(self.w)
+
+
+async def dial(host, port, rcvbuf=None, sndbuf=None, limit=1 << 20):
+    """A stream connection whose socket buffers are set before it connects."""
+    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    for opt, size in ((socket.SO_RCVBUF, rcvbuf), (socket.SO_SNDBUF, sndbuf)):
+        if size:
+            s.setsockopt(socket.SOL_SOCKET, opt, size)
+    s.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(s, (host, port))
+    except BaseException:
+        s.close()
+        raise
+    return await asyncio.open_connection(sock=s, limit=limit)
+
+
+async def list_kept(c, d):
+    """LIST on a prepared data connection, read to EOF, answered 226; the client keeps its end."""
+    code, text = await c.cmd("LIST")
+    if code not in (125, 150):
+        raise Unexpected(f"LIST: {text[:100]!r}")
+    await d.connected()
+    await d.read_all()
+    r = await c.final()
+    if r is None or r[0] != 226:
+        raise Unexpected(f"after LIST: {r}")
+
+
+async def quit(c):
+    """QUIT answered with 221, then a clean close."""
+    await c.cmd("QUIT", want=221)
+    await c.fin()
+    return c
+
+
+def passive_endpoint(c, code, text):
+    """(host, port) of a 227/229 reply; a 227 elsewhere than the control peer is never followed."""
+    if code == 227:
+        m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", text)
+        if not m:
+            raise Unexpected(f"passive reply: {text[:100]!r}")
+        n = [int(x) for x in m.groups()]
+        host = ".".join(map(str, n[:4]))
+        if host != c.peer:
+            raise Unexpected(f"227 carrying {host} (connected to {c.peer}): {text[:100]!r}")
+        return host, n[4] * 256 + n[5]
+    m = re.search(r"\(([!-~])\1\1(\d+)\1\)", text)
+    if not m or code != 229:
+        raise Unexpected(f"passive reply: {text[:100]!r}")
+    return c.peer, int(m.group(2))
 
 
 async def retr_start(c, mode, family, name):
@@ -270,8 +419,9 @@ async def stor(c, mode, family, name, payload):
 
 
 class Session:
-    def __init__(self, args, index, sums):
+    def __init__(self, args, index, sums, kind):
         self.args = args
+        self.kind = kind
         self.index = index
         self.rng = random.Random(f"{args.seed}-{index}")
         self.sums = sums
@@ -287,7 +437,33 @@ class Session:
         self.host = args.server4 if self.family == 4 else args.server6
         self.port = SERVERS[self.server]
         self.fault = None
+        # What a hostile session measured (MiB a flood got accepted, connections left open...).
+        self.figure = None
+        # How a hostile session that did not fail went (a flood pushed back or cut off, ...).
+        self.outcome = None
         self.c = None
+
+    def variant(self, choices):
+        """One of a kind's variants, among those --only names (KIND:VARIANT) if it does."""
+        wanted = [c for c in choices if c in self.args.variants.get(self.kind, choices)]
+        return self.rng.choice(wanted or choices)
+
+    def reverse(self):
+        """Through the reverse-mode proxy (the gateway, --reverse-port) to its vsftpd (IPv4 only:
+        the nftables plane cannot translate between families)."""
+        self.server = "vsftpd-rev"
+        self.family = 4
+        self.host = self.args.gw4
+        self.port = self.args.reverse_port
+        self.mode = self.rng.choice([m for m in MODES[4] if not self.args.modes or m in self.args.modes] or MODES[4])
+
+    def bad(self, mode, family=None):
+        """Through the outbound proxy to one of badserver.py's working-but-misbehaving servers."""
+        self.server = "badserver"
+        self.family = family or self.family
+        self.host = self.args.server4 if self.family == 4 else self.args.server6
+        self.port = self.args.bad_ports + BAD_MODES.index(mode)
+        self.mode = self.rng.choice(["pasv", "epsv"]) if self.family == 4 else "epsv"
 
     async def ctl(self, port=None):
         self.c = await Ctl.connect(self.host, port or self.port, self.args.timeout)
@@ -304,9 +480,7 @@ class Session:
             n, digest = await retr(c, self.mode, self.family, name)
             if digest != self.sums[name]:
                 raise Unexpected(f"RETR {name}: checksum mismatch after {n} bytes")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def normal_list(self):
         c = await self.ctl()
@@ -332,9 +506,7 @@ class Session:
         missing = {f"f{i:04d}.txt" for i in range(1000)} - names
         if missing:
             raise Unexpected(f"NLST dir1000: {len(missing)} of 1000 files missing")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def normal_put(self):
         c = await self.ctl()
@@ -347,9 +519,7 @@ class Session:
         if digest != hashlib.sha256(payload).hexdigest():
             raise Unexpected(f"STOR then RETR {name}: checksum mismatch ({n} of {len(payload)} bytes)")
         await c.cmd(f"DELE {name}", want=2)
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def abor(self):
         """RETR of a big file, ABOR halfway: the session must go on (NOOP answered)."""
@@ -388,9 +558,7 @@ class Session:
                 break
         else:
             raise Unexpected("NOOP after ABOR never answered 200")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     # --- faults from the client: anything may happen to the session, the proxy must survive ---
 
@@ -474,9 +642,7 @@ class Session:
             r = await c.reply()
             if r is None or r[0] != 200:
                 raise Unexpected(f"NOOP after a junk line ({kind}): {r}")
-        await c.cmd("QUIT", want=221)
-        await c.fin()
-        return c
+        return await quit(c)
 
     async def junk_fatal(self, payload, want):
         """NUL, an over-long line, a CR flood: the proxy answers `want` and closes."""
@@ -505,7 +671,7 @@ class Session:
     # --- misbehaving servers (soak.d/badserver.py), reached through the same redirect ---
 
     async def bad_server(self):
-        mode = self.rng.choice(BAD_MODES)
+        mode = self.rng.choice([m for m in BAD_MODES if m not in WORKING])
         self.fault = mode
         self.server = "badserver"
         c = await self.ctl(self.args.bad_ports + BAD_MODES.index(mode))
@@ -536,6 +702,305 @@ class Session:
             await c.fin()
         return c
 
+    # --- hostile clients, against the reverse-mode proxy ---
+
+    async def flood(self):
+        """Commands the proxy answers itself (or NOOP), sent as fast as accepted, never reading."""
+        self.reverse()
+        self.fault = self.variant(list(FLOODS))
+        # limit=1: the stream stops reading after the first bytes, and the window closes.
+        r, w = await asyncio.wait_for(dial(self.host, self.port, rcvbuf=4096, sndbuf=65536, limit=1), self.args.timeout)
+        self.c = Ctl(r, w, self.args.timeout)
+        unit = FLOODS[self.fault]
+        chunk = unit * (65536 // len(unit))
+        if self.fault == "epsvall":
+            w.write(b"EPSV ALL\r\n")
+        started = progress = time.monotonic()
+        deadline = started + FLOOD_S
+        sent = 0
+        try:
+            while sent < FLOOD_BYTES and time.monotonic() < deadline:
+                w.write(chunk)
+                sent += len(chunk)
+                try:
+                    await asyncio.wait_for(w.drain(), deadline - time.monotonic())
+                except asyncio.TimeoutError:
+                    break
+                progress = time.monotonic()
+            # A proxy too busy to read for a moment is not one that paused this client: only
+            # one that stopped taking bytes at least PUSHBACK_S before the end pushed back.
+            if sent >= FLOOD_BYTES:
+                outcome = "no push-back"
+            elif deadline - progress >= PUSHBACK_S:
+                outcome = "pushed back"
+            else:
+                outcome = "still reading"
+        except OSError:
+            outcome = "cut off"
+        accepted = max(0, sent - (w.transport.get_write_buffer_size() if not w.transport.is_closing() else 0))
+        self.figure = round(accepted / (1 << 20), 1)
+        self.c.rst()
+        self.outcome = outcome
+        if outcome in ("no push-back", "still reading"):
+            raise Unexpected(f"{self.fault} flood: {self.figure} MiB accepted in {time.monotonic() - started:.0f} s from a client that never reads ({outcome})")
+        return self.c
+
+    async def pre_greeting(self):
+        """USER, PASS and PASV in one write before the greeting; then a transfer on that PASV."""
+        self.reverse()
+        self.mode = "pasv"
+        c = await self.ctl()
+        c.send(b"USER anonymous\r\nPASS soak@example.org\r\nPASV\r\n")
+        replies = []
+        for _ in range(4):
+            r = await c.reply()
+            if r is None:
+                raise Unexpected(f"EOF after {len(replies)} replies to USER, PASS, PASV sent before the greeting")
+            replies.append(r)
+        if replies[0][0] != 220 or replies[3][0] != 227:
+            raise Unexpected(f"USER, PASS, PASV before the greeting: {[t[:60] for _, t in replies]}")
+        host, port = passive_endpoint(c, *replies[3])
+        d = Data(c, "pasv", 4)
+        d.r, d.w = await asyncio.wait_for(d.open(host, port), c.timeout)
+        code, text = await c.cmd("RETR small.txt")
+        if code not in (125, 150):
+            d.abort()
+            raise Unexpected(f"RETR: {text[:100]!r}")
+        n, digest = await d.read_all()
+        d.abort()
+        if digest != self.sums["small.txt"]:
+            raise Unexpected(f"RETR small.txt after a PASV sent before the greeting: checksum mismatch after {n} bytes")
+        r = await c.final()
+        if r is None or r[0] != 226:
+            raise Unexpected(f"after RETR: {r}")
+        return await quit(c)
+
+    async def pipelined_missing(self):
+        """PASV and RETR of a missing file in one write: after the 550, the path is gone too."""
+        self.reverse()
+        self.mode = "pasv"
+        c = await self.ctl()
+        await login(c)
+        c.send(f"PASV\r\nRETR no-such-file-{self.index}\r\n".encode())
+        r = await c.reply()
+        if r is None or r[0] != 227:
+            raise Unexpected(f"pipelined PASV: {r}")
+        host, port = passive_endpoint(c, *r)
+        r = await c.final()
+        if r is None or r[0] < 400:
+            raise Unexpected(f"RETR of a missing file: {r}")
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(host, port), 2)
+            hard_close(w)
+            raise Unexpected(f"the data port of a RETR that failed ({r[0]}) still admits a connection")
+        except (OSError, asyncio.TimeoutError):
+            pass
+        await c.cmd("NOOP", want=200)
+        return await quit(c)
+
+    async def many_pasv(self):
+        """Many PASV+LIST, each read to EOF, no data socket ever closed; QUIT: all must go."""
+        self.reverse()
+        self.mode = self.rng.choice(["pasv", "epsv"])
+        c = await self.ctl()
+        await login(c)
+        n = self.rng.randint(20, 60)
+        held = []
+        try:
+            for _ in range(n):
+                d = Data(c, self.mode, 4)
+                await d.prepare()
+                held.append(d)
+                await list_kept(c, d)
+            await c.cmd("QUIT", want=221)
+            await c.eof()
+            await asyncio.sleep(SESSION_GRACE_S)
+            self.figure = sum([await still_open(d.w) for d in held])
+            if self.figure:
+                raise Unexpected(f"{self.figure} of {n} data connections (read to EOF, never closed) still open {SESSION_GRACE_S} s after their session ended")
+        finally:
+            for d in held:
+                d.abort()
+        return c
+
+    async def half_open(self):
+        """A data connection the client never closes: after a LIST while the session lives on
+        (it must end within HALF_CLOSED_S), or half-closed without a transfer (it must end
+        with the session)."""
+        self.reverse()
+        self.mode = self.rng.choice(["pasv", "epsv"])
+        self.fault = self.variant(["after-list", "no-transfer"])
+        c = await self.ctl()
+        await login(c)
+        d = Data(c, self.mode, 4)
+        await d.prepare()
+        try:
+            if self.fault == "after-list":
+                await list_kept(c, d)
+                ended = time.monotonic()
+                while time.monotonic() - ended < HALF_CLOSED_S:
+                    await asyncio.sleep(3)
+                    await c.cmd("NOOP", want=200)
+                if await still_open(d.w):
+                    raise Unexpected(f"a data connection still open {HALF_CLOSED_S} s after its transfer ended (the client never closed it)")
+                return await quit(c)
+            else:
+                d.w.write_eof()
+                await asyncio.sleep(self.rng.uniform(0.5, 3))
+                await c.cmd("QUIT", want=221)
+                await c.eof()
+                await asyncio.sleep(SESSION_GRACE_S)
+                if await still_open(d.w):
+                    raise Unexpected(f"a half-closed data connection without a transfer still open {SESSION_GRACE_S} s after its session ended")
+        finally:
+            d.abort()
+        return c
+
+    async def stop_reading(self):
+        """A slow download whose client stops reading for a while, then aborts it."""
+        self.reverse()
+        c = await self.ctl()
+        await login(c)
+        await c.cmd("TYPE I", want=2)
+        d = Data(c, self.mode, 4, rcvbuf=16384)
+        await d.prepare()
+        code, text = await c.cmd("RETR 100MiB.bin")
+        if code not in (125, 150):
+            d.abort()
+            raise Unexpected(f"RETR: {text[:100]!r}")
+        await d.connected()
+        n = 0
+        until = time.monotonic() + self.rng.uniform(1, 4)
+        while time.monotonic() < until:
+            chunk = await asyncio.wait_for(d.r.read(16384), c.timeout)
+            if not chunk:
+                raise Unexpected(f"EOF after {n} bytes of a slow download")
+            n += len(chunk)
+            await asyncio.sleep(0.02)
+        self.figure = round(n / (1 << 20), 1)
+        await asyncio.sleep(self.rng.uniform(10, 20))
+        d.abort()
+        c.send("ABOR")
+        for _ in range(3):
+            r = await c.reply()
+            if r is None:
+                raise Unexpected("EOF after ABOR of a stalled download")
+            if r[0] in (225, 226):
+                break
+        await self.sync(c, "NOOP", "200")
+        return await quit(c)
+
+    async def sync(self, c, line, prefix, slack=2):
+        """Send `line`, skip up to `slack` replies that do not start with `prefix` (each 227/229
+        among them is a violation), return the one that does."""
+        c.send(line)
+        for _ in range(slack + 1):
+            r = await c.reply()
+            if r is None:
+                raise Unexpected(f"EOF after {line.split(' ')[0]}")
+            c.check_answer(line, r)
+            if r[1].startswith(prefix):
+                return r
+        raise Unexpected(f"{line.split(' ')[0]}: no {prefix!r} reply in {slack + 1}")
+
+    # --- hostile servers (soak.d/badserver.py), through the outbound proxy ---
+
+    async def fetch(self, c, name):
+        """RETR of badserver.py content on a fresh passive path, checked."""
+        if c.violations:
+            raise Unexpected(c.violations[0])
+        n, digest = await retr(c, self.mode, self.family, name)
+        if digest != hashlib.sha256(payload(name)).hexdigest():
+            raise Unexpected(f"RETR {name}: checksum mismatch after {n} bytes")
+
+    async def skip_reply(self):
+        """The server answers RETR with 150 only and ABOR with one 226: the next PASV must work."""
+        self.bad("skip-reply")
+        c = await self.ctl()
+        await login(c)
+        await c.cmd("TYPE I", want=200)
+        d = await retr_start(c, self.mode, self.family, "65536")
+        try:
+            await d.read_all()
+        except OSError:
+            pass
+        d.abort()
+        c.send("ABOR")
+        r = await c.reply()
+        if r is None or r[0] >= 500:
+            raise Unexpected(f"ABOR after a RETR the server left unanswered: {r}")
+        # One reply or two (426 and 226) for the pair, whichever the proxy makes of it.
+        await self.sync(c, "NOOP", "200")
+        await self.fetch(c, "4096")
+        await self.sync(c, "QUIT", "221")
+        await c.fin()
+        return c
+
+    async def extra_reply(self):
+        """An unsolicited 227 after NOOP's 200 and 229 after TYPE's 200 must not reach the client."""
+        self.bad("extra-reply")
+        c = await self.ctl()
+        await login(c)
+        await self.sync(c, "NOOP", "200 NOOP")
+        await self.sync(c, "TYPE I", "200 TYPE")
+        await self.fetch(c, "4096")
+        await self.sync(c, "QUIT", "221")
+        await c.fin()
+        return c
+
+    async def big_multiline(self):
+        """STAT or FEAT answered with a 10 MB 211 reply in maximal lines, read late or at once:
+        it arrives whole, or the proxy refuses it with 421 and closes."""
+        self.bad("big-multiline")
+        self.fault = self.variant(["STAT", "FEAT"])
+        c = await self.ctl()
+        await login(c)
+        c.send(self.fault)
+        await asyncio.sleep(self.rng.choice([0, 0, 3, 8]))
+        lines = size = 0
+        while True:
+            l = await c.line()
+            if l is None:
+                raise Unexpected(f"EOF inside a {size}-byte 211 reply without a 421")
+            lines += 1
+            size += len(l) + 2
+            if l.startswith("421"):
+                self.outcome = "refused with 421"
+                await c.eof()
+                return c
+            if l.startswith("211 "):
+                break
+        self.figure = round(size / 1e6, 1)
+        self.outcome = "whole"
+        m = re.search(r"(\d+) lines", l)
+        if not m or lines != int(m.group(1)) + 2:
+            raise Unexpected(f"211 reply: {lines} lines arrived, the server sent {m and int(m.group(1)) + 2}")
+        await c.cmd("NOOP", want=200)
+        return await quit(c)
+
+    async def multiline_227(self):
+        """`227-Entering Passive Mode` then the 227 line with the address: a normal transfer."""
+        self.bad("multiline-227", family=4)
+        self.mode = "pasv"
+        c = await self.ctl()
+        await login(c)
+        await self.fetch(c, "4096")
+        return await quit(c)
+
+    async def dribble(self):
+        """Every reply a byte at a time: a normal session, only slower."""
+        self.bad("dribble")
+        c = await self.ctl()
+        await login(c)
+        await c.cmd("TYPE I", want=200)
+        await c.cmd("FEAT", want=211)
+        await self.fetch(c, "65536")
+        return await quit(c)
+
+    async def via_reverse(self, fn):
+        self.reverse()
+        return await fn()
+
     async def run(self, scenario):
         fn = {
             "normal-get": self.normal_get,
@@ -552,16 +1017,58 @@ class Session:
             "junk-crflood": lambda: self.junk_fatal(b"\r" * self.rng.randint(1100, 20000) + b"\n", "500 "),
             "idle-close": self.idle_close,
             "bad-server": self.bad_server,
+            "rev-get": lambda: self.via_reverse(self.normal_get),
+            "rev-list": lambda: self.via_reverse(self.normal_list),
+            "rev-put": lambda: self.via_reverse(self.normal_put),
+            "flood": self.flood,
+            "pre-greeting": self.pre_greeting,
+            "pipelined-missing": self.pipelined_missing,
+            "many-pasv": self.many_pasv,
+            "half-open": self.half_open,
+            "stop-reading": self.stop_reading,
+            "skip-reply": self.skip_reply,
+            "extra-reply": self.extra_reply,
+            "big-multiline": self.big_multiline,
+            "multiline-227": self.multiline_227,
+            "dribble": self.dribble,
         }[scenario]
         return await fn()
 
 
+def tcp_state(sock):
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+async def still_open(w):
+    """Whether the far end of our data connection (the proxy's relay, or the server through
+    the kernel's NAT) still holds it. A byte is sent (unless we shut our side): a closed end
+    answers it with a reset."""
+    sock = w.get_extra_info("socket")
+    if sock is None or sock.fileno() < 0:
+        return False
+    probe = socket.socket(fileno=os.dup(sock.fileno()))
+    try:
+        if tcp_state(probe) in TCP_GONE:
+            return False
+        try:
+            probe.send(b"?", socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        await asyncio.sleep(0.3)
+        return tcp_state(probe) not in TCP_GONE
+    finally:
+        probe.close()
+
+
 async def one(args, index, scenario, sums, results):
-    s = Session(args, index, sums)
+    s = Session(args, index, sums, scenario)
     started = time.monotonic()
+    wall = time.time()
     entry = {"i": index, "scenario": scenario, "server": s.server, "family": s.family, "mode": s.mode}
     try:
         await asyncio.wait_for(s.run(scenario), args.timeout * 4)
+        if s.c is not None and s.c.violations:
+            raise Unexpected(s.c.violations[0])
         entry["ok"] = True
     except Unexpected as e:
         entry.update(ok=False, error=str(e))
@@ -569,13 +1076,84 @@ async def one(args, index, scenario, sums, results):
         entry.update(ok=False, error="timeout")
     except Exception as e:  # a reset, a refused connection: unexpected in every scenario
         entry.update(ok=False, error=f"{type(e).__name__}: {e}")
-    entry["server"] = s.server
+    if s.c is not None:
+        # A failed session leaves nothing open for the proxy to hold on to.
+        for d in s.c.data:
+            d.abort()
+        hard_close(s.c.w)
+    entry.update(server=s.server, family=s.family, mode=s.mode)
     if s.fault:
         entry["fault"] = s.fault
+    if s.figure is not None:
+        entry["figure"] = s.figure
+    if s.outcome is not None:
+        entry["outcome"] = s.outcome
     entry["ms"] = round((time.monotonic() - started) * 1000)
+    if args.hostile:
+        entry["t"] = [round(wall, 2), round(time.time(), 2)]
+    # Ended after the watch killed a proxy (--stop-file): counted apart, whatever it saw.
+    if args.stop_file and os.path.exists(args.stop_file):
+        entry["interrupted"] = True
     if not entry["ok"] and s.c is not None:
         entry["transcript"] = s.c.transcript[-12:]
+        if s.c.violations:
+            entry["violations"] = s.c.violations[:3]
     results.append(entry)
+
+
+async def run_plan(args, sums, names, results):
+    """The classic soak: --sessions sessions, scenarios drawn by weight, C at a time."""
+    pick = random.Random(args.seed)
+    plan = [pick.choices(names, weights=[ALL[n] for n in names])[0] for _ in range(args.sessions)]
+    sem = asyncio.Semaphore(args.concurrency)
+    started = time.monotonic()
+
+    async def guarded(i, scenario):
+        async with sem:
+            await one(args, i, scenario, sums, results)
+            if args.progress and len(results) % args.progress == 0:
+                bad = sum(1 for r in results if not r["ok"])
+                print(f"driver: {len(results)}/{args.sessions} sessions, {bad} unexpected, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+
+    await asyncio.gather(*(guarded(i, s) for i, s in enumerate(plan)))
+
+
+async def run_hostile(args, sums, names, results):
+    """--hostile: until --minutes have passed (or --stop-file appears), half of the workers run
+    good sessions and half hostile ones, each kind at most HOSTILE_CAP at once."""
+    deadline = time.monotonic() + args.minutes * 60
+    pools = [{k: w for k, w in t.items() if k in names} for t in (GOOD, HOSTILE)]
+    pools = [p for p in pools if p]
+    running = {k: 0 for k in names}
+    seq = iter(range(1 << 62))
+    pick = random.Random(args.seed)
+
+    def stopping():
+        return time.monotonic() >= deadline or (args.stop_file and os.path.exists(args.stop_file))
+
+    async def worker(pool):
+        while not stopping():
+            free = [k for k in pool if running[k] < HOSTILE_CAP.get(k, args.concurrency)]
+            if not free:
+                await asyncio.sleep(0.2)
+                continue
+            kind = pick.choices(free, weights=[pool[k] for k in free])[0]
+            running[kind] += 1
+            try:
+                await one(args, next(seq), kind, sums, results)
+            finally:
+                running[kind] -= 1
+
+    async def progress():
+        started = time.monotonic()
+        while not stopping():
+            await asyncio.sleep(min(60, max(0.1, deadline - time.monotonic())))
+            bad = sum(1 for r in results if not r["ok"])
+            print(f"driver: {time.monotonic() - started:.0f} s, {len(results)} sessions, {bad} failed", file=sys.stderr, flush=True)
+
+    ticker = asyncio.create_task(progress())
+    await asyncio.gather(*(worker(pools[i % len(pools)]) for i in range(args.concurrency)))
+    ticker.cancel()
 
 
 async def main():
@@ -583,7 +1161,12 @@ async def main():
     ap.add_argument("--server4", required=True)
     ap.add_argument("--server6", required=True)
     ap.add_argument("--sums", required=True, help="SHA256SUMS of the lab's content")
-    ap.add_argument("--sessions", type=int, required=True)
+    ap.add_argument("--sessions", type=int)
+    ap.add_argument("--hostile", action="store_true", help="good and hostile sessions for --minutes")
+    ap.add_argument("--minutes", type=float, default=1.0)
+    ap.add_argument("--gw4", help="the gateway's address the reverse-mode proxy listens on (--hostile)")
+    ap.add_argument("--reverse-port", type=int, default=8121)
+    ap.add_argument("--stop-file", default="", help="stop starting sessions once this file exists (--hostile)")
     ap.add_argument("--concurrency", type=int, default=48)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default="")
@@ -605,33 +1188,41 @@ async def main():
     for s in args.servers:
         if s not in SERVERS:
             ap.error(f"unknown server {s}")
-    only = [s for s in args.only.split(",") if s]
+    table = {**GOOD, **HOSTILE} if args.hostile else SCENARIOS
+    # KIND:VARIANT narrows a kind to some of its variants (flood:lprt, half-open:no-transfer).
+    args.variants = {}
+    only = []
+    for s in args.only.split(","):
+        kind, _, variant = s.partition(":")
+        if variant:
+            args.variants.setdefault(kind, []).append(variant)
+        if kind and kind not in only:
+            only.append(kind)
     for s in only:
-        if s not in SCENARIOS:
+        if s not in ALL or s not in table and args.hostile:
             ap.error(f"unknown scenario {s}")
-    names = only or list(SCENARIOS)
-    weights = [SCENARIOS[n] for n in names]
-    pick = random.Random(args.seed)
-    plan = [pick.choices(names, weights=weights)[0] for _ in range(args.sessions)]
+    if args.hostile and not args.gw4:
+        ap.error("--hostile needs --gw4")
+    if not args.hostile and not args.sessions:
+        ap.error("--sessions N, or --hostile")
+    names = only or list(table)
 
     results = []
-    sem = asyncio.Semaphore(args.concurrency)
     started = time.monotonic()
+    await (run_hostile if args.hostile else run_plan)(args, sums, names, results)
 
-    async def guarded(i, scenario):
-        async with sem:
-            await one(args, i, scenario, sums, results)
-            if args.progress and len(results) % args.progress == 0:
-                bad = sum(1 for r in results if not r["ok"])
-                print(f"driver: {len(results)}/{args.sessions} sessions, {bad} unexpected, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-
-    await asyncio.gather(*(guarded(i, s) for i, s in enumerate(plan)))
-
+    interrupted = [r for r in results if r.get("interrupted")]
+    results = [r for r in results if not r.get("interrupted")]
     by = {}
     for r in results:
         key = r["scenario"] + (f":{r['fault']}" if "fault" in r else "")
         b = by.setdefault(key, {"ok": 0, "unexpected": 0})
         b["ok" if r["ok"] else "unexpected"] += 1
+        if "outcome" in r:
+            b.setdefault("outcomes", {})
+            b["outcomes"][r["outcome"]] = b["outcomes"].get(r["outcome"], 0) + 1
+        if "figure" in r:
+            b["max"] = max(b.get("max", 0), r["figure"])
     failures = sorted((r for r in results if not r["ok"]), key=lambda r: r["i"])
     by_server = {}
     for r in results:
@@ -643,6 +1234,8 @@ async def main():
         causes[key] = causes.get(key, 0) + 1
     print(json.dumps({
         "sessions": len(results),
+        "interrupted": len(interrupted),
+        "interrupted_by_scenario": {k: sum(1 for r in interrupted if r["scenario"] == k) for k in sorted({r["scenario"] for r in interrupted})},
         "ok": len(results) - len(failures),
         "unexpected": len(failures),
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -650,6 +1243,8 @@ async def main():
         "by_server": dict(sorted(by_server.items())),
         "causes": dict(sorted(causes.items(), key=lambda kv: -kv[1])),
         "failures": failures[:50],
+        # When each hostile session ran, to tell which kinds were running when the proxy grew.
+        "timeline": [[r["scenario"] + (f":{r['fault']}" if "fault" in r else ""), *r["t"]] for r in results + interrupted if "t" in r and r["scenario"] in HOSTILE],
     }))
 
 

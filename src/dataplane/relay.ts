@@ -1,13 +1,27 @@
 // The userspace relay data plane, for hosts without nftables: a single-use listener per
-// negotiated data connection that accepts only the expected peer and splices it to the target.
+// negotiated data connection that accepts only the expected peer and splices it to the target,
+// and the bounds on what it carries (per session, when idle, half-closed, or past its session).
 
 import net from 'node:net';
 import type { AppLogger } from '../log.js';
 import { DataPlaneError } from '../errors.js';
 import { canonical } from '../net/address.js';
+import { tcpFlow, type TcpFlow } from '../net/libc.js';
 import type { PortAllocator } from '../net/ports.js';
+import { connectFrom, TransparentSources } from '../net/transparent.js';
 import type { DataPath, DataPathRequest, DataPlane } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
+
+/** How often relayed connections are looked at: their kernel byte counters and TCP states. */
+const TICK_MS = 1000;
+/** A pair moved within this long is still carrying (two looks, so a late tick is no gap). */
+const CARRYING_MS = 2 * TICK_MS;
+/** A pair finished and delivered one way is ended after the other way carried nothing this long. */
+export const HALF_CLOSED_LINGER_MS = 2000;
+/** After its session has ended, a pair still flushing what a finished side sent gets this long. */
+export const SESSION_END_LINGER_MS = 5000;
+/** Pairs one session may hold: a new one beyond this cuts the session's oldest. */
+export const MAX_PAIRS_PER_SESSION = 4;
 
 export interface RelayOptions {
   readonly ports: PortAllocator;
@@ -21,6 +35,26 @@ export interface RelayOptions {
    * are also the fallback where the worker cannot start or has died.
    */
   readonly splice?: boolean;
+  /**
+   * Routing table (and rule priority) for connections whose source is not this host's (the
+   * server's address, for active data in outbound mode); unset: such connections come from
+   * this host's own address.
+   */
+  readonly routeTable?: number;
+}
+
+/** One relayed connection: the accepted peer and the connection to the target. */
+interface Pair {
+  readonly sid: string;
+  readonly peer: net.Socket;
+  readonly target: net.Socket;
+  /** Ends it now (idempotent); `why` goes to the log. */
+  readonly cut: (why: string) => void;
+  /** Both sockets' kernel byte counters at the last look, and when they last changed. */
+  moved: number;
+  movedAt: number;
+  /** Set when its session ended while it was flushing: it is cut then, flushed or not. */
+  deadline: number | null;
 }
 
 interface RelayPath {
@@ -28,19 +62,35 @@ interface RelayPath {
   readonly port: number;
   listener: net.Server | null;
   timer: NodeJS.Timeout | null;
-  /** One entry per connection being relayed: what cuts it. */
-  readonly cutters: Set<() => void>;
+  /** The one connection it relays, once accepted. */
+  pair: Pair | null;
+}
+
+/** A socket's flow from TCP_INFO, or, where that cannot be read, what Node itself saw. */
+function flowOf(s: net.Socket): TcpFlow {
+  return tcpFlow(s) ?? { finReceived: s.readableEnded, finAcked: s.writableFinished, moved: s.bytesRead + s.bytesWritten };
 }
 
 export class RelayDataPlane implements DataPlane {
   readonly name = 'relay';
   private readonly paths = new Map<string, RelayPath>();
+  /** Every pair being relayed, oldest first. */
+  private readonly pairs = new Set<Pair>();
+  /** Looks at the pairs while there are any. */
+  private ticker: NodeJS.Timeout | null = null;
   private seq = 0;
   private splicer: Splicer | null = null;
+  private transparent: TransparentSources | null = null;
+  private readonly idleMs: number;
 
-  constructor(private readonly o: RelayOptions) {}
+  constructor(private readonly o: RelayOptions) {
+    this.idleMs = (o.dataIdleTimeout ?? 300) * 1000;
+  }
 
   async start(): Promise<void> {
+    if (this.o.routeTable && !this.transparent) {
+      this.transparent = TransparentSources.open({ table: this.o.routeTable, logger: this.o.logger });
+    }
     if (this.o.splice === false || this.splicer) return;
     const splicer = Splicer.start({
       onFailure: (err) => this.o.logger.error({ err: err.message }, 'splice worker failed; relaying through streams from now on'),
@@ -82,7 +132,7 @@ export class RelayDataPlane implements DataPlane {
         : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
     });
     const id = `relay-${++this.seq}`;
-    const path: RelayPath = { req, port, listener, timer: null, cutters: new Set() };
+    const path: RelayPath = { req, port, listener, timer: null, pair: null };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -105,13 +155,7 @@ export class RelayDataPlane implements DataPlane {
       return;
     }
     this.stopListening(path);
-    const target = net.connect({
-      host: path.req.target.address,
-      port: path.req.target.port,
-      localAddress: path.req.source,
-      ...(path.req.sourcePort !== undefined ? { localPort: path.req.sourcePort } : {}),
-      allowHalfOpen: true,
-    });
+    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent, log);
     // Nothing is read from either side before both are connected: the first bytes go to
     // whichever carrier (splice or streams) takes the pair.
     target.pause();
@@ -132,7 +176,12 @@ export class RelayDataPlane implements DataPlane {
         return;
       }
       over = true;
-      path.cutters.delete(cut);
+      this.pairs.delete(pair);
+      path.pair = null;
+      if (this.pairs.size === 0 && this.ticker) {
+        clearInterval(this.ticker);
+        this.ticker = null;
+      }
       peer.destroy();
       target.destroy();
       // Bytes counted by the sockets (or the worker): no per-chunk listener on the hot path.
@@ -142,8 +191,9 @@ export class RelayDataPlane implements DataPlane {
       log[err ? 'warn' : 'debug']({ ...bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
       this.forget(id, path);
     };
-    const cut = (): void => done('aborted');
-    path.cutters.add(cut);
+    const pair: Pair = { sid: path.req.sid, peer, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
+    path.pair = pair;
+    this.admit(pair, log);
     peer.on('error', (err) => done('peer error', err));
     target.on('error', (err) => done('target error', err));
     // Streams: pipe() gives backpressure both ways and passes each side's FIN on to the
@@ -180,6 +230,50 @@ export class RelayDataPlane implements DataPlane {
     });
   }
 
+  /** Count `pair` in; beyond its session's bound, the session's oldest pairs go. */
+  private admit(pair: Pair, log: AppLogger): void {
+    const mine = [...this.pairs].filter((p) => p.sid === pair.sid);
+    this.pairs.add(pair);
+    for (const old of mine.slice(0, Math.max(0, mine.length + 1 - MAX_PAIRS_PER_SESSION))) {
+      log.notice({ max: MAX_PAIRS_PER_SESSION }, 'too many data connections in this session: cutting its oldest');
+      old.cut('too many data connections in this session');
+    }
+    this.ticker ??= setInterval(() => this.tick(), TICK_MS).unref();
+  }
+
+  /**
+   * Reads both sockets' TCP state and byte counters (two system calls, whoever carries the
+   * bytes) and notes when anything moved. 'flushing': a side has finished and what it sent is
+   * not all acknowledged yet; 'half-closed': one way is finished and delivered, nothing to
+   * flush; 'open': neither side has finished.
+   */
+  private look(pair: Pair, now: number): 'open' | 'flushing' | 'half-closed' {
+    const p = flowOf(pair.peer);
+    const t = flowOf(pair.target);
+    if (p.moved + t.moved !== pair.moved) {
+      pair.moved = p.moved + t.moved;
+      pair.movedAt = now;
+    }
+    if ((p.finReceived && !t.finAcked) || (t.finReceived && !p.finAcked)) return 'flushing';
+    return p.finAcked || t.finAcked ? 'half-closed' : 'open';
+  }
+
+  /** The coarse timer: no per-chunk work anywhere, one look per pair per tick. */
+  private tick(): void {
+    const now = Date.now();
+    for (const pair of [...this.pairs]) {
+      const state = this.look(pair, now);
+      const quiet = now - pair.movedAt;
+      if (pair.deadline !== null) {
+        if (state !== 'flushing' || now >= pair.deadline) pair.cut('session ended');
+      } else if (state === 'half-closed' && quiet >= HALF_CLOSED_LINGER_MS) {
+        pair.cut('half-closed');
+      } else if (quiet >= this.idleMs) {
+        pair.cut('idle');
+      }
+    }
+  }
+
   /** Close the listener (the one connection has come, or it never will). */
   private stopListening(path: RelayPath): void {
     if (path.timer) clearTimeout(path.timer);
@@ -193,23 +287,38 @@ export class RelayDataPlane implements DataPlane {
 
   /** Drop the path once it neither listens nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener === null && path.cutters.size === 0) this.paths.delete(id);
+    if (path.listener === null && path.pair === null) this.paths.delete(id);
   }
 
   async release(id: string, abort: boolean): Promise<void> {
     const path = this.paths.get(id);
     if (!path) return;
     this.stopListening(path);
-    if (abort) for (const cut of [...path.cutters]) cut();
+    if (abort) path.pair?.cut('aborted');
     this.forget(id, path);
   }
 
+  /**
+   * Called after the session's last reply is written. A pair carrying both ways is cut now,
+   * and so is one finished and delivered one way; one flushing what a finished side sent
+   * (the end of a file on its way to a slow reader) gets SESSION_END_LINGER_MS.
+   */
   async endSession(sid: string): Promise<void> {
-    for (const [id, path] of [...this.paths]) if (path.req.sid === sid) await this.release(id, true);
+    const now = Date.now();
+    for (const [id, path] of [...this.paths]) {
+      if (path.req.sid !== sid) continue;
+      this.stopListening(path);
+      const pair = path.pair;
+      if (pair && this.look(pair, now) === 'flushing') pair.deadline ??= now + SESSION_END_LINGER_MS;
+      else pair?.cut('session ended');
+      this.forget(id, path);
+    }
   }
 
+  /** A pair of `sid` moved bytes (or had them acknowledged) within the last two looks. */
   carrying(sid: string): boolean {
-    for (const path of this.paths.values()) if (path.req.sid === sid && path.cutters.size > 0) return true;
+    const now = Date.now();
+    for (const pair of this.pairs) if (pair.sid === sid && pair.deadline === null && now - pair.movedAt < CARRYING_MS) return true;
     return false;
   }
 
@@ -217,5 +326,7 @@ export class RelayDataPlane implements DataPlane {
     for (const id of [...this.paths.keys()]) await this.release(id, true);
     await this.splicer?.close();
     this.splicer = null;
+    this.transparent?.close();
+    this.transparent = null;
   }
 }

@@ -1,6 +1,7 @@
-// The few libc calls Node does not offer, through koffi: getsockopt (for SO_ORIGINAL_DST),
-// setsockopt (SO_OOBINLINE, listener options), send (urgent data), and eventfd, write and
-// close (waking the splice worker). Loaded once, lazily; null where koffi or libc cannot be
+// The few libc calls Node does not offer, through koffi: getsockopt (SO_ORIGINAL_DST, and
+// TCP_INFO for the relay's bounds), setsockopt (SO_OOBINLINE, listener options), send (urgent
+// data), eventfd, write and close (waking the splice worker), and socket, bind, getsockname and
+// recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi or libc cannot be
 // loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
@@ -13,6 +14,10 @@ export interface Libc {
   eventfd(initval: number, flags: number): number;
   write(fd: number, buf: Buffer, len: number): number;
   close(fd: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  bind(fd: number, addr: Buffer, len: number): number;
+  getsockname(fd: number, addr: Buffer, len: number[]): number;
+  recv(fd: number, buf: Buffer, len: number, flags: number): number;
   errno(): number;
 }
 
@@ -30,6 +35,10 @@ export function loadLibc(): Libc | null {
       eventfd: lib.func('int eventfd(unsigned int initval, int flags)') as Libc['eventfd'],
       write: lib.func('intptr_t write(int fd, const void *buf, size_t len)') as Libc['write'],
       close: lib.func('int close(int fd)') as Libc['close'],
+      socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
+      bind: lib.func('int bind(int fd, const uint8_t *addr, uint32_t len)') as Libc['bind'],
+      getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)') as Libc['getsockname'],
+      recv: lib.func('long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)') as Libc['recv'],
       errno: () => koffi.errno(),
     };
   } catch {
@@ -42,6 +51,13 @@ export function loadLibc(): Libc | null {
 export function fdOf(sock: net.Socket): number | null {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : null;
+}
+
+/** An int option value for setsockopt. */
+export function int32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeInt32LE(v);
+  return b;
 }
 
 const SOL_SOCKET = 1;
@@ -82,11 +98,6 @@ export function tuneListener(server: net.Server): boolean {
   const c = loadLibc();
   const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
   if (!c || typeof fd !== 'number' || fd < 0) return false;
-  const int = (v: number): Buffer => {
-    const b = Buffer.alloc(4);
-    b.writeInt32LE(v);
-    return b;
-  };
   const opts: [number, number, number][] = [
     [IPPROTO_TCP, TCP_NODELAY, 1],
     [SOL_SOCKET, SO_KEEPALIVE, 1],
@@ -95,7 +106,50 @@ export function tuneListener(server: net.Server): boolean {
     [IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count],
     [SOL_SOCKET, SO_OOBINLINE, 1],
   ];
-  return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int(value), 4) === 0);
+  return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int32(value), 4) === 0);
+}
+
+const TCP_INFO = 11;
+/** Offsets in struct tcp_info (linux/tcp.h); the kernel fills at least up to bytes_received. */
+const TCPI_BYTES_ACKED = 120;
+const TCPI_BYTES_RECEIVED = 128;
+const TCPI_MIN_LENGTH = 136;
+/** tcpi_state values (include/net/tcp_states.h). */
+const FIN_WAIT2 = 5;
+const TIME_WAIT = 6;
+const CLOSE = 7;
+const CLOSE_WAIT = 8;
+const LAST_ACK = 9;
+const CLOSING = 11;
+const tcpInfo = Buffer.alloc(256);
+
+/** How far one TCP connection has got, as its kernel counts it. */
+export interface TcpFlow {
+  /** The peer has finished sending: its FIN has arrived. */
+  readonly finReceived: boolean;
+  /** Everything sent, our FIN included, is acknowledged by the peer. */
+  readonly finAcked: boolean;
+  /** Bytes the peer acknowledged plus bytes received: grows whenever anything is delivered. */
+  readonly moved: number;
+}
+
+/**
+ * TCP_INFO of a connected socket: one system call, whoever carries its bytes (Node streams or
+ * the splice worker). Counting what the peer acknowledged, not what was written, sees a slow
+ * reader still taking data that left the proxy long ago. Null where it cannot be read.
+ */
+export function tcpFlow(sock: net.Socket): TcpFlow | null {
+  const c = loadLibc();
+  const fd = fdOf(sock);
+  if (!c || fd === null) return null;
+  const len = [tcpInfo.length];
+  if (c.getsockopt(fd, IPPROTO_TCP, TCP_INFO, tcpInfo, len) !== 0 || len[0]! < TCPI_MIN_LENGTH) return null;
+  const state = tcpInfo[0];
+  return {
+    finReceived: state === CLOSE_WAIT || state === LAST_ACK || state === CLOSING || state === TIME_WAIT || state === CLOSE,
+    finAcked: state === FIN_WAIT2 || state === TIME_WAIT || state === CLOSE,
+    moved: Number(tcpInfo.readBigUInt64LE(TCPI_BYTES_ACKED) + tcpInfo.readBigUInt64LE(TCPI_BYTES_RECEIVED)),
+  };
 }
 
 const MSG_OOB = 1;

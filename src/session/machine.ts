@@ -21,10 +21,16 @@ export interface Addressing {
   readonly activeSource: string;
   /**
    * Passive data needs no data path: the client is sent straight to the server's announced
-   * port on the control connection's server address, which plain NAT already carries
-   * (outbound mode with the relay, where nothing could intercept a connection to the server).
+   * port on the control connection's server address, which plain NAT already carries (outbound
+   * mode with the relay, IPv6 clients: nothing could intercept a connection to the server).
    */
   readonly passiveDirect?: boolean;
+  /**
+   * EPSV (and EPSV ALL) is answered with 502 so that the client falls back to PASV: an EPSV
+   * client connects to the control connection's address (RFC 2428), which in outbound mode is
+   * the real server, where no relay can catch it (outbound mode with the relay, IPv4 clients).
+   */
+  readonly epsvRefused?: boolean;
 }
 
 export interface MachineOptions {
@@ -98,19 +104,7 @@ function accepts(p: Pending, code: number): boolean {
   return p.kind !== 'local' && !passiveCode;
 }
 
-/** What the client is told for a command the server never answered, to keep it in step. */
-function skippedReply(p: Pending): string {
-  switch (p.kind) {
-    case 'passive':
-      return "425 Can't open data connection: the server did not answer";
-    case 'transfer':
-      return '451 Transfer ended without a final reply from the server';
-    case 'abor':
-      return '226 Abort done (the server sent no reply of its own)';
-    default:
-      return '451 The server sent no reply to this command';
-  }
-}
+const EPSV_REFUSED = '502 EPSV not available through this gateway, use PASV';
 
 export class SessionMachine {
   private readonly pending: Pending[] = [{ kind: 'greeting' }];
@@ -314,11 +308,13 @@ export class SessionMachine {
       case 'PASV':
         return this.passive(227, out);
       case 'EPSV':
+        if (this.o.addressing.epsvRefused) return this.answerLocally(EPSV_REFUSED, out);
         if (cmd.family !== undefined && cmd.family !== (this.clientFamily === 4 ? 1 : 2)) {
           return this.refuse('EPSV family', `522 Network protocol not supported, use (${this.clientFamily === 4 ? 1 : 2})`, out);
         }
         return this.passive(229, out);
       case 'EPSV_ALL':
+        if (this.o.addressing.epsvRefused) return this.answerLocally(EPSV_REFUSED, out);
         this.epsvAll = true;
         return this.answerLocally('200 EPSV ALL ok', out);
       case 'PORT':
@@ -523,8 +519,10 @@ export class SessionMachine {
 
   /**
    * Replies are in command order (RFC 959), so a reply that only a later command can take
-   * means the server skipped the ones before it: the client gets a reply of the proxy's own
-   * for each, so it stays in step, and their data paths go.
+   * means the server skipped the ones before it (pure-ftpd answers a RETR whose data
+   * connection was reset with a 150 alone, then ABOR with one 226). The client saw the same
+   * replies as the proxy and pairs them as it would without it; only the proxy's own record
+   * catches up: those commands end here without a reply, and their data paths go.
    */
   private skip(at: number, out: Action[]): void {
     const target = this.pending[at];
@@ -535,13 +533,13 @@ export class SessionMachine {
         continue;
       }
       this.once(`skipped ${p.kind}`, 'warn', 'the server skipped a reply', { command: p.kind }, out);
-      this.complete(p, { code: 0, lines: [skippedReply(p)] }, out);
+      this.complete(p, { code: 0, lines: [] }, out);
     }
   }
 
   /**
-   * `head` has its final reply: forward it (code 0: a stand-in of the proxy's, always
-   * forwarded) and do what the end of that command means.
+   * `head` has its final reply: forward it (no lines: already forwarded, or skipped by the
+   * server; code 0: skipped) and do what the end of that command means.
    */
   private complete(head: Pending, reply: Reply, out: Action[]): void {
     const text = reply.lines.join('\r\n');

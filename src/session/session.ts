@@ -72,6 +72,12 @@ const HIGH_WATER = 16 * 1024;
  * excess is at most one framed chunk's replies), so only a peer that never reads gets here.
  */
 const MAX_BACKLOG = 1024 * 1024;
+/**
+ * Client lines run in one event-loop turn at most: a flood of commands the proxy answers
+ * itself (each one cheap, but the kernel takes megabytes of replies before a write backs up)
+ * must not keep the loop from other sessions.
+ */
+const LINES_PER_TURN = 128;
 
 export class Session {
   readonly sid: string;
@@ -88,6 +94,8 @@ export class Session {
   /** Client lines framed but not yet run: at most one read's worth, held while the client may not be read. */
   private inbox: string[] = [];
   private inboxAt = 0;
+  /** The rest of the inbox runs in a later turn (LINES_PER_TURN). */
+  private later: NodeJS.Immediate | null = null;
   private readonly startedAt = Date.now();
   private readonly debug: boolean;
   /** Resolves when teardown has finished releasing. */
@@ -204,15 +212,17 @@ export class Session {
     s.on('data', (chunk: Buffer) => {
       if (this.opaque) return;
       try {
-        for (const line of serverLines.push(chunk)) {
-          const reply = replies.push(line);
-          if (reply) {
-            this.touch();
-            if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
-            this.run(this.machine!.serverReply(reply));
+        this.batch(() => {
+          for (const line of serverLines.push(chunk)) {
+            const reply = replies.push(line);
+            if (reply) {
+              this.touch();
+              if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
+              this.run(this.machine!.serverReply(reply));
+            }
+            if (this.closing) return;
           }
-          if (this.closing) return;
-        }
+        });
       } catch (e) {
         return this.protocolFailure('server', e);
       }
@@ -236,15 +246,30 @@ export class Session {
       };
     }
     if (this.o.dataPlane.name === 'relay') {
-      // Nothing can catch the client's connection to the server's address in userspace, and
-      // the gateway's NAT carries it anyway; only active data needs the proxy.
+      if (familyOf(this.client.address) === 4) {
+        // PASV carries an address: the gateway's own, where the relay admits only this client.
+        // EPSV carries none (the client connects to the server's address): refused, use PASV.
+        return {
+          passiveListen: clientLocal,
+          passiveAdvertise: clientLocal,
+          passiveSource: serverLocal,
+          activeListen: serverLocal,
+          activeSource: clientLocal,
+          epsvRefused: true,
+        };
+      }
+      // IPv6 has only EPSV: nothing can catch the client's connection to the server's address
+      // in userspace, and the gateway carries it (routing or NAT66). Nothing checks who connects
+      // (README, Security); only active data needs the proxy.
       return {
         passiveListen: clientLocal,
         passiveAdvertise: server.address,
         passiveSource: serverLocal,
         passiveDirect: true,
         activeListen: serverLocal,
-        activeSource: clientLocal,
+        // From the server's own address, as without the gateway (careful clients such as
+        // ncftp refuse anything else): the relay binds it transparently.
+        activeSource: server.address,
       };
     }
     // The kernel carries data between client and server as if the gateway were not there:
@@ -285,18 +310,40 @@ export class Session {
     const c = this.sock;
     const clientMayRun = (): boolean =>
       m.outstanding <= PAUSE_OUTSTANDING && c.writableLength <= HIGH_WATER && s.writableLength <= HIGH_WATER;
-    while (this.inboxAt < this.inbox.length && clientMayRun()) {
-      const line = this.inbox[this.inboxAt++]!;
-      if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
-      this.run(m.clientLine(line));
-      if (this.closing) return;
-    }
+    this.batch(() => {
+      for (let n = 0; n < LINES_PER_TURN && this.inboxAt < this.inbox.length && clientMayRun(); n++) {
+        const line = this.inbox[this.inboxAt++]!;
+        if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
+        this.run(m.clientLine(line));
+        if (this.closing) return;
+      }
+    });
+    if (this.closing) return;
     if (this.inboxAt === this.inbox.length) (this.inbox = []), (this.inboxAt = 0);
     if (c.writableLength > MAX_BACKLOG) return this.teardown('client does not read its replies');
-    if (this.inbox.length === 0 && clientMayRun()) c.resume();
+    const waitingLines = this.inbox.length > 0;
+    if (!waitingLines && clientMayRun()) c.resume();
     else c.pause();
+    if (waitingLines && clientMayRun()) this.later ??= setImmediate(() => ((this.later = null), this.flow()));
     if (c.writableLength <= HIGH_WATER && m.heldReplies <= PAUSE_HELD_REPLIES) s.resume();
     else s.pause();
+  }
+
+  /**
+   * Run `fn` with both sockets corked: the lines it writes toward a peer leave in one write,
+   * not one system call per line of a multi-line reply or per pipelined command.
+   */
+  private batch(fn: () => void): void {
+    const c = this.sock;
+    const s = this.server;
+    c.cork();
+    s?.cork();
+    try {
+      fn();
+    } finally {
+      c.uncork();
+      s?.uncork();
+    }
   }
 
   private run(actions: readonly Action[]): void {
@@ -410,6 +457,7 @@ export class Session {
     if (this.closing) return;
     this.closing = reason;
     for (const timer of [this.connectTimer, this.loginTimer, this.idleTimer]) if (timer) clearTimeout(timer);
+    if (this.later) clearImmediate(this.later);
     this.connectTimer = this.loginTimer = this.idleTimer = null;
     const repeated = this.machine?.repeated ?? {};
     if (Object.keys(repeated).length > 0) this.log.notice({ repeated }, 'refused or odd lines repeated in this session (logged once each)');

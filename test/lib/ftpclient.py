@@ -7,7 +7,8 @@ usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|ep
       | session STEP... (one login: get=F, rest=F@OFFSET, put=LOCAL@REMOTE, list=DIR, abor=F,
         abor959=F: ABOR after Telnet IP + Synch) | raw CMD... (replies as they come)
 
-Prints one JSON object: {"ok", "op", "mode", ..., "replies": [control transcript], "elapsed_ms"}
+Prints one JSON object: {"ok", "op", "mode", ..., "replies": [control transcript],
+"data_peers": [[address, port] of each data connection's far end], "elapsed_ms"}
 and exits 0 when ok, 1 on an FTP or network error (with "error" set).
 """
 import argparse
@@ -28,6 +29,7 @@ class LabFTP(ftplib.FTP):
         self.mode = mode
         self.skip_pasv_ip = skip_pasv_ip
         self.transcript: list[str] = []
+        self.data_peers: list[list] = []
         super().__init__(**kw)
         self.set_pasv(mode in ("pasv", "epsv"))
 
@@ -42,11 +44,22 @@ class LabFTP(ftplib.FTP):
 
     def makepasv(self):
         peer = self.sock.getpeername()
-        if self.mode == "pasv":
-            host, port = ftplib.parse227(self.sendcmd("PASV"))
-            # ftplib's own default ignores the 227 address; classic clients use it.
-            return (peer[0] if self.skip_pasv_ip else host), port
-        return ftplib.parse229(self.sendcmd("EPSV"), peer)
+        if self.mode == "epsv":
+            try:
+                return ftplib.parse229(self.sendcmd("EPSV"), peer)
+            except ftplib.error_perm as e:
+                # What curl and lftp do when EPSV is not implemented (500/502): try PASV.
+                if not str(e).startswith(("500", "502")):
+                    raise
+        host, port = ftplib.parse227(self.sendcmd("PASV"))
+        # ftplib's own default ignores the 227 address; classic clients use it.
+        return (peer[0] if self.skip_pasv_ip else host), port
+
+    def ntransfercmd(self, cmd, rest=None):
+        # In active mode this is who connected to us: careful clients check it is the server.
+        conn, size = super().ntransfercmd(cmd, rest)
+        self.data_peers.append(list(conn.getpeername()[:2]))
+        return conn, size
 
     def makeport(self):
         local = self.sock.getsockname()[0]
@@ -222,6 +235,7 @@ def main() -> int:
         result["error"] = f"{type(e).__name__}: {e}"
         ftp.close()
     result["replies"] = ftp.transcript
+    result["data_peers"] = ftp.data_peers
     result["elapsed_ms"] = round((time.monotonic() - started) * 1000, 1)
     print(json.dumps(result))
     return 0 if result["ok"] else 1

@@ -3,7 +3,7 @@
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -80,6 +80,11 @@ export interface FtpTarget {
   mode?: FtpMode;
   /** Local address to bind, e.g. env.client4Alt for "another LAN host". */
   source?: string;
+  /**
+   * curl connects where a 227 reply says (--no-ftp-skip-pasv-ip), not to the control
+   * connection's address as curl 7.74 and later do by default. Default: false.
+   */
+  trustPasvAddress?: boolean;
   /** Namespace the client runs in. Default: client. */
   ns?: NsName;
   timeoutMs?: number;
@@ -113,6 +118,8 @@ export interface PyFtpResult {
   steps?: { step: string; bytes?: number; sha256?: string; count?: number; abort_replies?: string[]; noop_ok?: boolean }[];
   /** Control transcript: "> CMD" sent, "< reply" received (PASS masked). */
   replies: string[];
+  /** [address, port] of the far end of each data connection (in active mode: who connected). */
+  data_peers: [string, number][];
   elapsed_ms: number;
 }
 
@@ -228,13 +235,15 @@ function urlHost(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
-function curlModeArgs(mode: FtpMode, source: string | undefined): string[] {
+function curlModeArgs(mode: FtpMode, source: string | undefined, trustPasvAddress = false): string[] {
   const active = ['--ftp-port', source ?? '-'];
+  const pasv = trustPasvAddress ? ['--ftp-pasv', '--no-ftp-skip-pasv-ip'] : ['--ftp-pasv'];
   switch (mode) {
     case 'pasv':
-      return ['--ftp-pasv', '--disable-epsv'];
+      return [...pasv, '--disable-epsv'];
     case 'epsv':
-      return ['--ftp-pasv'];
+      // With PASV as curl's fallback when EPSV is refused.
+      return pasv;
     case 'port':
       return [...active, '--disable-eprt'];
     case 'eprt':
@@ -336,6 +345,22 @@ export class Lab {
     await this.labCmd(['redirect', this.prefix, on ? 'on' : 'off', String(port)]);
   }
 
+  /**
+   * Reverse mode as deployed: the LAN cannot reach the server's own addresses, only the proxy
+   * in front of it, so a 227 that names the server leads nowhere (the lab's plain NAT would
+   * otherwise carry it). Filtered before the gateway's DNAT: the nftables data plane's
+   * translated connections still pass.
+   */
+  async isolateServer(): Promise<void> {
+    const { server4, server6 } = this.env;
+    await this.nft([
+      'add table inet lab_isolate; ' +
+        'add chain inet lab_isolate pre { type filter hook prerouting priority -150; policy accept; }; ' +
+        `add rule inet lab_isolate pre ip daddr ${server4} drop; ` +
+        `add rule inet lab_isolate pre ip6 daddr ${server6} drop`,
+    ]);
+  }
+
   /** A fresh path in the lab's scratch dir (removed with the lab). */
   tmpPath(name: string): string {
     this.tmpSeq += 1;
@@ -396,6 +421,38 @@ export class Lab {
     return this.exec(t.ns ?? 'client', 'lftp', ['-c', script], { timeoutMs });
   }
 
+  /**
+   * Download `path` with ncftpget (-C) into `out` (default: a scratch file), active (-E) for
+   * mode port or eprt, else passive; hashes it on success. ncftp refuses an active data
+   * connection that does not come from the server's address. Its state goes to a scratch HOME.
+   */
+  async ncftpGet(t: FtpTarget & { path: string; out?: string }): Promise<TransferResult> {
+    const file = t.out ?? this.tmpPath(t.path.replaceAll('/', '_'));
+    const home = this.tmpPath('ncftp-home');
+    await mkdir(home);
+    const timeoutMs = t.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    const args = [
+      '-C',
+      t.mode === 'port' || t.mode === 'eprt' ? '-E' : '-F',
+      '-V',
+      '-r',
+      '0',
+      '-t',
+      String(Math.max(1, Math.floor(timeoutMs / 2000))),
+      '-P',
+      String(t.port),
+      ...(t.user !== undefined ? ['-u', t.user, '-p', t.pass ?? ''] : []),
+      ...(t.source ? ['-I', t.source] : []),
+      t.host,
+      t.path,
+      file,
+    ];
+    const r = await this.exec(t.ns ?? 'client', 'ncftpget', args, { timeoutMs, env: { ...process.env, HOME: home } });
+    if (r.code !== 0) return { ...r, ok: false, ftpCode: 0, file };
+    const [{ size: bytes }, sha256] = await Promise.all([stat(file), sha256File(file)]);
+    return { ...r, ok: true, ftpCode: 0, file, bytes, sha256 };
+  }
+
   /** Python ftplib client (test/lib/ftpclient.py); `op` is e.g. ['get', '1MiB.bin', '--rest', '10']. */
   async pyftp(t: FtpTarget, op: readonly string[]): Promise<PyFtpResult> {
     const timeoutMs = t.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -447,7 +504,7 @@ export class Lab {
       String(Math.max(1, Math.floor(timeoutMs / 1000) - 1)),
       '-w',
       '%{response_code}',
-      ...curlModeArgs(t.mode ?? 'pasv', t.source),
+      ...curlModeArgs(t.mode ?? 'pasv', t.source, t.trustPasvAddress),
       ...(t.source ? ['--interface', t.source] : []),
       ...(t.user !== undefined ? ['--user', `${t.user}:${t.pass ?? ''}`] : []),
       ...io,

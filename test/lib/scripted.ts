@@ -12,15 +12,19 @@ export class ScriptedServer {
   readonly received: string[] = [];
   readonly sockets = new Set<net.Socket>();
 
+  /** `greetAfterMs`: the greeting comes that long after the connection (a slow server). */
   constructor(
     private respond: Responder,
     private greeting: string | null = '220 scripted ready',
+    private greetAfterMs = 0,
   ) {
     this.server = net.createServer((sock) => {
       this.sockets.add(sock);
       sock.on('close', () => this.sockets.delete(sock));
       sock.on('error', () => undefined);
-      if (this.greeting) sock.write(this.greeting + '\r\n');
+      const greeting = this.greeting;
+      if (greeting && this.greetAfterMs > 0) setTimeout(() => sock.writable && sock.write(greeting + '\r\n'), this.greetAfterMs);
+      else if (greeting) sock.write(greeting + '\r\n');
       let buf = '';
       sock.on('data', (d) => {
         buf += d.toString('latin1');
@@ -37,8 +41,8 @@ export class ScriptedServer {
     });
   }
 
-  async listen(): Promise<number> {
-    this.server.listen(0, '127.0.0.1');
+  async listen(host = '127.0.0.1'): Promise<number> {
+    this.server.listen(0, host);
     await once(this.server, 'listening');
     return (this.server.address() as net.AddressInfo).port;
   }

@@ -1,75 +1,14 @@
-import type { Test } from 'tap';
 import t from 'tap';
 import net from 'node:net';
 import { once } from 'node:events';
-import { parseArgs } from '../../src/cli.js';
-import { buildConfig, type Config } from '../../src/config.js';
-import { FakeDataPlane } from '../../src/dataplane/fake.js';
-import { createLogger } from '../../src/log.js';
 import { PortAllocator } from '../../src/net/ports.js';
-import { ProxyServer } from '../../src/server.js';
-import type { Endpoint } from '../../src/dataplane/types.js';
-import { Control, ScriptedServer, basicResponder, type Responder } from '../lib/scripted.js';
-
-const quiet = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
-
-function config(extra: string[] = []): Config {
-  const parsed = parseArgs(['-R', '127.0.0.1', ...extra], { out: () => undefined, err: (s) => { throw new Error(s); } });
-  if (parsed.kind !== 'run') throw new Error('bad test flags');
-  return { ...buildConfig(parsed.options), port: 0 };
-}
-
-interface Rig {
-  proxyPort: number;
-  server: ScriptedServer;
-  dp: FakeDataPlane;
-  proxy: ProxyServer;
-}
-
-async function rig(
-  t: Test,
-  opts: { respond?: Responder; flags?: string[]; resolve?: () => Promise<Endpoint>; ports?: PortAllocator } = {},
-): Promise<Rig> {
-  const server = new ScriptedServer(opts.respond ?? basicResponder);
-  const sport = await server.listen();
-  const dp = new FakeDataPlane(opts.ports);
-  const cfg = config(opts.flags);
-  const proxy = new ProxyServer({
-    config: cfg,
-    dataPlane: dp,
-    logger: quiet,
-    resolveServer: opts.resolve ?? (async () => ({ address: '127.0.0.1', port: sport })),
-  });
-  const addr = await proxy.listen();
-  t.teardown(async () => {
-    await proxy.close(0);
-    await server.close();
-  });
-  return { proxyPort: addr.port, server, dp, proxy };
-}
-
-async function login(c: Control): Promise<void> {
-  t.match(await c.line(), /^220 /);
-  c.send('USER anonymous');
-  await c.line();
-  c.send('PASS x');
-  await c.line();
-}
-
-/** Poll until `cond` holds (the proxy releases asynchronously). */
-async function eventually(cond: () => boolean, ms = 3000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) return false;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  return true;
-}
+import { Control, ScriptedServer, basicResponder } from '../lib/scripted.js';
+import { eventually, login, rig } from '../lib/session-rig.js';
 
 t.test('relays a session and rewrites PASV through the data plane', async (t) => {
   const r = await rig(t);
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PASV');
   t.match(await c.line(), /^227 Entering Passive Mode \(127,0,0,1,\d+,\d+\)\.$/);
   t.equal(r.dp.live.size, 1);
@@ -86,7 +25,7 @@ t.test('relays a session and rewrites PASV through the data plane', async (t) =>
 t.test('bounce attempt: 501, nothing admitted, nothing sent to the server', async (t) => {
   const r = await rig(t);
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PORT 10,1,2,3,200,1');
   t.match(await c.line(), /^501 /);
   c.send('PORT 127,0,0,1,0,25');
@@ -103,11 +42,11 @@ t.test('bounce attempt: 501, nothing admitted, nothing sent to the server', asyn
 t.test('range exhaustion: 425 and the session goes on', async (t) => {
   const r = await rig(t, { ports: new PortAllocator(50000, 50000) });
   const a = new Control(r.proxyPort);
-  await login(a);
+  await login(t, a);
   a.send('PASV');
   t.match(await a.line(), /^227 /);
   const b = new Control(r.proxyPort);
-  await login(b);
+  await login(t, b);
   b.send('PASV');
   t.match(await b.line(), /^425 .*no free data port/);
   b.send('NOOP');
@@ -122,7 +61,7 @@ t.test('range exhaustion: 425 and the session goes on', async (t) => {
 t.test('backend failure mid-session: 425, session goes on', async (t) => {
   const r = await rig(t);
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   r.dp.failNextOpen('BACKEND_FAILED');
   c.send('PORT 127,0,0,1,200,1');
   t.match(await c.line(), /^425 /);
@@ -166,7 +105,7 @@ t.test('server closing mid-transfer: client told, path released', async (t) => {
     },
   });
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PASV');
   t.match(await c.line(), /^227 /);
   c.send('RETR big');
@@ -181,7 +120,7 @@ t.test('client closing mid-transfer: server side closed, path released', async (
     respond: (line, sock) => (line.startsWith('RETR') ? '150 here it comes' : basicResponder(line, sock)),
   });
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PASV');
   await c.line();
   c.send('RETR big');
@@ -218,7 +157,7 @@ t.test('per-client limit', async (t) => {
 t.test('an over-long line ends the session with 500', async (t) => {
   const r = await rig(t);
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.sock.write('NOOP ' + 'x'.repeat(2000));
   t.match(await c.line(), /^500 .*too long/);
   await c.closedWithin();
@@ -238,7 +177,7 @@ t.test('idle timeout: 421, but not while a transfer runs', async (t) => {
     },
   });
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PASV');
   await c.line();
   c.send('RETR slow');
@@ -251,7 +190,7 @@ t.test('idle timeout: 421, but not while a transfer runs', async (t) => {
 t.test('graceful close: sessions get 421, everything released', async (t) => {
   const r = await rig(t);
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PASV');
   await c.line();
   await r.proxy.close(0);
@@ -301,7 +240,7 @@ t.test('a server that never greets: 421 within the login timeout', async (t) => 
 t.test('slowloris: a client dribbling a line byte by byte is idle', async (t) => {
   const r = await rig(t, { flags: ['-t', '1'] });
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   let stop = false;
   void (async () => {
     for (const ch of 'NOOP'.repeat(100)) {
@@ -318,7 +257,7 @@ t.test('slowloris: a client dribbling a line byte by byte is idle', async (t) =>
 t.test('login timeout stops counting once logged in', async (t) => {
   const r = await rig(t, { flags: ['--login-timeout', '1'] });
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   await new Promise((res) => setTimeout(res, 1500));
   c.send('NOOP');
   t.equal(await c.line(), '200 NOOP ok');
@@ -384,7 +323,7 @@ t.test('a server closing right after 227: client told, path released', async (t)
     },
   });
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('PASV');
   const got = await c.line();
   t.ok(got === null || /^227 /.test(got), `227 or nothing: ${got}`);
@@ -395,12 +334,12 @@ t.test('a server closing right after 227: client told, path released', async (t)
 t.test('NUL and CR floods end the session with 500', async (t) => {
   const r = await rig(t);
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.sock.write('NOOP\x00\r\n');
   t.match(await c.line(), /^500 /);
   await c.closedWithin();
   const d = new Control(r.proxyPort);
-  await login(d);
+  await login(t, d);
   d.sock.write('\r'.repeat(5000));
   t.match(await d.line(), /^500 .*too long/);
   await d.closedWithin();
@@ -424,7 +363,7 @@ t.test('resets at every phase: during login, during ABOR; the proxy serves the n
   await a.line();
   rst(a);
   const b = new Control(r.proxyPort);
-  await login(b);
+  await login(t, b);
   b.send('PASV');
   await b.line();
   b.send('RETR big');
@@ -434,7 +373,7 @@ t.test('resets at every phase: during login, during ABOR; the proxy serves the n
   t.ok(await eventually(() => r.proxy.sessions.size === 0), 'both sessions torn down');
   t.ok(await eventually(() => r.dp.live.size === 0), 'nothing left admitted');
   const c = new Control(r.proxyPort);
-  await login(c);
+  await login(t, c);
   c.send('NOOP');
   t.equal(await c.line(), '200 NOOP ok');
   c.end();

@@ -5,22 +5,23 @@
 
 import { SessionMachine, type Action, type Addressing } from '../../../src/session/machine.js';
 import { LineFramer } from '../../../src/protocol/lines.js';
-import { ReplyAssembler, type Reply } from '../../../src/protocol/replies.js';
+import { ReplyAssembler, parse227, parse229, type Reply } from '../../../src/protocol/replies.js';
 import { formatEprt, formatPort } from '../../../src/protocol/format.js';
+import { classifyCommand, removeTelnet } from '../../../src/protocol/commands.js';
 import { DataPlaneError, ProtocolError } from '../../../src/errors.js';
 import type { DataPathRequest } from '../../../src/dataplane/types.js';
 import { Rng, sessionSeed } from './rng.js';
-import { clientLine, decorate, junk, longLine, serverAnswer, serverNoise, type Peers } from './inputs.js';
+import { clientLine, decorate, junk, longLine, serverAnswer, serverNoise, unrulyAnswer, unrulyNoise, type Peers } from './inputs.js';
 
-// session.ts's backpressure: the client is paused above PAUSE commands in flight and resumed
-// at RESUME; its reply assembler holds at most SHELL_REPLY_LINES lines.
+// session.ts's backpressure: the client is not read while more than PAUSE commands are in
+// flight; its reply assembler holds at most the default reply size before handing on pieces.
 const PAUSE_OUTSTANDING = 64;
-const RESUME_OUTSTANDING = 16;
-const SHELL_REPLY_LINES = 20000;
 const MAX_QUEUED_DEFAULT = 256;
+/** The client's reading of what it receives: no bound of its own worth testing. */
+const CLIENT_VIEW_LINES = 1_000_000;
 
 /** What the framers may throw: anything else, or any throw from the machine, is a bug. */
-const FRAMER_ERRORS = new Set(['LINE_TOO_LONG', 'NUL_IN_LINE', 'BAD_REPLY', 'REPLY_TOO_LONG']);
+const FRAMER_ERRORS = new Set(['LINE_TOO_LONG', 'NUL_IN_LINE', 'BAD_REPLY']);
 const LOG_LEVELS = new Set(['debug', 'info', 'notice', 'warn', 'error']);
 
 const CLIENT4 = '192.0.2.2';
@@ -31,8 +32,13 @@ const GW_LAN = { 4: '192.0.2.1', 6: '2001:db8:1::1' } as const;
 const GW_WAN = { 4: '198.51.100.1', 6: '2001:db8:2::1' } as const;
 const MASQUERADE = '203.0.113.9';
 
-/** orderly: a well-behaved client and server (replies are counted); chaos: anything goes; lines: lines straight into the machine. */
-export type Style = 'orderly' | 'chaos' | 'lines';
+/**
+ * orderly: a well-behaved client and server (replies are counted); chaos: anything goes; lines:
+ * lines straight into the machine; unruly: a well-behaved client and a server that speaks
+ * valid FTP out of step (skips and adds replies, unsolicited 227/229 naming other hosts,
+ * multi-line 227/229, a transfer ended by a 150 alone as pure-ftpd does after a data reset).
+ */
+export type Style = 'orderly' | 'chaos' | 'lines' | 'unruly';
 /** The three ways session.ts sets up addressing. */
 export type Mode = 'reverse' | 'outbound' | 'relay';
 
@@ -45,7 +51,8 @@ export interface Plan {
   readonly rewriteSourcePort: boolean;
   readonly maxQueued: number | undefined;
   readonly maxLine: number;
-  readonly maxReplyLines: number;
+  /** The reply assembler's byte bound (undefined: the session's default). */
+  readonly maxReplyBytes: number | undefined;
   readonly masquerade: boolean;
   readonly steps: number;
 }
@@ -79,6 +86,8 @@ export interface Stats {
   logs: Record<string, number>;
   /** Hits of bugs the run was told are known (KnownBug), instead of failures. */
   knownBugs: Record<string, number>;
+  /** Inputs that put reply pairing to the test, by kind (unruly servers, lines before the greeting). */
+  pairing: Record<string, number>;
 }
 
 export function newStats(): Stats {
@@ -106,6 +115,7 @@ export function newStats(): Stats {
     ends: {},
     logs: {},
     knownBugs: {},
+    pairing: {},
   };
 }
 
@@ -142,9 +152,9 @@ export function planFor(rng: Rng, styles: readonly Style[]): Plan {
     rewriteSourcePort: rng.chance(0.3),
     maxQueued: rng.chance(0.7) ? undefined : rng.range(1, 300),
     maxLine: rng.chance(0.7) ? 1024 : rng.pick([512, 513, 2048, 65536]),
-    maxReplyLines: rng.chance(0.7) ? SHELL_REPLY_LINES : rng.range(1, 200),
+    maxReplyBytes: rng.chance(0.7) ? undefined : rng.range(1, 2000),
     masquerade: rng.chance(0.5),
-    steps: style === 'orderly' ? rng.range(5, 400) : rng.chance(0.9) ? rng.range(1, 300) : rng.range(300, 3000),
+    steps: style === 'orderly' || style === 'unruly' ? rng.range(5, 400) : rng.chance(0.9) ? rng.range(1, 300) : rng.range(300, 3000),
   };
 }
 
@@ -159,6 +169,16 @@ function addressingFor(plan: Plan, server: string): Addressing {
       passiveSource: serverLocal,
       activeListen: serverLocal,
       activeSource: clientLocal,
+    };
+  }
+  if (plan.mode === 'relay' && plan.clientFamily === 4) {
+    return {
+      passiveListen: clientLocal,
+      passiveAdvertise: clientLocal,
+      passiveSource: serverLocal,
+      activeListen: serverLocal,
+      activeSource: clientLocal,
+      epsvRefused: true,
     };
   }
   if (plan.mode === 'relay') {
@@ -249,9 +269,17 @@ class SessionSim {
   private readonly issuedTokens = new Set<number>();
   /** Commands the server has received and not answered yet (what the server model answers). */
   private readonly toAnswer: string[] = [];
-  private readonly replyTexts = new Set<string>();
   private readonly activePorts = new Set<number>();
-  private readonly passivePorts = new Set<number>();
+  /** The client's reading of what it was sent, reply by reply. */
+  private readonly clientView = new ReplyAssembler(CLIENT_VIEW_LINES);
+  /** PASV (P@SW) and EPSV commands the client sent, and 227 and 229 replies it got. */
+  private readonly asked = { 227: 0, 229: 0 };
+  private readonly answered = { 227: 0, 229: 0 };
+  /** Ports of passive data paths handed to the machine and not yet advertised to the client. */
+  private readonly unadvertised = new Set<number>();
+  /** Ports the server announced in any line of its 227/229 replies (passive-direct passes them on). */
+  private readonly announced = new Set<number>();
+  private greeted = false;
   private clientOut = '';
   private serverOut = '';
   private closing: string | null = null;
@@ -285,7 +313,7 @@ class SessionSim {
     });
     this.clientFramer = new LineFramer(plan.maxLine);
     this.serverFramer = new LineFramer(plan.maxLine);
-    this.assembler = new ReplyAssembler(plan.maxReplyLines);
+    this.assembler = new ReplyAssembler(plan.maxReplyBytes);
     this.peers = {
       client: this.client,
       clientFamily: plan.clientFamily,
@@ -315,15 +343,19 @@ class SessionSim {
   run(): void {
     const { rng, plan } = this;
     const orderly = plan.style === 'orderly';
-    this.serverOut = orderly || rng.chance(0.8) ? '220 fuzz ready\r\n' : '';
+    const unruly = plan.style === 'unruly';
+    // Unruly sessions have a well-behaved client and data plane: only the server is out of step.
+    const wellBehaved = orderly || unruly;
+    this.serverOut = unruly && rng.chance(0.3) ? '220-Welcome\r\n220-You are user number 1\r\n220 ready\r\n' : wellBehaved || rng.chance(0.8) ? '220 fuzz ready\r\n' : '';
     for (this.step = 0; this.step < plan.steps && this.closing === null; this.step++) {
       const before = this.machine.outstanding;
+      const owed = this.serverOut.length > 0 || this.toAnswer.length > 0;
       const weights = [
         this.paused ? 0 : 10, // client bytes
-        this.serverOut.length > 0 || this.toAnswer.length > 0 || !orderly ? 8 : 0, // server bytes
+        owed || !wellBehaved ? 8 : unruly ? 1 : 0, // server bytes (unruly: unasked replies when nothing is owed)
         this.unresolved.size > 0 ? 6 : 0, // a data-plane result
-        orderly ? 0 : 0.3, // a result for a token nobody waits for
-        orderly ? 0 : 0.4, // an end from outside (RST, idle timeout, SIGTERM)
+        wellBehaved ? 0 : 0.3, // a result for a token nobody waits for
+        wellBehaved ? 0 : 0.4, // an end from outside (RST, idle timeout, SIGTERM)
       ];
       if (weights.every((w) => w === 0)) this.fail(`stalled: client paused at ${before} outstanding with nothing left to answer`);
       const ev = rng.weighted(weights);
@@ -339,7 +371,7 @@ class SessionSim {
           if (this.machine.outstanding > before) this.fail(`server input raised outstanding ${before} -> ${this.machine.outstanding}`);
           break;
         case 2:
-          this.resolve(rng.pick([...this.unresolved.keys()]), orderly ? rng.chance(0.9) : rng.chance(0.75));
+          this.resolve(rng.pick([...this.unresolved.keys()]), wellBehaved ? rng.chance(0.9) : rng.chance(0.75));
           if (this.machine.outstanding > before + 1) this.fail(`a data-plane result raised outstanding ${before} -> ${this.machine.outstanding}`);
           break;
         case 3:
@@ -395,14 +427,23 @@ class SessionSim {
   private clientLine(line: string): void {
     this.stats.clientLines++;
     this.linesTaken++;
+    // What the machine will read it as: a PASV or EPSV of the client's own may get one 227 or 229.
+    const bare = removeTelnet(line);
+    if (!bare.includes('\r')) {
+      const kind = classifyCommand(bare).kind;
+      if (kind === 'PASV') this.asked[227]++;
+      else if (kind === 'EPSV') this.asked[229]++;
+    }
+    if (!this.greeted) bump(this.stats.pairing, 'client line before the greeting');
     this.apply(this.call(() => this.machine.clientLine(line)));
   }
 
   /** The bytes a client sends next: a few command lines, or a hostile burst. */
   private clientScript(): string {
     const { rng, plan, peers } = this;
-    const term = (): string => (plan.style === 'orderly' || rng.chance(0.8) ? '\r\n' : rng.pick(['\n', '\r\r\n', '\r\n\r\n']));
-    if (plan.style === 'orderly') {
+    const wellBehaved = plan.style === 'orderly' || plan.style === 'unruly';
+    const term = (): string => (wellBehaved || rng.chance(0.8) ? '\r\n' : rng.pick(['\n', '\r\r\n', '\r\n\r\n']));
+    if (wellBehaved) {
       let s = '';
       for (let i = rng.skewed(8) + 1; i > 0; i--) s += clientLine(rng, peers, true) + term();
       return s;
@@ -435,6 +476,13 @@ class SessionSim {
   private serverBytes(): void {
     const { rng, plan } = this;
     const orderly = plan.style === 'orderly';
+    if (this.serverOut.length === 0 && plan.style === 'unruly') {
+      const { lines, did } = this.toAnswer.length > 0 ? unrulyAnswer(rng, this.toAnswer.shift()!) : unrulyNoise(rng);
+      for (const d of did) bump(this.stats.pairing, d);
+      if (did.length > 0) this.note(() => `server out of step: ${did.join(', ')}`);
+      this.serverOut = lines.map((l) => l + '\r\n').join('');
+      if (this.serverOut.length === 0) return;
+    }
     if (this.serverOut.length === 0) {
       let lines: string[] = [];
       if (this.toAnswer.length > 0 && (orderly || rng.chance(0.8))) {
@@ -483,7 +531,19 @@ class SessionSim {
 
   private serverReply(reply: Reply): void {
     this.stats.replies++;
-    this.replyTexts.add(reply.lines.join('\r\n'));
+    this.greeted = true;
+    if (reply.code === 227 || reply.code === 229) {
+      for (const line of reply.lines) {
+        // Loosely, as any reading of the line could take it (a 229's delimiter may be a digit).
+        const asReply = `${reply.code} ${line}`;
+        try {
+          this.announced.add(reply.code === 227 ? parse227(asReply).port : parse229(asReply));
+        } catch {
+          // Not this line.
+        }
+        for (const m of line.matchAll(/\d+,\d+,\d+,\d+,(\d+),(\d+)/g)) this.announced.add(Number(m[1]) * 256 + Number(m[2]));
+      }
+    }
     this.note(() => `reply ${JSON.stringify(reply.lines.join('|').slice(0, 200))}`);
     this.apply(this.call(() => this.machine.serverReply(reply)));
   }
@@ -507,7 +567,7 @@ class SessionSim {
       const id = `path-${++this.pathSeq}`;
       const port = this.rng.range(1024, 65535);
       this.live.set(id, { token, port, delivered: true });
-      (request.kind === 'active' ? this.activePorts : this.passivePorts).add(port);
+      if (request.kind === 'active') this.activePorts.add(port);
       this.stats.opened++;
       this.note(() => `data plane: token ${token} opened ${id} port ${port}${this.closing ? ' (late)' : ''}`);
       if (this.closing !== null) {
@@ -520,6 +580,7 @@ class SessionSim {
         }
         return this.release(id);
       }
+      if (request.kind === 'passive') this.unadvertised.add(port);
       this.apply(this.call(() => this.machine.dataOpened(token, { id, port })));
     } else {
       const code = this.rng.chance(0.5) ? 'PORTS_EXHAUSTED' : 'BACKEND_FAILED';
@@ -595,8 +656,8 @@ class SessionSim {
       if (this.closing !== null) return;
       switch (a.type) {
         case 'toClient':
-          if (/^[2-5][0-9][0-9]/.test(a.text)) this.finals++;
           this.note(() => `to client ${JSON.stringify(a.text.slice(0, 200))}`);
+          this.toClient(a.text);
           break;
         case 'toServer':
           this.toAnswer.push(a.text);
@@ -631,7 +692,7 @@ class SessionSim {
     if (this.closing !== null) return;
     const n = this.machine.outstanding;
     if (!this.paused && n > PAUSE_OUTSTANDING) this.paused = true;
-    else if (this.paused && n <= RESUME_OUTSTANDING) this.paused = false;
+    else if (this.paused && n <= PAUSE_OUTSTANDING) this.paused = false;
   }
 
   /** The fake data plane's release: unknown or already released ids are errors. */
@@ -670,26 +731,6 @@ class SessionSim {
     switch (a.type) {
       case 'toServer':
         return this.checkToServer(a.text);
-      case 'toClient': {
-        if (this.replyTexts.has(a.text)) return;
-        // A reply the proxy wrote itself: 227 and 229 carry its own address and a port it chose.
-        if (a.text.startsWith('227')) {
-          this.stats.generated227++;
-          const m = /^227 Entering Passive Mode \((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)\.$/.exec(a.text);
-          if (!m) this.fail(`malformed 227 from the proxy: ${a.text}`);
-          const address = m.slice(1, 5).join('.');
-          const port = Number(m[5]) * 256 + Number(m[6]);
-          const want = ad.passiveDirect ? this.server : ad.passiveAdvertise;
-          if (address !== want) this.fail(`227 advertises ${address}, not ${want}`);
-          if (!ad.passiveDirect && !this.passivePorts.has(port)) this.fail(`227 advertises port ${port}, not one of a passive path`);
-        } else if (a.text.startsWith('229')) {
-          this.stats.generated229++;
-          const m = /^229 Entering Extended Passive Mode \(\|\|\|(\d+)\|\)$/.exec(a.text);
-          if (!m) this.fail(`malformed 229 from the proxy: ${a.text}`);
-          if (!ad.passiveDirect && !this.passivePorts.has(Number(m[1]))) this.fail(`229 advertises port ${m[1]}, not one of a passive path`);
-        }
-        return;
-      }
       case 'open': {
         const r = a.request;
         if (r.sid !== 'fuzz') this.fail(`open for session ${r.sid}`);
@@ -719,6 +760,61 @@ class SessionSim {
         return;
       default:
         return;
+    }
+  }
+
+  /** What the client reads, reply by reply: each must be an FTP reply, and a 227/229 the proxy's own. */
+  private toClient(text: string): void {
+    for (const line of text.split('\r\n')) {
+      let reply: Reply | null;
+      try {
+        reply = this.clientView.push(line);
+      } catch (e) {
+        this.fail(`the client was sent something that is not an FTP reply: ${JSON.stringify(text.slice(0, 200))} (${e instanceof Error ? e.message : String(e)})`);
+      }
+      if (!reply) continue;
+      if (reply.code >= 200) this.finals++;
+      if (reply.code === 227 || reply.code === 229) this.passiveToClient(reply.code, reply.lines);
+    }
+  }
+
+  /**
+   * A 227 or 229 reaches the client only as the proxy's answer to a PASV or EPSV of the
+   * client's own: one line in the proxy's format, the address it advertises, and the port
+   * of a passive data path the data plane gave it and that was not advertised yet
+   * (passive-direct: a port the server announced).
+   * Anything else is server text passed on unrewritten, or a reply out of step.
+   */
+  private passiveToClient(code: 227 | 229, lines: readonly string[]): void {
+    const ad = this.addressing;
+    const text = lines.join('|');
+    const verb = code === 227 ? 'PASV' : 'EPSV';
+    this.answered[code]++;
+    if (this.answered[code] > this.asked[code]) {
+      this.fail(`${code} number ${this.answered[code]} reached the client after ${this.asked[code]} ${verb} commands: ${text}`);
+    }
+    if (lines.length !== 1) this.fail(`a multi-line ${code} reached the client: ${text}`);
+    let address: string | null = null;
+    let port: number;
+    if (code === 227) {
+      this.stats.generated227++;
+      const m = /^227 Entering Passive Mode \((\d+),(\d+),(\d+),(\d+),(\d+),(\d+)\)\.$/.exec(text);
+      if (!m) this.fail(`a 227 not in the proxy's format reached the client: ${text}`);
+      address = m.slice(1, 5).join('.');
+      port = Number(m[5]) * 256 + Number(m[6]);
+    } else {
+      this.stats.generated229++;
+      const m = /^229 Entering Extended Passive Mode \(\|\|\|(\d+)\|\)$/.exec(text);
+      if (!m) this.fail(`a 229 not in the proxy's format reached the client: ${text}`);
+      port = Number(m[1]);
+    }
+    const want = ad.passiveDirect ? this.server : ad.passiveAdvertise;
+    if (address !== null && address !== want) this.fail(`227 advertises ${address}, not ${want}: ${text}`);
+    if (ad.passiveDirect) {
+      if (!this.announced.has(port)) this.fail(`${code} passes on port ${port}, which the server never announced: ${text}`);
+    } else {
+      // One reply per path.
+      if (!this.unadvertised.delete(port)) this.fail(`${code} advertises port ${port}, not that of a passive data path yet to be advertised: ${text}`);
     }
   }
 
@@ -805,7 +901,7 @@ export class FuzzFailure extends Error {
   }
 }
 
-export const ALL_STYLES: readonly Style[] = ['orderly', 'chaos', 'chaos', 'lines'];
+export const ALL_STYLES: readonly Style[] = ['orderly', 'chaos', 'chaos', 'lines', 'unruly'];
 
 function runSession(seed: number, index: number, styles: readonly Style[], stats: Stats, opts: SessionOptions): number {
   const rng = new Rng(sessionSeed(seed, index));

@@ -267,8 +267,12 @@ export function reply229(rng: Rng, orderly: boolean): string {
   ]);
 }
 
-function code(rng: Rng, classes: readonly number[]): number {
-  return rng.pick(classes) + rng.int(60);
+/** A reply code of one of `classes`; `notPassive`: never 227 or 229 (a well-behaved server's answer to other commands). */
+function code(rng: Rng, classes: readonly number[], notPassive = false): number {
+  for (;;) {
+    const c = rng.pick(classes) + rng.int(60);
+    if (!notPassive || (c !== 227 && c !== 229)) return c;
+  }
 }
 
 /** One reply as lines: single-line mostly, multi-line with tricky inner lines sometimes. */
@@ -325,7 +329,7 @@ export function serverAnswer(rng: Rng, command: string, orderly: boolean): strin
     case 'QUIT':
       return one('221 Goodbye');
     default:
-      return one(`${code(rng, [200, 200, 300, 500])} ok`);
+      return one(`${code(rng, [200, 200, 300, 500], orderly)} ok`);
   }
 }
 
@@ -351,5 +355,96 @@ export function serverNoise(rng: Rng, maxLine: number): string[] {
       return ['211-status follows', ...Array.from({ length: rng.skewed(200) }, (_, i) => ` line ${i}`)];
     default:
       return ['150 Opening', '226 done'];
+  }
+}
+
+// --- unruly servers: valid FTP, out of step -----------------------------------------------
+
+/** What an unruly server says, and what it did out of step (for the run's statistics). */
+export interface Unruly {
+  readonly lines: string[];
+  readonly did: string[];
+}
+
+const TRANSFER_VERBS = new Set(['RETR', 'STOR', 'STOU', 'APPE', 'LIST', 'NLST', 'MLSD']);
+
+/** A passive reply nobody asked for, naming a host of the server's choosing. */
+export function foreignPassive(rng: Rng): string[] {
+  const port = rng.range(1, 65535);
+  const hp = hostPort(rng.chance(0.5) ? '192.168.1.10' : randomV4(rng), port);
+  return rng.pick([
+    ['227 Entering Passive Mode (192,168,1,10,0,22).'],
+    [`227 Entering Passive Mode (${hp}).`],
+    [`227-Entering Passive Mode (${hp})`, '227 OK'],
+    ['227-Entering Passive Mode', `227 Entering Passive Mode (${hp})`],
+    [`229 Entering Extended Passive Mode (|||${port}|)`],
+    ['229 Entering Extended Passive Mode (|||22|)'],
+  ]);
+}
+
+/** A 227 or 229 in several lines, the address in the first, an inner or the last one. */
+function multiLinePassive(rng: Rng, code: 227 | 229): string[] {
+  const port = rng.range(1, 65535);
+  if (code === 229) {
+    return rng.chance(0.5)
+      ? ['229-Entering Extended Passive Mode', `229 Entering Extended Passive Mode (|||${port}|)`]
+      : [`229-Entering Extended Passive Mode (|||${port}|)`, '229 OK'];
+  }
+  const hp = hostPort(rng.chance(0.5) ? '198.51.100.2' : randomV4(rng), port);
+  return rng.pick([
+    ['227-Entering Passive Mode', `227 Entering Passive Mode (${hp})`],
+    [`227-Entering Passive Mode (${hp})`, '227 OK'],
+    ['227-Entering Passive Mode', ` =${hp}`, '227 OK'],
+    ['227-Entering Passive Mode', `227-(${hp})`, '227 End'],
+  ]);
+}
+
+/**
+ * The answer of a server that speaks valid FTP but not always one final reply per command:
+ * it skips one, answers twice, ends a transfer with a 150 alone (pure-ftpd after the client
+ * reset the data connection), answers ABOR with 426 and 226 when nothing ran, spreads 227/229
+ * over several lines, and follows a 2xx with a passive reply naming some other host.
+ */
+export function unrulyAnswer(rng: Rng, command: string): Unruly {
+  const verb = command.split(' ')[0]!.toUpperCase();
+  const did: string[] = [];
+  let lines: string[];
+  if (rng.chance(0.04)) {
+    did.push('skipped a reply');
+    lines = [];
+  } else if (TRANSFER_VERBS.has(verb) && rng.chance(0.15)) {
+    did.push('ended a transfer with a 150 alone');
+    lines = ['150-Accepted data connection', '150 102400.0 kbytes to download', '150 0.001 seconds (measured here), 156.04 Mbytes per second'];
+  } else if (verb === 'ABOR' && rng.chance(0.3)) {
+    did.push('answered ABOR with 426 and 226');
+    lines = ['426 Transfer aborted', '226 ABOR successful'];
+  } else if ((verb === 'PASV' || verb === 'EPSV') && rng.chance(0.3)) {
+    did.push(`multi-line ${verb === 'PASV' ? 227 : 229}`);
+    lines = multiLinePassive(rng, verb === 'PASV' ? 227 : 229);
+  } else {
+    lines = serverAnswer(rng, command, true);
+  }
+  if (rng.chance(0.03)) {
+    did.push('answered twice');
+    lines = lines.concat(serverAnswer(rng, command, true));
+  }
+  if (/^2[0-9][0-9] /.test(lines.at(-1) ?? '') && rng.chance(0.1)) {
+    did.push('a passive reply after a 2xx');
+    lines = lines.concat(foreignPassive(rng));
+  }
+  return { lines, did };
+}
+
+/** What an unruly server says unasked: replies that are valid FTP, but answer nothing. */
+export function unrulyNoise(rng: Rng): Unruly {
+  switch (rng.weighted([5, 2, 2, 1])) {
+    case 0:
+      return { lines: foreignPassive(rng), did: ['an unsolicited passive reply'] };
+    case 1:
+      return { lines: ['150 Opening', '226 done'], did: ['an unsolicited transfer'] };
+    case 2:
+      return { lines: [`${rng.pick([200, 211, 250])} unsolicited`], did: ['an unsolicited 2xx'] };
+    default:
+      return { lines: ['211-status follows', ...Array.from({ length: rng.skewed(50) }, (_, i) => ` line ${i}`), '211 end'], did: ['an unsolicited multi-line 211'] };
   }
 }

@@ -1,6 +1,6 @@
 // scripts/fuzz's entry: the CI fuzzer for longer runs, with a rate and a summary.
 //
-//   main.js [--inputs N] [--seed N] [--session K] [--styles orderly,chaos,lines] [--strict-views] [--known-bug NAME] [--json]
+//   main.js [--inputs N] [--seed N] [--session K] [--styles orderly,chaos,lines,unruly] [--strict-views] [--known-bug NAME] [--json]
 
 import { ALL_STYLES, FuzzFailure, runFuzz, type KnownBug, type Stats, type Style } from './harness.js';
 
@@ -15,7 +15,7 @@ interface Args {
 }
 
 function usage(msg: string): never {
-  process.stderr.write(`fuzz: ${msg}\nusage: scripts/fuzz [--inputs N] [--seed N] [--session K] [--styles orderly,chaos,lines] [--strict-views] [--known-bug NAME] [--json]\n`);
+  process.stderr.write(`fuzz: ${msg}\nusage: scripts/fuzz [--inputs N] [--seed N] [--session K] [--styles orderly,chaos,lines,unruly] [--strict-views] [--known-bug NAME] [--json]\n`);
   process.exit(2);
 }
 
@@ -47,7 +47,7 @@ function parseArgs(argv: readonly string[]): Args {
         break;
       case '--styles': {
         const styles = (argv[++i] ?? '').split(',');
-        if (!styles.every((s): s is Style => s === 'orderly' || s === 'chaos' || s === 'lines')) usage(`bad --styles '${argv[i] ?? ''}'`);
+        if (!styles.every((s): s is Style => s === 'orderly' || s === 'chaos' || s === 'lines' || s === 'unruly')) usage(`bad --styles '${argv[i] ?? ''}'`);
         a.styles = styles;
         break;
       }
@@ -85,6 +85,7 @@ function summary(s: Stats, ms: number): string {
     `  proxy-made: ${s.portCommands} PORT/EPRT, ${s.generated227} 227, ${s.generated229} 229; orderly sessions reply-counted: ${s.orderlyChecked}`,
     `  max outstanding ${s.maxOutstanding}, max held ${s.maxHeld}`,
     ...(Object.keys(s.knownBugs).length > 0 ? [`  known bugs hit (counted, not failed):\n${top(s.knownBugs)}`] : []),
+    ...(Object.keys(s.pairing).length > 0 ? [`  reply pairing put to the test:\n${top(s.pairing)}`] : []),
     `  session ends:\n${top(s.ends)}`,
     `  machine log messages:\n${top(s.logs)}`,
   ].join('\n');
