@@ -16,6 +16,22 @@ export function transferDirection(command: TransferCommand): 'download' | 'uploa
   return command === 'STOR' || command === 'STOU' || command === 'APPE' ? 'upload' : 'download';
 }
 
+/** What one data connection carried each way, as a data plane sees it (its peer connected to it). */
+export interface Moved {
+  /** From the peer (the client for passive, the server for active) to the target. */
+  readonly fromPeer: number;
+  readonly toPeer: number;
+}
+
+/**
+ * The transfer's bytes: the data going the transfer's way. Passive: the peer is the client, so a
+ * download is what went to the peer; active: the peer is the server, so a download came from it.
+ */
+export function transferBytes(mode: 'passive' | 'active', command: TransferCommand, moved: Moved): number {
+  const toClient = transferDirection(command) === 'download';
+  return (mode === 'passive') === toClient ? moved.toPeer : moved.fromPeer;
+}
+
 /** Whether a transfer moves a file (and so has an xferlog line), not a directory listing. */
 export function isFileTransfer(command: TransferCommand): boolean {
   return command === 'RETR' || transferDirection(command) === 'upload';

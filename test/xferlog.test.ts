@@ -9,6 +9,7 @@ import {
   parse257,
   recordPath,
   transferDirection,
+  transferBytes,
   transferResult,
   typeAfter,
   type TransferRecord,
@@ -70,6 +71,11 @@ t.test('transfer helpers: direction, result, directory, type', async (t) => {
     'download', 'download', 'download', 'download', 'upload', 'upload', 'upload',
   ]);
   t.same(['RETR', 'STOR', 'STOU', 'APPE', 'LIST', 'NLST', 'MLSD'].map((c) => isFileTransfer(c as never)), [true, true, true, true, false, false, false]);
+  const moved = { fromPeer: 7, toPeer: 1000 };
+  t.equal(transferBytes('passive', 'RETR', moved), 1000, 'passive download: server to client, the peer');
+  t.equal(transferBytes('passive', 'STOR', moved), 7, 'passive upload: from the client');
+  t.equal(transferBytes('active', 'LIST', moved), 7, 'active download: from the server, the peer');
+  t.equal(transferBytes('active', 'APPE', moved), 1000, 'active upload: to the server');
   t.equal(transferResult(226, false), 'ok');
   t.equal(transferResult(250, false), 'ok');
   t.equal(transferResult(226, true), 'ok', 'ABOR after the transfer had finished');
