@@ -93,7 +93,7 @@ export function buildCommand(): Command {
     .option('--data-idle-timeout <seconds>', 'relay: a data connection that carries nothing this long is cut, 1-86400', '300')
     .option('--max-line-length <bytes>', 'longest accepted control line, 512-65536', String(DEFAULT_MAX_LINE))
     .option('--nft-table <name>', 'name of the inet table ftp-proxy owns', 'ftp_proxy')
-    .option('--route-table <n>', "relay, outbound mode: routing table and rule priority ftp-proxy owns, so active data comes from the server's address; 1-32765 (not 253-255), 0 = off", '2121')
+    .option('--route-table <n>', "relay, outbound mode: routing table and rule priority ftp-proxy owns, so data paths use the server's address (passive data is caught there, active data comes from it); 1-32765 (not 253-255), 0 = off", '2121')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')
     .option('--print-ruleset', 'print the nftables table ftp-proxy would create, and exit')
     .option('--metrics <addr:port>', 'serve Prometheus metrics over HTTP at GET /metrics on this address ([v6addr]:port for IPv6); off by default')

@@ -26,8 +26,8 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
       ports,
       dataTimeout: cfg.dataTimeout,
       dataIdleTimeout: cfg.dataIdleTimeout,
-      // Only outbound mode asks for data from an address that is not this host's (the server's).
-      ...(cfg.mode === 'outbound' && cfg.routeTable ? { routeTable: cfg.routeTable } : {}),
+      // Only outbound mode uses an address that is not this host's for data (the server's).
+      ...(cfg.mode === 'outbound' ? { routeTable: cfg.routeTable } : {}),
       logger,
     });
   }

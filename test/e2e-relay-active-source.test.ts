@@ -5,23 +5,11 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpTarget, type Lab } from './lib/lab.js';
-import { CLI, ProxyProcess, startProxy } from './lib/proxy.js';
+import { startProxy, startUnprivilegedProxy } from './lib/proxy.js';
 
-const TABLE = '2121';
+const TABLE = 2121;
 const ARGS = ['-b', '::', '-p', '8021', '--backend', 'relay'];
-
-/** The gateway's policy routing that is ftp-proxy's: rules looking up its table, and the table's routes. */
-async function routing(lab: Lab): Promise<string[]> {
-  const found: string[] = [];
-  for (const family of ['-4', '-6']) {
-    const rules = await lab.exec('gw', 'ip', [family, 'rule', 'show']);
-    found.push(...rules.stdout.split('\n').filter((l) => l.endsWith(`lookup ${TABLE}`)));
-    // A table that was never made, or is empty again, prints nothing (and, for IPv4, an error).
-    const routes = await lab.exec('gw', 'ip', [family, 'route', 'show', 'table', TABLE]);
-    found.push(...routes.stdout.split('\n').filter((l) => l.trim() !== ''));
-  }
-  return found;
-}
+const routing = (lab: Lab): Promise<string[]> => lab.proxyRouting(TABLE);
 
 /** The client's data port from the PORT command of an ftplib transcript. */
 function portOf(replies: readonly string[]): number {
@@ -87,23 +75,8 @@ t.test("outbound relay: active data comes from the server's address", async (t) 
   });
 
   await t.test("without CAP_NET_ADMIN: one warning, data from the gateway's address as before", async (t) => {
-    // `env -i` keeps tap's coverage hooks (NODE_OPTIONS) out of a child that could not write them.
-    const child = lab.spawn('gw', 'env', [
-      '-i',
-      `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`,
-      'setpriv',
-      '--reuid=65534',
-      '--regid=65534',
-      '--clear-groups',
-      process.execPath,
-      CLI,
-      '-D',
-      '7',
-      ...ARGS,
-    ]);
-    const proxy = new ProxyProcess(child);
-    await proxy.ready();
-    const warned = proxy.logs.filter((l) => /cannot come from the server's address/.test(l.msg));
+    const proxy = await startUnprivilegedProxy(lab, ARGS);
+    const warned = proxy.logs.filter((l) => /cannot use the server's address/.test(l.msg));
     t.equal(warned.length, 1, 'one log line says so');
     t.match(warned[0]?.err, /EPERM/, 'and why');
     const r = await lab.pyftp(vsftpd(4, 'port'), ['get', '1MiB.bin']);

@@ -45,6 +45,14 @@ t.test('a rule for one IPv4 connection', async (t) => {
   t.equal(ruleTable(m!.payload), 2121, 'a dump reader finds the table');
 });
 
+t.test("a listener's rule: any source port", async (t) => {
+  const listener: Rule = { family: 4, from: '192.0.2.2', to: '198.51.100.2', dport: 50000, table: 2121 };
+  const a = attrs(parseMessages(ruleMessage('add', listener, 8))[0]!.payload);
+  t.notOk(a.has(23), 'no FRA_SPORT_RANGE');
+  t.same([u16(a.get(24), 0), u16(a.get(24), 2)], [50000, 50000], 'FRA_DPORT_RANGE: the listening port alone');
+  t.same([...a.get(2)!], [192, 0, 2, 2], 'FRA_SRC: the client alone');
+});
+
 t.test('delete, IPv6, and a table below 256', async (t) => {
   const [m] = parseMessages(
     ruleMessage('delete', { family: 6, from: '2001:db8:1::2', to: '2001:db8:2::2', sport: 50000, dport: 60000, table: 100 }, 1),

@@ -8,7 +8,7 @@ import { DataPlaneError } from '../errors.js';
 import { canonical } from '../net/address.js';
 import { tcpFlow, type TcpFlow } from '../net/libc.js';
 import type { PortAllocator } from '../net/ports.js';
-import { connectFrom, TransparentSources } from '../net/transparent.js';
+import { connectFrom, listenOn, TransparentSources } from '../net/transparent.js';
 import type { DataPath, DataPathRequest, DataPlane } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
 
@@ -36,9 +36,9 @@ export interface RelayOptions {
    */
   readonly splice?: boolean;
   /**
-   * Routing table (and rule priority) for connections whose source is not this host's (the
-   * server's address, for active data in outbound mode); unset: such connections come from
-   * this host's own address.
+   * Outbound mode: the routing table (and rule priority) that lets data paths use the server's
+   * address, which this host does not own (passive paths listen on it, active data comes from
+   * it); 0: they cannot. Unset in reverse mode, where nothing needs it.
    */
   readonly routeTable?: number;
 }
@@ -80,7 +80,8 @@ export class RelayDataPlane implements DataPlane {
   private ticker: NodeJS.Timeout | null = null;
   private seq = 0;
   private splicer: Splicer | null = null;
-  private transparent: TransparentSources | null = null;
+  /** Undefined until start() has looked (outbound mode); null where it cannot be had. */
+  private transparent: TransparentSources | null | undefined;
   private readonly idleMs: number;
 
   constructor(private readonly o: RelayOptions) {
@@ -88,9 +89,7 @@ export class RelayDataPlane implements DataPlane {
   }
 
   async start(): Promise<void> {
-    if (this.o.routeTable && !this.transparent) {
-      this.transparent = TransparentSources.open({ table: this.o.routeTable, logger: this.o.logger });
-    }
+    if (this.o.routeTable !== undefined && this.transparent === undefined) this.transparent = this.openTransparent(this.o.routeTable);
     if (this.o.splice === false || this.splicer) return;
     const splicer = Splicer.start({
       onFailure: (err) => this.o.logger.error({ err: err.message }, 'splice worker failed; relaying through streams from now on'),
@@ -100,6 +99,29 @@ export class RelayDataPlane implements DataPlane {
     if (splicer && !ok) await splicer.close();
     this.splicer = ok ? splicer : null;
     this.o.logger.info({ copy: this.copyMode }, 'relay data plane ready');
+  }
+
+  /** The server's address for data paths, or null; the one log line that says which it is. */
+  private openTransparent(table: number): TransparentSources | null {
+    const opened = table === 0 ? '--route-table 0' : TransparentSources.open({ table, logger: this.o.logger });
+    if (typeof opened !== 'string') {
+      const families = ([4, 6] as const).filter((f) => opened.serves(f));
+      this.o.logger.info({ table, families }, "data paths use the server's address: passive data is caught there for the session's client alone, active data comes from it (policy routing)");
+      return opened;
+    }
+    this.o.logger.warn(
+      { table, err: opened },
+      "data paths cannot use the server's address (needs CAP_NET_ADMIN and --route-table): IPv4 passive data goes through this host's address (clients must use the 227 address; EPSV gets 502), IPv6 passive data goes straight to the server unchecked, active data comes from this host's address (ncftp refuses it)",
+    );
+    return null;
+  }
+
+  /**
+   * Whether a passive path of `family` can listen on the server's own address (outbound mode):
+   * a transparent listener whose rule brings only its peer's connections here.
+   */
+  passiveAtServer(family: 4 | 6): boolean {
+    return this.transparent?.serves(family) ?? false;
   }
 
   /** How bytes are carried now: 'splice' (kernel pipes, worker thread) or 'streams'. */
@@ -116,14 +138,7 @@ export class RelayDataPlane implements DataPlane {
     let listener: net.Server | null = null;
     const port = await this.o.ports.take(async (p) => {
       const l = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-      const ok = await new Promise<boolean>((resolve, reject) => {
-        // A port in use (or reserved) means: try the next one. Anything else, such as a listen
-        // address that is not ours, fails the same for every port: say so at once.
-        l.once('error', (err: NodeJS.ErrnoException) =>
-          err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(false) : reject(err),
-        );
-        l.listen({ host: req.listen, port: p, exclusive: true, backlog: 4 }, () => resolve(true));
-      });
+      const ok = await listenOn(l, { address: req.listen, port: p }, req.peer, 4, this.transparent ?? null);
       if (ok) listener = l;
       return ok;
     }).catch((e: unknown) => {
@@ -155,7 +170,7 @@ export class RelayDataPlane implements DataPlane {
       return;
     }
     this.stopListening(path);
-    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent, log);
+    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
     // Nothing is read from either side before both are connected: the first bytes go to
     // whichever carrier (splice or streams) takes the pair.
     target.pause();

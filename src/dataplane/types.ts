@@ -62,6 +62,13 @@ export interface DataPlane {
    */
   endSession(sid: string): Promise<void>;
   /**
+   * The relay, outbound mode: whether a passive path of `family` can listen on the server's own
+   * address (`listen` = the server) and be reached there by its peer alone, every other host's
+   * connection going on to the server. Absent or false: the relay can listen only on this host's
+   * addresses. (The nftables plane always can: it translates, it does not listen.)
+   */
+  passiveAtServer?(family: 4 | 6): boolean;
+  /**
    * Whether a data connection of session `sid` is still carrying bytes, so the session is not
    * idle. Planes that do not see the bytes (the kernel carries them) answer false.
    */

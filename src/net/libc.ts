@@ -1,8 +1,8 @@
 // The few libc calls Node does not offer, through koffi: getsockopt (SO_ORIGINAL_DST, and
 // TCP_INFO for the relay's bounds), setsockopt (SO_OOBINLINE, listener options), send (urgent
-// data), eventfd, write and close (waking the splice worker), and socket, bind, getsockname and
-// recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi or libc cannot be
-// loaded, and callers fall back.
+// data), eventfd, write and close (waking the splice worker), and socket, bind, listen,
+// getsockname and recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi
+// or libc cannot be loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
 import type net from 'node:net';
@@ -16,6 +16,7 @@ export interface Libc {
   close(fd: number): number;
   socket(domain: number, type: number, protocol: number): number;
   bind(fd: number, addr: Buffer, len: number): number;
+  listen(fd: number, backlog: number): number;
   getsockname(fd: number, addr: Buffer, len: number[]): number;
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
   errno(): number;
@@ -37,6 +38,7 @@ export function loadLibc(): Libc | null {
       close: lib.func('int close(int fd)') as Libc['close'],
       socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
       bind: lib.func('int bind(int fd, const uint8_t *addr, uint32_t len)') as Libc['bind'],
+      listen: lib.func('int listen(int fd, int backlog)') as Libc['listen'],
       getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)') as Libc['getsockname'],
       recv: lib.func('long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)') as Libc['recv'],
       errno: () => koffi.errno(),
@@ -80,6 +82,8 @@ export function setOobInline(sock: net.Socket): boolean {
 
 const IPPROTO_TCP = 6;
 const SO_KEEPALIVE = 9;
+const SO_SNDBUF = 7;
+const SO_RCVBUF = 8;
 const TCP_NODELAY = 1;
 const TCP_KEEPIDLE = 4;
 const TCP_KEEPINTVL = 5;
@@ -89,10 +93,17 @@ const TCP_KEEPCNT = 6;
 export const KEEPALIVE = { idle: 60, interval: 10, count: 6 } as const;
 
 /**
+ * The kernel buffers of a control connection with its client (the kernel doubles the value).
+ * Commands and replies are small; without a fixed size the kernel grows each to megabytes for a
+ * client that floods commands and never reads, before the proxy's own backpressure can start.
+ */
+const CONTROL_SOCKBUF = 64 * 1024;
+
+/**
  * Set on a listening socket what every accepted control connection needs: TCP_NODELAY,
- * keepalive (KEEPALIVE) and SO_OOBINLINE. Linux copies these into each accepted socket, which
- * saves six system calls per session. Returns false if any could not be set; the caller then
- * sets them per connection.
+ * keepalive (KEEPALIVE), SO_OOBINLINE and fixed buffer sizes (CONTROL_SOCKBUF). Linux copies
+ * these into each accepted socket, which saves eight system calls per session. Returns false if
+ * any could not be set; the caller then sets them per connection.
  */
 export function tuneListener(server: net.Server): boolean {
   const c = loadLibc();
@@ -105,6 +116,8 @@ export function tuneListener(server: net.Server): boolean {
     [IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE.interval],
     [IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count],
     [SOL_SOCKET, SO_OOBINLINE, 1],
+    [SOL_SOCKET, SO_SNDBUF, CONTROL_SOCKBUF],
+    [SOL_SOCKET, SO_RCVBUF, CONTROL_SOCKBUF],
   ];
   return opts.every(([level, name, value]) => c.setsockopt(fd, level, name, int32(value), 4) === 0);
 }

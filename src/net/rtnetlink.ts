@@ -52,15 +52,16 @@ export const AF: Readonly<Record<4 | 6, number>> = { 4: 2, 6: 10 };
 const LE = endianness() === 'LE';
 
 /**
- * One rule that sends a single TCP connection's packets to `table`, checked at priority
- * `table` (the proxy's table number is also its rules' place in the rule list):
- *   ip rule add pref T from <from> to <to> ipproto tcp sport <sport> dport <dport> lookup T
+ * One rule that sends a single TCP connection's packets (or, without `sport`, those of every
+ * connection from one host to one address and port: a listener's) to `table`, checked at
+ * priority `table` (the proxy's table number is also its rules' place in the rule list):
+ *   ip rule add pref T from <from> to <to> ipproto tcp [sport <sport>] dport <dport> lookup T
  */
 export interface Rule {
   readonly family: 4 | 6;
   readonly from: string;
   readonly to: string;
-  readonly sport: number;
+  readonly sport?: number;
   readonly dport: number;
   readonly table: number;
 }
@@ -116,7 +117,7 @@ export function ruleMessage(verb: Verb, r: Rule, seq: number): Buffer {
     attr(FRA_SRC, Buffer.from(ipaddr.parse(r.from).toByteArray())),
     attr(FRA_DST, Buffer.from(ipaddr.parse(r.to).toByteArray())),
     attr(FRA_IP_PROTO, Buffer.from([IPPROTO_TCP])),
-    attr(FRA_SPORT_RANGE, port(r.sport)),
+    ...(r.sport === undefined ? [] : [attr(FRA_SPORT_RANGE, port(r.sport))]),
     attr(FRA_DPORT_RANGE, port(r.dport)),
   ];
   const flags = verb === 'add' ? NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL : NLM_F_REQUEST | NLM_F_ACK;

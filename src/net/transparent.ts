@@ -1,6 +1,7 @@
-// Outgoing connections from an address this host does not own (the server's, for the relay's
-// active data in outbound mode): IP_TRANSPARENT sockets plus one policy routing rule per
-// connection that delivers its replies here; each rule goes with its connection, all at exit.
+// The server's address, used by the relay in outbound mode although this host does not own it:
+// connections from it (active data) and listeners on it (passive data), as IP_TRANSPARENT sockets
+// plus one policy routing rule each that delivers their packets here; each rule goes with its
+// socket, all at exit.
 
 import net from 'node:net';
 import { networkInterfaces } from 'node:os';
@@ -20,6 +21,7 @@ const SO_REUSEADDR = 2;
 const TRANSPARENT: Readonly<Record<4 | 6, readonly [number, number]>> = { 4: [0, 19], 6: [41, 75] };
 const EPERM = 1;
 const EEXIST = 17;
+const EADDRINUSE = 98;
 const ENOENT = 2;
 const ESRCH = 3;
 const EACCES = 13;
@@ -27,9 +29,21 @@ const EACCES = 13;
 /**
  * How long a rule outlives its socket: the kernel finishes the closing handshake (FIN, ACK)
  * after Node has let go of the descriptor, and the peer's last segments need the rule to come
- * back here instead of being forwarded to the real server.
+ * back here instead of being forwarded to the real server. (Every segment is routed by the
+ * rules, not only the first: measured, a connection froze when its rule went mid-transfer.)
  */
 const LINGER_MS = 3000;
+/**
+ * Lingering rules kept at most; beyond, the oldest goes early. Every packet the host routes is
+ * checked against every rule in turn: measured in the lab, forwarding slowed by about 40% at
+ * 1000 rules and 80% at 4000 (none measurable at 300), and one client fetching small files in
+ * a loop left 1000 rules lingering. What an early removal risks is only the last segment of a
+ * handshake that has all but ended (the data was delivered before the relay closed).
+ */
+const MAX_LINGERING = 128;
+
+/** The kernel refuses a rule port range that ends at 65535 (fib_rule_port_range_valid). */
+const NO_RULE_PORT = 65535;
 
 const denied = (errno: number): boolean => errno === EPERM || errno === EACCES;
 
@@ -63,7 +77,9 @@ interface Installed {
   readonly rule: Rule;
   /** Sockets that need it. */
   users: number;
-  /** Set once the last one has closed. */
+  /** Until when a closed connection's closing handshake needs it (ms since the epoch; 0: none). */
+  lingerUntil: number;
+  /** Set once the last user has closed, until lingerUntil. */
   linger: NodeJS.Timeout | undefined;
 }
 
@@ -73,9 +89,14 @@ export interface TransparentOptions {
   readonly logger: AppLogger;
 }
 
+/** A rule's key: the four-tuple it matches, `*` for a listener's any source port. */
+const keyOf = (r: Rule): string => `${r.from} ${r.sport ?? '*'} ${r.to} ${r.dport}`;
+
 export class TransparentSources {
-  /** Rules installed, by connection four-tuple. */
+  /** Rules installed, by keyOf. */
   private readonly rules = new Map<string, Installed>();
+  /** Keys of the rules lingering now, oldest first. */
+  private readonly lingering = new Set<string>();
 
   private constructor(
     private readonly libc: Libc,
@@ -87,30 +108,23 @@ export class TransparentSources {
 
   /**
    * Removes what an earlier run left in the table, installs the table's `local` routes and
-   * checks that IP_TRANSPARENT is allowed. Null (after one log line saying why, and with
-   * nothing left installed) where that cannot be done: data then comes from this host.
+   * checks that IP_TRANSPARENT is allowed. Where that cannot be done (it needs CAP_NET_ADMIN),
+   * says why, with nothing left installed.
    */
-  static open(o: TransparentOptions): TransparentSources | null {
-    const refuse = (why: string): null => {
-      o.logger.warn(
-        { table: o.table, err: why },
-        "active data cannot come from the server's address (needs CAP_NET_ADMIN); it comes from this host's, and clients that check (ncftp) refuse it",
-      );
-      return null;
-    };
+  static open(o: TransparentOptions): TransparentSources | string {
     const libc = loadLibc();
-    if (!libc) return refuse('libc cannot be loaded through koffi');
+    if (!libc) return 'libc cannot be loaded through koffi';
     let rt: RouteSocket;
     try {
       rt = RouteSocket.open();
     } catch (e) {
-      return refuse((e as Error).message);
+      return (e as Error).message;
     }
     const families = new Set<4 | 6>();
-    const undo = (why: string): null => {
+    const undo = (why: string): string => {
       for (const f of families) rt.request((seq) => localRouteMessage('delete', f, o.table, seq));
       rt.close();
-      return refuse(why);
+      return why;
     };
     const left = removeLeftovers(rt, o.table);
     if (typeof left === 'string') return undo(left);
@@ -126,8 +140,12 @@ export class TransparentSources {
     const errno = libc.errno();
     if (probe >= 0) libc.close(probe);
     if (!allowed) return undo(`IP_TRANSPARENT: ${errnoName(errno)}`);
-    o.logger.info({ table: o.table, families: [...families] }, "active data comes from the server's address (policy routing)");
     return new TransparentSources(libc, rt, o, families);
+  }
+
+  /** Whether addresses of `family` can be used (the table has its `local` route). */
+  serves(family: 4 | 6): boolean {
+    return this.families.has(family);
   }
 
   /**
@@ -136,37 +154,20 @@ export class TransparentSources {
    * Throws, with nothing left installed, if the socket or its rule cannot be made.
    */
   connect(to: Endpoint, source: string, sourcePort: number | undefined): net.Socket {
-    const family = familyOf(source);
-    if (!this.families.has(family)) throw new Error(`no IPv${family} route in table ${this.o.table}`);
     const c = this.libc;
-    const fd = c.socket(AF[family], SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw new Error(`socket: ${errnoName(c.errno())}`);
-    const fail = (what: string, errno: number): never => {
-      c.close(fd);
-      throw new Error(`${what}: ${errnoName(errno)}`);
-    };
-    const [level, name] = TRANSPARENT[family];
-    if (c.setsockopt(fd, level, name, int32(1), 4) !== 0) fail('IP_TRANSPARENT', c.errno());
-    // As Node does for a bound port: another connection may already use port 20 of this address.
-    if (sourcePort !== undefined && c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, int32(1), 4) !== 0) fail('SO_REUSEADDR', c.errno());
-    const addr = sockaddr(source, sourcePort ?? 0);
-    if (c.bind(fd, addr, addr.length) !== 0) fail(`bind ${source}:${sourcePort ?? 0}`, c.errno());
-    const len = [addr.length];
-    if (c.getsockname(fd, addr, len) !== 0) fail('getsockname', c.errno());
-    const rule: Rule = { family, from: to.address, to: source, sport: to.port, dport: addr.readUInt16BE(2), table: this.o.table };
-    const key = `${rule.from} ${rule.sport} ${rule.to} ${rule.dport}`;
-    const held = this.rules.get(key);
-    if (held) {
-      // The same four-tuple again while its rule is still installed (lingering, or in use by a
-      // connection about to fail with EADDRNOTAVAIL): the rule serves both.
-      clearTimeout(held.linger);
-      held.linger = undefined;
-      held.users += 1;
-    } else {
+    // SO_REUSEADDR as Node does for a bound port: another connection may already use port 20.
+    const bound = this.bind(source, sourcePort ?? 0, sourcePort !== undefined);
+    if (!bound) throw new Error(`bind ${source}:${sourcePort ?? 0}: EADDRINUSE`);
+    const { fd, port } = bound;
+    let key: string;
+    try {
       // ip rule add pref T from <client> to <server> ipproto tcp sport <client's data port> dport <bound port> lookup T
-      const errno = this.rt.request((seq) => ruleMessage('add', rule, seq));
-      if (errno !== 0 && errno !== EEXIST) fail(`ip rule add ${key}`, errno);
-      this.rules.set(key, { rule, users: 1, linger: undefined });
+      // (without sport for a client's port 65535: the bound port alone still names one connection)
+      const sport = to.port === NO_RULE_PORT ? undefined : to.port;
+      key = this.hold({ family: familyOf(source), from: to.address, to: source, ...(sport ? { sport } : {}), dport: port, table: this.o.table });
+    } catch (e) {
+      c.close(fd);
+      throw e;
     }
     let sock: net.Socket;
     try {
@@ -175,12 +176,63 @@ export class TransparentSources {
       // sit in Node's buffer where the splice worker, which reads the descriptor, never sees them.
       sock = new net.Socket({ fd, allowHalfOpen: true, pauseOnCreate: true } as net.SocketConstructorOpts);
     } catch (e) {
-      this.letGo(key);
+      this.letGo(key, false);
       c.close(fd);
       throw e;
     }
-    sock.once('close', () => this.letGo(key));
+    sock.once('close', () => this.letGo(key, true));
     return sock.connect({ host: to.address, port: to.port });
+  }
+
+  /**
+   * Makes `server` listen on `at` although this host does not own its address (the server's,
+   * for passive data in outbound mode), with the rule that brings `peer`'s connections to it
+   * here; every other host's connections to `at` go on to the address's owner as before. The
+   * rule stays while the server listens and while a connection it accepted is open, then
+   * lingers. False if `at` is taken, or its port is 65535, which no rule can name; throws, with
+   * nothing left installed, if anything else fails.
+   */
+  async listen(server: net.Server, at: Endpoint, peer: string, backlog: number): Promise<boolean> {
+    if (at.port === NO_RULE_PORT) return false;
+    const c = this.libc;
+    const bound = this.bind(at.address, at.port, true);
+    if (!bound) return false;
+    const { fd } = bound;
+    // Listening here, not in Node, so that a port taken after all is told apart from a failure.
+    if (c.listen(fd, backlog) !== 0) {
+      const errno = c.errno();
+      c.close(fd);
+      if (errno === EADDRINUSE) return false;
+      throw new Error(`listen ${at.address}:${at.port}: ${errnoName(errno)}`);
+    }
+    // ip rule add pref T from <client> to <server> ipproto tcp dport <port> lookup T
+    let key: string;
+    try {
+      key = this.hold({ family: familyOf(at.address), from: peer, to: at.address, dport: at.port, table: this.o.table });
+    } catch (e) {
+      c.close(fd);
+      throw e;
+    }
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ fd, backlog }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (e) {
+      // Node owns the descriptor only once it listens.
+      c.close(fd);
+      this.letGo(key, false);
+      throw e;
+    }
+    // A net.Server emits 'close' once it has stopped listening and every connection it
+    // accepted has closed: the rule is needed until then, and lingers only if there was one.
+    let accepted = false;
+    server.once('connection', () => (accepted = true));
+    server.once('close', () => this.letGo(key, accepted));
+    return true;
   }
 
   /** Rules installed now (in use or lingering), for tests and stats. */
@@ -195,12 +247,73 @@ export class TransparentSources {
     this.rt.close();
   }
 
-  /** A socket using the rule has closed: the last one leaves it to linger, then to go. */
-  private letGo(key: string): void {
+  /**
+   * A non-blocking TCP socket bound to `address`:`port` (0: the kernel picks) although this
+   * host does not own `address`, and the port it got. Null if that address and port are taken;
+   * throws for anything else, with the socket closed.
+   */
+  private bind(address: string, port: number, reuse: boolean): { fd: number; port: number } | null {
+    const family = familyOf(address);
+    if (!this.families.has(family)) throw new Error(`no IPv${family} route in table ${this.o.table}`);
+    const c = this.libc;
+    const fd = c.socket(AF[family], SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new Error(`socket: ${errnoName(c.errno())}`);
+    const fail = (what: string, errno: number): never => {
+      c.close(fd);
+      throw new Error(`${what}: ${errnoName(errno)}`);
+    };
+    const [level, name] = TRANSPARENT[family];
+    if (c.setsockopt(fd, level, name, int32(1), 4) !== 0) fail('IP_TRANSPARENT', c.errno());
+    if (reuse && c.setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, int32(1), 4) !== 0) fail('SO_REUSEADDR', c.errno());
+    const addr = sockaddr(address, port);
+    if (c.bind(fd, addr, addr.length) !== 0) {
+      const errno = c.errno();
+      if (errno !== EADDRINUSE) fail(`bind ${address}:${port}`, errno);
+      c.close(fd);
+      return null;
+    }
+    const len = [addr.length];
+    if (c.getsockname(fd, addr, len) !== 0) fail('getsockname', c.errno());
+    return { fd, port: addr.readUInt16BE(2) };
+  }
+
+  /**
+   * Installs `rule`, or, if it is installed already (lingering, or serving another socket with
+   * the same four-tuple, such as one about to fail with EADDRNOTAVAIL), counts one more user of
+   * it. Its key; throws if it cannot be installed.
+   */
+  private hold(rule: Rule): string {
+    const key = keyOf(rule);
     const held = this.rules.get(key);
-    if (!held || --held.users > 0) return;
-    held.linger = setTimeout(() => this.remove(key), LINGER_MS);
+    if (held) {
+      clearTimeout(held.linger);
+      held.linger = undefined;
+      this.lingering.delete(key);
+      held.users += 1;
+      return key;
+    }
+    const errno = this.rt.request((seq) => ruleMessage('add', rule, seq));
+    if (errno !== 0 && errno !== EEXIST) throw new Error(`ip rule add ${key}: ${errnoName(errno)}`);
+    this.rules.set(key, { rule, users: 1, lingerUntil: 0, linger: undefined });
+    return key;
+  }
+
+  /**
+   * A socket using the rule has closed; `linger`: it was (or accepted) a connection, whose
+   * closing handshake needs the rule a while longer (a listener that accepted nothing has
+   * nothing to finish). The rule goes once its last user has closed and every linger is over.
+   */
+  private letGo(key: string, linger: boolean): void {
+    const held = this.rules.get(key);
+    if (!held) return;
+    if (linger) held.lingerUntil = Date.now() + LINGER_MS;
+    if (--held.users > 0) return;
+    const left = held.lingerUntil - Date.now();
+    if (left <= 0) return this.remove(key);
+    held.linger = setTimeout(() => this.remove(key), left);
     held.linger.unref();
+    this.lingering.add(key);
+    if (this.lingering.size > MAX_LINGERING) this.remove(this.lingering.values().next().value!);
   }
 
   private remove(key: string): void {
@@ -208,7 +321,8 @@ export class TransparentSources {
     if (!held) return;
     clearTimeout(held.linger);
     this.rules.delete(key);
-    // ip rule del pref T from <client> to <server> ipproto tcp sport <port> dport <port> lookup T
+    this.lingering.delete(key);
+    // ip rule del pref T from <client> to <server> ipproto tcp [sport <port>] dport <port> lookup T
     const errno = this.rt.request((seq) => ruleMessage('delete', held.rule, seq));
     if (errno !== 0 && errno !== ENOENT) this.o.logger.warn({ rule: key, table: this.o.table, err: errnoName(errno) }, 'cannot remove policy routing rule');
   }
@@ -265,5 +379,27 @@ export function connectFrom(
     ...(local ? { localAddress: source } : {}),
     ...(sourcePort !== undefined ? { localPort: sourcePort } : {}),
     allowHalfOpen: true,
+  });
+}
+
+/**
+ * Makes `server` listen on `at` for connections from `peer`. An address that is not one of this
+ * host's (the server's, in outbound mode) takes `transparent`, which catches `peer`'s connections
+ * to it alone. False if `at` cannot be had (taken, or a port this way of listening cannot use):
+ * try another port.
+ */
+export async function listenOn(
+  server: net.Server,
+  at: Endpoint,
+  peer: string,
+  backlog: number,
+  transparent: TransparentSources | null,
+): Promise<boolean> {
+  if (transparent && !isLocalAddress(at.address)) return transparent.listen(server, at, peer, backlog);
+  return new Promise<boolean>((resolve, reject) => {
+    // Anything but a taken port, such as a listen address that is not ours, fails the same for
+    // every port.
+    server.once('error', (err: NodeJS.ErrnoException) => (err.code === 'EADDRINUSE' || err.code === 'EACCES' ? resolve(false) : reject(err)));
+    server.listen({ host: at.address, port: at.port, exclusive: true, backlog }, () => resolve(true));
   });
 }

@@ -22,13 +22,13 @@ export interface Addressing {
   /**
    * Passive data needs no data path: the client is sent straight to the server's announced
    * port on the control connection's server address, which plain NAT already carries (outbound
-   * mode with the relay, IPv6 clients: nothing could intercept a connection to the server).
+   * mode, IPv6 clients, with a relay that cannot listen on the server's address).
    */
   readonly passiveDirect?: boolean;
   /**
    * EPSV (and EPSV ALL) is answered with 502 so that the client falls back to PASV: an EPSV
    * client connects to the control connection's address (RFC 2428), which in outbound mode is
-   * the real server, where no relay can catch it (outbound mode with the relay, IPv4 clients).
+   * the real server (outbound mode, IPv4 clients, with a relay that cannot listen there).
    */
   readonly epsvRefused?: boolean;
 }

@@ -245,8 +245,11 @@ export class Session {
         activeSource: clientLocal,
       };
     }
-    if (this.o.dataPlane.name === 'relay') {
-      if (familyOf(this.client.address) === 4) {
+    const family = familyOf(this.client.address);
+    if (this.o.dataPlane.name === 'relay' && !this.o.dataPlane.passiveAtServer?.(family)) {
+      // The relay cannot listen on the server's address (that needs CAP_NET_ADMIN and a
+      // --route-table); active data then comes from this host's address (connectFrom).
+      if (family === 4) {
         // PASV carries an address: the gateway's own, where the relay admits only this client.
         // EPSV carries none (the client connects to the server's address): refused, use PASV.
         return {
@@ -254,26 +257,25 @@ export class Session {
           passiveAdvertise: clientLocal,
           passiveSource: serverLocal,
           activeListen: serverLocal,
-          activeSource: clientLocal,
+          activeSource: server.address,
           epsvRefused: true,
         };
       }
-      // IPv6 has only EPSV: nothing can catch the client's connection to the server's address
-      // in userspace, and the gateway carries it (routing or NAT66). Nothing checks who connects
-      // (README, Security); only active data needs the proxy.
+      // IPv6 has only EPSV: the client is sent to the server's own data port, which the gateway
+      // carries (routing or NAT66), and nothing checks who connects (README, Security).
       return {
         passiveListen: clientLocal,
         passiveAdvertise: server.address,
         passiveSource: serverLocal,
         passiveDirect: true,
         activeListen: serverLocal,
-        // From the server's own address, as without the gateway (careful clients such as
-        // ncftp refuse anything else): the relay binds it transparently.
         activeSource: server.address,
       };
     }
-    // The kernel carries data between client and server as if the gateway were not there:
-    // the client connects to the server's own address, the server to the gateway's.
+    // Data goes between client and server as if the gateway were not there: the client connects
+    // to the server's own address, the server to the gateway's. The nftables plane translates
+    // those connections; the relay listens on the server's address (a transparent listener that
+    // catches this client's connections alone) and sends active data from it.
     return {
       passiveListen: server.address,
       passiveAdvertise: server.address,

@@ -6,9 +6,9 @@ usage: dataprobe.py --host H --port P [--user U --password PW] [--timeout S] PRO
   slowget FILE --rcvbuf B --chunk C --pause S
                              PORT download read C bytes at a time with S s pauses through a
                              receive buffer of B bytes, then NOOP
-  steal FILE --source A --thief B
-                             the client at A gets a PASV reply; the host at B connects to that
-                             address and port first, then A connects and downloads FILE
+  steal FILE --source A --thief B [--epsv]
+                             the client at A gets a PASV (or EPSV) reply; the host at B connects
+                             to that address and port first, then A connects and downloads FILE
 
 Prints one JSON object per result; exits 0 when the probe ran to its end (the test judges it).
 """
@@ -95,10 +95,14 @@ def slowget(a) -> dict:
 def steal(a) -> dict:
     ftp = login(a, a.source)
     ftp.voidcmd("TYPE I")
-    pasv = ftp.sendcmd("PASV")
-    host, port = ftplib.parse227(pasv)
+    if a.epsv:
+        reply = ftp.sendcmd("EPSV")
+        host, port = ftplib.parse229(reply, ftp.sock.getpeername())
+    else:
+        reply = ftp.sendcmd("PASV")
+        host, port = ftplib.parse227(reply)
     thief = {"connect": "ok"}
-    t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    t = socket.socket(socket.AF_INET6 if ":" in a.thief else socket.AF_INET, socket.SOCK_STREAM)
     t.bind((a.thief, 0))
     t.settimeout(5)
     try:
@@ -118,7 +122,7 @@ def steal(a) -> dict:
         reader.start()
         # Let the thief's connection be the first one the far side sees.
         time.sleep(0.5)
-    victim: dict = {"pasv": pasv}
+    victim: dict = {"reply": reply, "host": host, "port": port}
     digest = hashlib.sha256()
     try:
         data = socket.create_connection((host, port), timeout=a.timeout, source_address=(a.source, 0))
@@ -154,6 +158,7 @@ def main() -> int:
     st.add_argument("file")
     st.add_argument("--source", required=True)
     st.add_argument("--thief", required=True)
+    st.add_argument("--epsv", action="store_true")
     a = ap.parse_args()
     try:
         result = {"hoard": hoard, "slowget": slowget, "steal": steal}[a.probe](a)

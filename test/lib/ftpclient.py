@@ -45,12 +45,7 @@ class LabFTP(ftplib.FTP):
     def makepasv(self):
         peer = self.sock.getpeername()
         if self.mode == "epsv":
-            try:
-                return ftplib.parse229(self.sendcmd("EPSV"), peer)
-            except ftplib.error_perm as e:
-                # What curl and lftp do when EPSV is not implemented (500/502): try PASV.
-                if not str(e).startswith(("500", "502")):
-                    raise
+            return ftplib.parse229(self.sendcmd("EPSV"), peer)
         host, port = ftplib.parse227(self.sendcmd("PASV"))
         # ftplib's own default ignores the 227 address; classic clients use it.
         return (peer[0] if self.skip_pasv_ip else host), port

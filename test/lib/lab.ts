@@ -81,8 +81,10 @@ export interface FtpTarget {
   /** Local address to bind, e.g. env.client4Alt for "another LAN host". */
   source?: string;
   /**
-   * curl connects where a 227 reply says (--no-ftp-skip-pasv-ip), not to the control
-   * connection's address as curl 7.74 and later do by default. Default: false.
+   * Whether the client connects where a 227 reply says rather than to the control connection's
+   * address. Unset: each client's own default; curl 7.74 and later do not (true adds
+   * --no-ftp-skip-pasv-ip), ftpclient.py does, as classic clients do (false: --skip-pasv-ip,
+   * stock Python ftplib's default).
    */
   trustPasvAddress?: boolean;
   /** Namespace the client runs in. Default: client. */
@@ -242,7 +244,6 @@ function curlModeArgs(mode: FtpMode, source: string | undefined, trustPasvAddres
     case 'pasv':
       return [...pasv, '--disable-epsv'];
     case 'epsv':
-      // With PASV as curl's fallback when EPSV is refused.
       return pasv;
     case 'port':
       return [...active, '--disable-eprt'];
@@ -338,6 +339,22 @@ export class Lab {
   /** Reference only: the kernel FTP conntrack helper on LAN tcp dport `ports`. */
   async helper(on: boolean, ports: readonly number[] = [21]): Promise<void> {
     await this.labCmd(['helper', this.prefix, on ? 'on' : 'off', ports.join(',')]);
+  }
+
+  /**
+   * The gateway's policy routing that is ftp-proxy's (--route-table `table`): the rules that
+   * look up its table and the table's routes, as `ip rule` and `ip route` print them.
+   */
+  async proxyRouting(table: number): Promise<string[]> {
+    const found: string[] = [];
+    for (const family of ['-4', '-6']) {
+      const rules = await this.exec('gw', 'ip', [family, 'rule', 'show']);
+      found.push(...rules.stdout.split('\n').filter((l) => l.endsWith(`lookup ${table}`)));
+      // A table that was never made, or is empty again, prints nothing (and, for IPv4, an error).
+      const routes = await this.exec('gw', 'ip', [family, 'route', 'show', 'table', String(table)]);
+      found.push(...routes.stdout.split('\n').filter((l) => l.trim() !== ''));
+    }
+    return found;
   }
 
   /** The admin's outbound rule: LAN tcp/21,2121,2122 redirected to the gateway's `port`. */
@@ -461,6 +478,7 @@ export class Lab {
     if (t.user !== undefined) args.push('--user', t.user);
     if (t.pass !== undefined) args.push('--password', t.pass);
     if (t.source) args.push('--source', t.source);
+    if (t.trustPasvAddress === false) args.push('--skip-pasv-ip');
     const r = await this.exec(t.ns ?? 'client', SYSTEM_PYTHON, [...args, ...op], { timeoutMs });
     try {
       return JSON.parse(r.stdout) as PyFtpResult;

@@ -69,3 +69,26 @@ export async function startProxy(lab: Lab, args: readonly string[], ns: NsName =
   await p.ready();
   return p;
 }
+
+/**
+ * The same as an unprivileged user (uid 65534, no capabilities), in the gateway namespace.
+ * `env -i` keeps tap's coverage hooks (NODE_OPTIONS) out of a child that could not write them.
+ */
+export async function startUnprivilegedProxy(lab: Lab, args: readonly string[]): Promise<ProxyProcess> {
+  const child = lab.spawn('gw', 'env', [
+    '-i',
+    `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`,
+    'setpriv',
+    '--reuid=65534',
+    '--regid=65534',
+    '--clear-groups',
+    process.execPath,
+    CLI,
+    '-D',
+    '7',
+    ...args,
+  ]);
+  const p = new ProxyProcess(child);
+  await p.ready();
+  return p;
+}

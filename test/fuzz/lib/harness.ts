@@ -39,7 +39,11 @@ const MASQUERADE = '203.0.113.9';
  * multi-line 227/229, a transfer ended by a 150 alone as pure-ftpd does after a data reset).
  */
 export type Style = 'orderly' | 'chaos' | 'lines' | 'unruly';
-/** The three ways session.ts sets up addressing. */
+/**
+ * The three ways session.ts sets up addressing: reverse mode; outbound mode with the nftables
+ * plane, or with a relay that can listen on the server's address (the same addressing); and
+ * outbound mode with a relay that cannot (unprivileged, or --route-table 0).
+ */
 export type Mode = 'reverse' | 'outbound' | 'relay';
 
 export interface Plan {
@@ -177,7 +181,7 @@ function addressingFor(plan: Plan, server: string): Addressing {
       passiveAdvertise: clientLocal,
       passiveSource: serverLocal,
       activeListen: serverLocal,
-      activeSource: clientLocal,
+      activeSource: server,
       epsvRefused: true,
     };
   }
@@ -188,7 +192,7 @@ function addressingFor(plan: Plan, server: string): Addressing {
       passiveSource: serverLocal,
       passiveDirect: true,
       activeListen: serverLocal,
-      activeSource: clientLocal,
+      activeSource: server,
     };
   }
   return { passiveListen: server, passiveAdvertise: server, passiveSource: serverLocal, activeListen: serverLocal, activeSource: server };
