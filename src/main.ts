@@ -11,7 +11,7 @@ import { RelayDataPlane } from './dataplane/relay.js';
 import { NftablesDataPlane, renderRuleset } from './dataplane/nftables/index.js';
 import type { DataPlane, Endpoint } from './dataplane/types.js';
 import { ProxyServer } from './server.js';
-import { PromMetrics } from './metrics/metrics.js';
+import { NO_METRICS, PromMetrics } from './metrics/metrics.js';
 import { MetricsListener } from './metrics/http.js';
 import { ControlServer, ControlSocketError } from './control/server.js';
 import type { SessionProvider } from './control/protocol.js';
@@ -49,9 +49,6 @@ function serverResolver(cfg: Config): (client: net.Socket) => Promise<Endpoint> 
   return (client) => originalDestination(client);
 }
 
-/** The control socket's view until the sessions report to it: none, and none to end. */
-const NO_SESSIONS: SessionProvider = { list: () => [], kill: () => false };
-
 function errText(e: unknown): string {
   return (e as NodeJS.ErrnoException).code ?? (e instanceof Error ? e.message : String(e));
 }
@@ -68,27 +65,29 @@ async function closeObservability(o: Partial<Observability>): Promise<void> {
 }
 
 /**
- * Opens the xferlog, the metrics listener and the control socket. A part that was asked for
- * and cannot start is a start error (one line, what was opened is closed again); the default
- * control socket is taken when it can be and logged when it cannot.
+ * Opens the metrics listener (for `metrics`) and the control socket (for `provider`) beside the
+ * xferlog already opened. A part that was asked for and cannot start is a start error (one line,
+ * what was opened is closed again); the default control socket is taken when it can be and
+ * logged when it cannot.
  */
-async function startObservability(cfg: Config, logger: AppLogger): Promise<Observability | string> {
-  const opened: { -readonly [K in keyof Observability]?: Observability[K] } = {};
-  try {
-    opened.xferlog = cfg.xferlog !== undefined ? await XferlogWriter.open(cfg.xferlog, logger) : null;
-  } catch (e) {
-    return `cannot open the xferlog ${cfg.xferlog}: ${errText(e)}`;
-  }
-  if (cfg.metrics) {
+async function startObservability(
+  cfg: Config,
+  logger: AppLogger,
+  xferlog: XferlogWriter | null,
+  metrics: PromMetrics | null,
+  provider: SessionProvider,
+): Promise<Observability | string> {
+  const opened: { -readonly [K in keyof Observability]?: Observability[K] } = { xferlog };
+  if (cfg.metrics && metrics) {
     try {
-      opened.metrics = await MetricsListener.listen(cfg.metrics, new PromMetrics(), logger);
+      opened.metrics = await MetricsListener.listen(cfg.metrics, metrics, logger);
     } catch (e) {
       await closeObservability(opened);
       return `cannot listen for metrics on ${cfg.metrics.address} port ${cfg.metrics.port}: ${errText(e)}`;
     }
   }
   try {
-    opened.control = await ControlServer.open(cfg.controlSocket.path, NO_SESSIONS, logger);
+    opened.control = await ControlServer.open(cfg.controlSocket.path, provider, logger);
   } catch (e) {
     if (!(e instanceof ControlSocketError)) throw e;
     if (cfg.controlSocket.explicit) {
@@ -116,14 +115,33 @@ export async function main(cfg: Config): Promise<number> {
     logger.flush();
     return 2;
   }
-  const obs = await startObservability(cfg, logger);
+  let xferlog: XferlogWriter | null;
+  try {
+    xferlog = cfg.xferlog !== undefined ? await XferlogWriter.open(cfg.xferlog, logger) : null;
+  } catch (e) {
+    out.err(`ftp-proxy: cannot open the xferlog ${cfg.xferlog}: ${errText(e)}\n`);
+    await dataPlane.close().catch(() => undefined);
+    logger.flush();
+    return 1;
+  }
+  const metrics = cfg.metrics ? new PromMetrics() : null;
+  // Constructed before the control socket opens (it lists the server's sessions); it accepts
+  // nothing before listen() below.
+  const server = new ProxyServer({
+    config: cfg,
+    dataPlane,
+    logger,
+    resolveServer: serverResolver(cfg),
+    metrics: metrics ?? NO_METRICS,
+    xferlog,
+  });
+  const obs = await startObservability(cfg, logger, xferlog, metrics, server.provider);
   if (typeof obs === 'string') {
     out.err(`ftp-proxy: ${obs}\n`);
     await dataPlane.close().catch(() => undefined);
     logger.flush();
     return 1;
   }
-  const server = new ProxyServer({ config: cfg, dataPlane, logger, resolveServer: serverResolver(cfg) });
   let addr: net.AddressInfo;
   try {
     addr = await server.listen();

@@ -64,8 +64,11 @@ export interface TransferRecord {
   /** From the last TYPE the server accepted; FTP starts in ASCII. */
   readonly type: 'ascii' | 'binary';
   readonly mode: 'passive' | 'active';
-  /** Bytes carried by the transfer's data connection. */
-  readonly bytes: number;
+  /**
+   * Bytes carried by the transfer's data connection the transfer's way; null when the data plane
+   * cannot count them (nftables: the kernel carries them) or they could go around the proxy.
+   */
+  readonly bytes: number | null;
   /** Epoch milliseconds of the transfer command. */
   readonly startedAt: number;
   readonly durationMs: number;

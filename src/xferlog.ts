@@ -39,7 +39,8 @@ export function xferlogLine(r: TransferRecord): string {
     ctime(new Date(r.startedAt + r.durationMs)),
     String(Math.max(1, Math.round(r.durationMs / 1000))),
     r.client.address,
-    String(r.bytes),
+    // Unknown (nftables) is '-', not a number that would be wrong; analyzers read it as 0.
+    r.bytes === null ? '-' : String(r.bytes),
     safeField(recordPath(r)),
     r.type === 'binary' ? 'b' : 'a',
     '_',

@@ -23,8 +23,9 @@ export type Command =
   | { kind: 'CCC' }
   | { kind: 'ABOR' }
   | { kind: 'QUIT' }
-  | { kind: 'TRANSFER'; verb: TransferVerb }
-  | { kind: 'OTHER'; verb: string }
+  /** `arg`: the text after the verb, Telnet bytes and surrounding spaces removed. */
+  | { kind: 'TRANSFER'; verb: TransferVerb; arg: string }
+  | { kind: 'OTHER'; verb: string; arg: string }
   | { kind: 'INVALID'; verb: string; error: ProtocolError };
 
 const TRANSFER_VERB_SET: ReadonlySet<string> = new Set<TransferVerb>(TRANSFER_VERBS);
@@ -199,7 +200,7 @@ export function classifyCommand(line: string): Command {
     case 'AUTH':
       return { kind: 'AUTH', mechanism: upperAscii(arg) };
     default:
-      if (TRANSFER_VERB_SET.has(verb)) return { kind: 'TRANSFER', verb: verb as TransferVerb };
-      return { kind: 'OTHER', verb };
+      if (TRANSFER_VERB_SET.has(verb)) return { kind: 'TRANSFER', verb: verb as TransferVerb, arg };
+      return { kind: 'OTHER', verb, arg };
   }
 }

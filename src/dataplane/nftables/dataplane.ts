@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { DataPlaneError } from '../../errors.js';
 import type { PortAllocator } from '../../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from '../types.js';
+import type { Moved } from '../../transfer.js';
 import { LibnftablesRunner } from './libnftables.js';
 import { NetlinkRunner } from './netlink.js';
 import { batch, type Command } from './schema.js';
@@ -275,6 +276,11 @@ export class NftablesDataPlane implements DataPlane {
   /** The kernel carries the bytes: the proxy cannot tell cheaply, so never. */
   carrying(_sid: string): boolean {
     return false;
+  }
+
+  /** The kernel carries the bytes and this plane does not read its counters (README, Operating it). */
+  async transferred(_id: string): Promise<Moved | null> {
+    return null;
   }
 
   /**
