@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { MetricsListener } from '../src/metrics/http.js';
 import { NO_METRICS, PromMetrics, type Metrics } from '../src/metrics/metrics.js';
 import { createLogger } from '../src/log.js';
+import { sample } from './lib/scrape.js';
 
 const quiet = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
 
@@ -33,12 +34,6 @@ function raw(port: number, bytes: string | Buffer): Promise<string> {
   });
 }
 
-/** The value of one sample line, e.g. series('ftpproxy_transfers_total{command="RETR",result="ok"}'). */
-function sample(text: string, series: string): number {
-  const line = text.split('\n').find((l) => l.startsWith(series + ' '));
-  if (line === undefined) throw new Error(`no sample ${series}`);
-  return Number(line.slice(series.length + 1));
-}
 
 async function started(t: Test): Promise<{ m: PromMetrics; port: number }> {
   const m = new PromMetrics();
