@@ -30,6 +30,7 @@ export interface RawOptions {
   dataIdleTimeout: string;
   maxLineLength: string;
   nftTable: string;
+  nflogGroup: string;
   routeTable: string;
   shutdownGrace: string;
   printRuleset?: boolean;
@@ -79,6 +80,7 @@ export function buildCommand(): Command {
     .option('--mark <n>', 'packet mark set on admitted data connections, 1-0xffffffff')
     .option('-t, --timeout <seconds>', 'idle timeout of a session, 0-86400, 0 = none', '86400')
     .option('-v, --log-rules', 'log admitted data connections (nftables log statement, per-session prefix)')
+    .option('--nflog-group <n>', 'nftables: NFLOG group through which the data connections\' bytes are counted, 1-65535; 0 = do not count', '2121')
     .option('--masquerade-address <addr>', 'address advertised to clients in 227 replies (reverse mode; default: the local address of the control connection)')
     .option('--data-ports <lo-hi>', 'ports used for data connections, 1024-65535', '49152-65535')
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')

@@ -51,6 +51,8 @@ export interface Config {
   readonly mark?: number;
   readonly maxLineLength: number;
   readonly nftTable: string;
+  /** nftables: NFLOG group for counting data bytes; 0 = not counted. */
+  readonly nflogGroup: number;
   /** Relay, outbound mode: policy routing table (and rule priority) for active data from the server's address; 0 = off. */
   readonly routeTable: number;
   readonly shutdownGrace: number;
@@ -219,6 +221,7 @@ export function buildConfig(o: RawOptions): Config {
     ...(mark !== undefined ? { mark } : {}),
     maxLineLength: integer('--max-line-length', o.maxLineLength, 512, 65536),
     nftTable: table,
+    nflogGroup: integer('--nflog-group', o.nflogGroup, 0, 65535),
     routeTable: routeTable(o.routeTable),
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,

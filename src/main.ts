@@ -37,8 +37,14 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
     entryTimeoutSec: cfg.dataTimeout,
     logRules: cfg.logRules,
     ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}),
+    ...countOption(cfg),
     logger,
   });
+}
+
+/** The nftables table's byte counting (rules.ts TableOptions.count), unless --nflog-group 0. */
+function countOption(cfg: Config): { count?: { group: number; ports: { low: number; high: number } } } {
+  return cfg.nflogGroup === 0 ? {} : { count: { group: cfg.nflogGroup, ports: cfg.dataPorts } };
 }
 
 function serverResolver(cfg: Config): (client: net.Socket) => Promise<Endpoint> {
@@ -102,7 +108,9 @@ async function startObservability(
 /** Runs the proxy with a validated config; resolves with the process exit status. */
 export async function main(cfg: Config): Promise<number> {
   if (cfg.printRuleset) {
-    out.out(renderRuleset({ table: cfg.nftTable, logRules: cfg.logRules, ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}) }));
+    out.out(
+      renderRuleset({ table: cfg.nftTable, logRules: cfg.logRules, ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}), ...countOption(cfg) }),
+    );
     return 0;
   }
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });

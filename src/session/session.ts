@@ -483,13 +483,10 @@ export class Session {
     const moved = path ? this.o.dataPlane.transferred(path.id) : Promise.resolve(a.counted ? { fromPeer: 0, toPeer: 0 } : null);
     void moved.then((mv) => {
       const record: TransferRecord = { ...base, bytes: mv === null ? null : path ? transferBytes(path.kind, a.verb, mv) : 0 };
+      // sid and client are the child logger's own fields.
+      const { sid: _sid, client: _client, ...fields } = record;
       this.log.info(
-        {
-          ...record,
-          client: hostPort(record.client.address, record.client.port),
-          server: hostPort(record.server.address, record.server.port),
-          startedAt: new Date(startedAt).toISOString(),
-        },
+        { ...fields, server: hostPort(record.server.address, record.server.port), startedAt: new Date(startedAt).toISOString() },
         'transfer',
       );
       this.o.metrics.transferEnded(record.command, record.result, record.bytes ?? 0);
