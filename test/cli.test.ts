@@ -227,6 +227,12 @@ t.test('--help documents every flag with its default; the built program runs', a
   t.equal(dry.status, 0, '--print-ruleset exits 0 without touching nftables');
   t.match(dry.stdout, /^table inet fp_dry \{/);
   t.match(dry.stdout, /meta mark set 0x00000010 ct mark set 0x00000010/);
+  t.match(dry.stdout, /chain count \{\n\t\ttype filter hook forward priority filter - 10;[^}]*tcp flags & \(fin \| syn \| rst\) != 0 log group 2121 snaplen 100/, 'bytes counted through NFLOG group 2121 by default');
+  const uncounted = spawnSync(process.execPath, [cli.pathname, '--print-ruleset', '--nflog-group', '0'], { encoding: 'utf8' });
+  t.notMatch(uncounted.stdout, /chain count|log group/, '--nflog-group 0: no count chain');
+  const badGroup = spawnSync(process.execPath, [cli.pathname, '--nflog-group', '65536'], { encoding: 'utf8' });
+  t.equal(badGroup.status, 2);
+  t.match(badGroup.stderr, /^ftp-proxy: --nflog-group:/);
   const bad = spawnSync(process.execPath, [cli.pathname, '--port', 'nope'], { encoding: 'utf8' });
   t.equal(bad.status, 2);
   t.equal(bad.stderr.trim().split('\n').length, 1);
