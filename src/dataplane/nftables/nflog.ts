@@ -149,16 +149,22 @@ function unwrap(x: number, isn: number, near: number): number {
 export class FlowTable {
   /** peer|target|port -> path id, for paths waiting for or carrying their connection. */
   private readonly byTuple = new Map<string, string>();
+  private readonly tupleOf = new Map<string, string>();
   private readonly flows = new Map<string, Flow>();
   /** Paths whose counts cannot be trusted (log messages were lost while they were open). */
   private readonly tainted = new Set<string>();
 
   expect(id: string, peer: string, target: Endpoint): void {
-    this.byTuple.set(tupleKey(peer, target.address, target.port), id);
+    const key = tupleKey(peer, target.address, target.port);
+    this.byTuple.set(key, id);
+    this.tupleOf.set(id, key);
   }
 
   forget(id: string): void {
-    for (const [k, v] of this.byTuple) if (v === id) this.byTuple.delete(k);
+    const key = this.tupleOf.get(id);
+    // A later path of the same tuple has taken it over: that one stays.
+    if (key !== undefined && this.byTuple.get(key) === id) this.byTuple.delete(key);
+    this.tupleOf.delete(id);
     this.flows.delete(id);
     this.tainted.delete(id);
   }
