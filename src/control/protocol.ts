@@ -19,7 +19,7 @@ export interface SessionView {
   readonly ageSeconds: number;
   /** Transfer commands that have ended so far. */
   readonly transfers: number;
-  /** Data bytes of those transfers (and of the one running, where the plane counts as it goes). */
+  /** Data bytes of those transfers (the one running counts once it has ended). */
   readonly bytes: number;
   /** The data path negotiated last and not yet released. */
   readonly dataPath: { readonly mode: 'passive' | 'active'; readonly port: number } | null;
