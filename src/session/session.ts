@@ -480,7 +480,7 @@ export class Session {
     } as const;
     // No path: no data connection came through the proxy (a 425, a refusal before any); bytes
     // 0, unless data could have gone around it (passive-direct), or the plane cannot count.
-    const moved = path ? this.o.dataPlane.transferred(path.id) : Promise.resolve(a.counted ? { fromPeer: 0, toPeer: 0 } : null);
+    const moved = path ? this.o.dataPlane.transferred(path.id).catch(() => null) : Promise.resolve(a.counted ? { fromPeer: 0, toPeer: 0 } : null);
     void moved.then((mv) => {
       const record: TransferRecord = { ...base, bytes: mv === null ? null : path ? transferBytes(path.kind, a.verb, mv) : 0 };
       // sid and client are the child logger's own fields.
