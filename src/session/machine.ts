@@ -77,6 +77,8 @@ export type Action =
       readonly abortSent: boolean;
       readonly path: { readonly id: string; readonly kind: 'passive' | 'active' } | null;
       readonly counted: boolean;
+      /** How its data connection was negotiated (PASV/EPSV or PORT/EPRT; passive when none was). */
+      readonly mode: 'passive' | 'active';
     }
   /** The server accepted the login (230/232): login-phase limits end. */
   | { readonly type: 'loggedIn' }
@@ -96,7 +98,15 @@ type Pending =
   | { readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
   | { readonly kind: 'active'; readonly neg: number }
   /** `aborted`: an ABOR was forwarded while it was outstanding. */
-  | { readonly kind: 'transfer'; readonly verb: TransferVerb; readonly arg: string; readonly neg: number; readonly seq: number; aborted: boolean }
+  | {
+      readonly kind: 'transfer';
+      readonly verb: TransferVerb;
+      readonly arg: string;
+      readonly neg: number;
+      readonly mode: 'passive' | 'active';
+      readonly seq: number;
+      aborted: boolean;
+    }
   | { readonly kind: 'abor' }
   | { readonly kind: 'other'; readonly verb: string; readonly arg: string }
   | { readonly kind: 'auth' }
@@ -136,6 +146,8 @@ export class SessionMachine {
   /** The last negotiation answered with the server's own port (passiveDirect): nothing to count. */
   private directNeg = 0;
   private transferSeq = 0;
+  /** How the last negotiation was asked for. */
+  private negMode: 'passive' | 'active' = 'passive';
   private transferring = false;
   private epsvAll = false;
   private greeted = false;
@@ -419,7 +431,7 @@ export class SessionMachine {
       case 'TRANSFER': {
         const seq = ++this.transferSeq;
         out.push({ type: 'transferStarted', seq });
-        return this.forward(line, { kind: 'transfer', verb: cmd.verb, arg: cmd.arg, neg: this.neg, seq, aborted: false }, out);
+        return this.forward(line, { kind: 'transfer', verb: cmd.verb, arg: cmd.arg, neg: this.neg, mode: this.negMode, seq, aborted: false }, out);
       }
       case 'ABOR':
         // Sent clean, and urgent (Telnet IP and the Synch) only when the client's own ABOR
@@ -462,6 +474,7 @@ export class SessionMachine {
     }
     // IPv4 servers all understand PASV; IPv6 ones need EPSV. The server's address in its
     // reply is never used, only its port.
+    this.negMode = 'passive';
     this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'passive', reply, neg: ++this.neg }, out);
   }
 
@@ -494,6 +507,7 @@ export class SessionMachine {
       });
     }
     const a = this.o.addressing;
+    this.negMode = 'active';
     this.startOpen(
       { kind: 'active', neg: ++this.neg },
       {
@@ -676,6 +690,7 @@ export class SessionMachine {
       abortSent: head.aborted,
       path: p ? { id: p.path.id, kind: p.kind } : null,
       counted: head.neg === 0 || head.neg !== this.directNeg,
+      mode: head.mode,
     });
   }
 

@@ -472,7 +472,7 @@ export class Session {
       path: a.arg,
       directory: m.directory,
       type: m.type,
-      mode: path?.kind ?? 'passive',
+      mode: a.mode,
       startedAt,
       durationMs: now - startedAt,
       replyCode: a.code,

@@ -121,7 +121,7 @@ t.test('PORT: data goes to the client control address; PORT sent to the server c
     ['transfer', 'toClient', 'transferEnded', 'release'],
     'the client has its 226 before the path is released; the transfer ends before it, so its bytes can be asked for',
   );
-  t.match(ended(y)[0], { verb: 'RETR', arg: 'f', code: 226, abortSent: false, path: { id: 'a1', kind: 'active' }, counted: true });
+  t.match(ended(y)[0], { verb: 'RETR', arg: 'f', code: 226, abortSent: false, path: { id: 'a1', kind: 'active' }, counted: true, mode: 'active' });
   t.notOk(m.transferActive);
   t.equal(m.currentPath, null);
 });
@@ -549,4 +549,12 @@ t.test('transfer records: passive-direct data is not counted', async (t) => {
   m.clientLine('LIST');
   m.serverReply(reply('150 here'));
   t.match(ended(m.serverReply(reply('226 done'))), [{ verb: 'LIST', path: null, counted: false }]);
+});
+
+t.test('transfer records: the mode of a negotiation whose path never came', async (t) => {
+  const m = machine();
+  const [open] = opens(m.clientLine('PORT 192,0,2,2,156,64'));
+  m.dataFailed(open!.token, new DataPlaneError('PORTS_EXHAUSTED', 'none free'));
+  m.clientLine('RETR f');
+  t.match(ended(m.serverReply(reply('425 no data connection'))), [{ verb: 'RETR', code: 425, path: null, mode: 'active' }]);
 });
