@@ -1,9 +1,9 @@
-#!/usr/bin/env node
-// The command-line contract: commander definitions only. Flags in, raw option strings out;
-// validation lives in config.ts, the wiring in main.ts.
+// The command-line contract: commander definitions only. Flags and subcommands in, raw option
+// strings out; validation lives in config.ts, the wiring in main.ts, the entry point in bin.ts.
 
 import { Command, CommanderError } from 'commander';
 import { DEFAULT_MAX_LINE } from './protocol/lines.js';
+import { DEFAULT_CONTROL_SOCKET } from './control/protocol.js';
 
 export interface RawOptions {
   ipv6?: boolean;
@@ -30,6 +30,7 @@ export interface RawOptions {
   dataIdleTimeout: string;
   maxLineLength: string;
   nftTable: string;
+  nflogGroup: string;
   routeTable: string;
   shutdownGrace: string;
   printRuleset?: boolean;
@@ -39,6 +40,15 @@ export interface RawOptions {
   denyClient: string[];
   allowServer: string[];
   denyServer: string[];
+  metrics?: string;
+  controlSocket?: string;
+  xferlog?: string;
+}
+
+/** Options of the subcommands that talk to a running proxy. */
+export interface RawClientOptions {
+  controlSocket?: string;
+  json?: boolean;
 }
 
 const collect = (value: string, previous: string[]): string[] => [...previous, ...value.split(',')];
@@ -70,6 +80,7 @@ export function buildCommand(): Command {
     .option('--mark <n>', 'packet mark set on admitted data connections, 1-0xffffffff')
     .option('-t, --timeout <seconds>', 'idle timeout of a session, 0-86400, 0 = none', '86400')
     .option('-v, --log-rules', 'log admitted data connections (nftables log statement, per-session prefix)')
+    .option('--nflog-group <n>', 'nftables: NFLOG group through which the data connections\' bytes are counted, 1-65535; 0 = do not count', '2121')
     .option('--masquerade-address <addr>', 'address advertised to clients in 227 replies (reverse mode; default: the local address of the control connection)')
     .option('--data-ports <lo-hi>', 'ports used for data connections, 1024-65535', '49152-65535')
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
@@ -87,18 +98,50 @@ export function buildCommand(): Command {
     .option('--route-table <n>', "relay, outbound mode: routing table and rule priority ftp-proxy owns, so data paths use the server's address (passive data is caught there, active data comes from it); 1-32765 (not 253-255), 0 = off", '2121')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')
     .option('--print-ruleset', 'print the nftables table ftp-proxy would create, and exit')
+    .option('--metrics <addr:port>', 'serve Prometheus metrics over HTTP at GET /metrics on this address ([v6addr]:port for IPv6); off by default')
+    .option('--control-socket <path>', `unix socket for 'ftp-proxy sessions' and 'ftp-proxy kill' (default: ${DEFAULT_CONTROL_SOCKET})`)
+    .option('--xferlog <file>', 'append one wu-ftpd/ProFTPD xferlog line per file transfer to this file')
     .showHelpAfterError(false)
-    .allowExcessArguments(false);
+    .allowExcessArguments(false)
+    // Options after a subcommand's name are that subcommand's own.
+    .enablePositionalOptions()
+    .helpCommand(false);
 }
 
-export type CliResult = { kind: 'run'; options: RawOptions } | { kind: 'exit'; code: number };
+const SOCKET_HELP = `control socket of the running proxy (default: ${DEFAULT_CONTROL_SOCKET})`;
+
+function addSubcommands(program: Command, found: (r: CliResult) => void): void {
+  program
+    .command('sessions')
+    .description('list the live sessions of the running proxy')
+    .option('--json', 'print a JSON array instead of a table')
+    .option('--control-socket <path>', SOCKET_HELP)
+    .action((o: RawClientOptions) => found({ kind: 'sessions', options: o }));
+  program
+    .command('kill')
+    .description('end one live session: its client gets 421 and its data paths are removed')
+    .argument('<id>', "session id, as 'ftp-proxy sessions' shows it")
+    .option('--control-socket <path>', SOCKET_HELP)
+    .action((id: string, o: RawClientOptions) => found({ kind: 'kill', id, options: o }));
+}
+
+export type CliResult =
+  | { kind: 'run'; options: RawOptions }
+  | { kind: 'sessions'; options: RawClientOptions }
+  | { kind: 'kill'; id: string; options: RawClientOptions }
+  | { kind: 'exit'; code: number };
 
 /**
- * Parse argv. Help and --version print and return exit 0; any usage error prints one line
- * naming the flag and returns exit 2. Never calls process.exit itself.
+ * Parse argv: the proxy's flags, or a subcommand with its own. Help and --version print and
+ * return exit 0; any usage error prints one line naming the flag and returns exit 2. Never
+ * calls process.exit itself.
  */
 export function parseArgs(argv: readonly string[], write: { out: (s: string) => void; err: (s: string) => void }): CliResult {
   const cmd = buildCommand();
+  let result: CliResult | null = null;
+  const found = (r: CliResult): void => {
+    result = r;
+  };
   cmd.exitOverride();
   cmd.configureOutput({
     writeOut: write.out,
@@ -106,6 +149,13 @@ export function parseArgs(argv: readonly string[], write: { out: (s: string) => 
     writeErr: () => undefined,
     outputError: () => undefined,
   });
+  // Subcommands inherit the exit and output settings above.
+  addSubcommands(cmd, found);
+  cmd.action(() => found({ kind: 'run', options: cmd.opts<RawOptions>() }));
+  const usage = (message: string): CliResult => {
+    write.err(`ftp-proxy: ${message}\n`);
+    return { kind: 'exit', code: 2 };
+  };
   try {
     cmd.parse([...argv], { from: 'user' });
   } catch (e) {
@@ -113,33 +163,19 @@ export function parseArgs(argv: readonly string[], write: { out: (s: string) => 
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version' || e.code === 'commander.help') {
         return { kind: 'exit', code: 0 };
       }
-      write.err(`ftp-proxy: ${e.message.replace(/^error: /, '').split('\n')[0]}\n`);
-      return { kind: 'exit', code: 2 };
+      return usage(e.message.replace(/^error: /, '').split('\n')[0]!);
     }
     throw e;
   }
-  return { kind: 'run', options: cmd.opts<RawOptions>() };
-}
-
-// Entry point when run as a program (`node dist/cli.js`, or the `ftp-proxy` bin link).
-import { realpathSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-
-function invokedDirectly(): boolean {
-  const script = process.argv[1];
-  if (!script) return false;
-  try {
-    return realpathSync(script) === realpathSync(fileURLToPath(import.meta.url));
-  } catch {
-    return false;
+  // A parse that did not throw ran exactly one action.
+  const r = result as unknown as CliResult;
+  if (r.kind === 'run' || r.kind === 'exit') return r;
+  // Flags before the subcommand's name were parsed as the proxy's: only the socket means anything there.
+  for (const opt of cmd.options) {
+    const key = opt.attributeName();
+    if (cmd.getOptionValueSource(key) !== 'cli') continue;
+    if (key !== 'controlSocket') return usage(`${[opt.short, opt.long].filter(Boolean).join('/')}: not an option of '${r.kind}'`);
   }
-}
-
-if (invokedDirectly()) {
-  // Not a top-level await: main.js imports this module, and a cycle under TLA never settles.
-  void import('./main.js')
-    .then(({ main }) => main(process.argv.slice(2)))
-    .then((code) => {
-      process.exitCode = code;
-    });
+  const controlSocket = r.options.controlSocket ?? cmd.opts<RawOptions>().controlSocket;
+  return { ...r, options: { ...r.options, ...(controlSocket !== undefined ? { controlSocket } : {}) } };
 }

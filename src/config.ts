@@ -2,7 +2,8 @@
 // result is a frozen Config; nothing after this point re-checks a flag.
 
 import ipaddr from 'ipaddr.js';
-import type { RawOptions } from './cli.js';
+import type { RawClientOptions, RawOptions } from './cli.js';
+import { DEFAULT_CONTROL_SOCKET } from './control/protocol.js';
 import { ConfigError } from './errors.js';
 import type { Endpoint } from './dataplane/types.js';
 import { AddressList, parseCidr } from './net/policy.js';
@@ -50,6 +51,8 @@ export interface Config {
   readonly mark?: number;
   readonly maxLineLength: number;
   readonly nftTable: string;
+  /** nftables: NFLOG group for counting data bytes; 0 = not counted. */
+  readonly nflogGroup: number;
   /** Relay, outbound mode: policy routing table (and rule priority) for active data from the server's address; 0 = off. */
   readonly routeTable: number;
   readonly shutdownGrace: number;
@@ -58,6 +61,21 @@ export interface Config {
   readonly tls: 'refuse' | 'pass';
   readonly clients: AddressList;
   readonly servers: AddressList;
+  /** Where GET /metrics is served; absent: no metrics listener. */
+  readonly metrics?: Endpoint;
+  /**
+   * The control socket. `explicit`: the path was given, so failing to take it stops the start;
+   * the default path is taken when it can be (not when another proxy holds it, or not as root).
+   */
+  readonly controlSocket: { readonly path: string; readonly explicit: boolean };
+  /** File the xferlog lines are appended to; absent: none written. */
+  readonly xferlog?: string;
+}
+
+/** What the subcommands that talk to a running proxy need. */
+export interface ClientConfig {
+  readonly controlSocket: string;
+  readonly json: boolean;
 }
 
 function fail(flag: string, message: string): never {
@@ -106,6 +124,36 @@ function portRange(flag: string, raw: string): { low: number; high: number } {
   const high = integer(flag, m[2]!, 1024, 65535);
   if (low > high) fail(flag, `'${raw}': ${low} is above ${high}`);
   return { low, high };
+}
+
+/** ADDR:PORT, an IPv6 address in brackets ([::1]:9464). */
+function listenAddress(flag: string, raw: string): Endpoint {
+  const m = /^\s*(\[[^\]]*\]|[^:\s]*):(\d+)\s*$/.exec(raw);
+  if (!m || m[1] === '') fail(flag, `'${raw}' is not ADDR:PORT (an IPv6 address in brackets: [::1]:9464)`);
+  return { address: canonicalAddress(flag, m[1]!), port: integer(flag, m[2]!, 1, 65535) };
+}
+
+/** sun_path holds 108 bytes with the terminating NUL. */
+const MAX_SOCKET_PATH = 107;
+
+function nonEmpty(flag: string, raw: string): string {
+  if (raw.trim() === '') fail(flag, 'is empty');
+  return raw;
+}
+
+function socketPath(flag: string, raw: string): string {
+  nonEmpty(flag, raw);
+  if (Buffer.byteLength(raw) > MAX_SOCKET_PATH) {
+    fail(flag, `'${raw}' is longer than ${MAX_SOCKET_PATH} bytes, the limit of a unix socket path`);
+  }
+  return raw;
+}
+
+export function buildClientConfig(o: RawClientOptions): ClientConfig {
+  return Object.freeze({
+    controlSocket: o.controlSocket !== undefined ? socketPath('--control-socket', o.controlSocket) : DEFAULT_CONTROL_SOCKET,
+    json: o.json === true,
+  });
 }
 
 /** A rule's priority must come before the main table's (32766); 253-255 are the kernel's tables. */
@@ -173,6 +221,7 @@ export function buildConfig(o: RawOptions): Config {
     ...(mark !== undefined ? { mark } : {}),
     maxLineLength: integer('--max-line-length', o.maxLineLength, 512, 65536),
     nftTable: table,
+    nflogGroup: integer('--nflog-group', o.nflogGroup, 0, 65535),
     routeTable: routeTable(o.routeTable),
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,
@@ -180,6 +229,12 @@ export function buildConfig(o: RawOptions): Config {
     tls: tlsMode(o.tls),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
+    ...(o.metrics !== undefined ? { metrics: listenAddress('--metrics', o.metrics) } : {}),
+    controlSocket:
+      o.controlSocket !== undefined
+        ? { path: socketPath('--control-socket', o.controlSocket), explicit: true }
+        : { path: DEFAULT_CONTROL_SOCKET, explicit: false },
+    ...(o.xferlog !== undefined ? { xferlog: nonEmpty('--xferlog', o.xferlog) } : {}),
   };
   if (cfg.anonymousOnly && cfg.tls === 'pass') {
     // After AUTH the login is inside TLS: -A could not see USER, so it would promise nothing.

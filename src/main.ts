@@ -1,10 +1,9 @@
-// Wiring: command line -> config -> logger -> data plane -> listener, plus signal handling
-// (first SIGTERM/SIGINT closes gracefully and removes every rule; a second exits at once).
+// Wiring: config -> logger -> data plane -> observability (metrics, control socket, xferlog) ->
+// listener, plus signal handling (first SIGTERM/SIGINT closes gracefully and removes every rule).
 
 import type net from 'node:net';
-import { parseArgs } from './cli.js';
-import { buildConfig, type Config } from './config.js';
-import { ConfigError, FtpProxyError } from './errors.js';
+import type { Config } from './config.js';
+import { FtpProxyError } from './errors.js';
 import { createLogger, type AppLogger } from './log.js';
 import { PortAllocator } from './net/ports.js';
 import { originalDestination } from './net/origdst.js';
@@ -12,6 +11,11 @@ import { RelayDataPlane } from './dataplane/relay.js';
 import { NftablesDataPlane, renderRuleset } from './dataplane/nftables/index.js';
 import type { DataPlane, Endpoint } from './dataplane/types.js';
 import { ProxyServer } from './server.js';
+import { NO_METRICS, PromMetrics } from './metrics/metrics.js';
+import { MetricsListener } from './metrics/http.js';
+import { ControlServer, ControlSocketError } from './control/server.js';
+import type { SessionProvider } from './control/protocol.js';
+import { XferlogWriter } from './xferlog.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 
@@ -33,8 +37,14 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
     entryTimeoutSec: cfg.dataTimeout,
     logRules: cfg.logRules,
     ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}),
+    ...countOption(cfg),
     logger,
   });
+}
+
+/** The nftables table's byte counting (rules.ts TableOptions.count), unless --nflog-group 0. */
+function countOption(cfg: Config): { count?: { group: number; ports: { low: number; high: number } } } {
+  return cfg.nflogGroup === 0 ? {} : { count: { group: cfg.nflogGroup, ports: cfg.dataPorts } };
 }
 
 function serverResolver(cfg: Config): (client: net.Socket) => Promise<Endpoint> {
@@ -45,22 +55,62 @@ function serverResolver(cfg: Config): (client: net.Socket) => Promise<Endpoint> 
   return (client) => originalDestination(client);
 }
 
-/** Runs the proxy; resolves with the process exit status. */
-export async function main(argv: readonly string[]): Promise<number> {
-  const parsed = parseArgs(argv, out);
-  if (parsed.kind === 'exit') return parsed.code;
-  let cfg: Config;
-  try {
-    cfg = buildConfig(parsed.options);
-  } catch (e) {
-    if (e instanceof ConfigError) {
-      out.err(`ftp-proxy: ${e.message}\n`);
-      return 2;
+function errText(e: unknown): string {
+  return (e as NodeJS.ErrnoException).code ?? (e instanceof Error ? e.message : String(e));
+}
+
+/** What runs beside the proxy for its operators; each part is absent when not asked for. */
+interface Observability {
+  readonly metrics: MetricsListener | null;
+  readonly control: ControlServer | null;
+  readonly xferlog: XferlogWriter | null;
+}
+
+async function closeObservability(o: Partial<Observability>): Promise<void> {
+  await Promise.all([o.metrics?.close(), o.control?.close(), o.xferlog?.close()]);
+}
+
+/**
+ * Opens the metrics listener (for `metrics`) and the control socket (for `provider`) beside the
+ * xferlog already opened. A part that was asked for and cannot start is a start error (one line,
+ * what was opened is closed again); the default control socket is taken when it can be and
+ * logged when it cannot.
+ */
+async function startObservability(
+  cfg: Config,
+  logger: AppLogger,
+  xferlog: XferlogWriter | null,
+  metrics: PromMetrics | null,
+  provider: SessionProvider,
+): Promise<Observability | string> {
+  const opened: { -readonly [K in keyof Observability]?: Observability[K] } = { xferlog };
+  if (cfg.metrics && metrics) {
+    try {
+      opened.metrics = await MetricsListener.listen(cfg.metrics, metrics, logger);
+    } catch (e) {
+      await closeObservability(opened);
+      return `cannot listen for metrics on ${cfg.metrics.address} port ${cfg.metrics.port}: ${errText(e)}`;
     }
-    throw e;
   }
+  try {
+    opened.control = await ControlServer.open(cfg.controlSocket.path, provider, logger);
+  } catch (e) {
+    if (!(e instanceof ControlSocketError)) throw e;
+    if (cfg.controlSocket.explicit) {
+      await closeObservability(opened);
+      return e.message;
+    }
+    logger.warn({ code: e.code, err: e.message }, 'no control socket: ftp-proxy sessions and kill will not reach this proxy');
+  }
+  return { metrics: opened.metrics ?? null, control: opened.control ?? null, xferlog: opened.xferlog ?? null };
+}
+
+/** Runs the proxy with a validated config; resolves with the process exit status. */
+export async function main(cfg: Config): Promise<number> {
   if (cfg.printRuleset) {
-    out.out(renderRuleset({ table: cfg.nftTable, logRules: cfg.logRules, ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}) }));
+    out.out(
+      renderRuleset({ table: cfg.nftTable, logRules: cfg.logRules, ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}), ...countOption(cfg) }),
+    );
     return 0;
   }
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });
@@ -73,13 +123,39 @@ export async function main(argv: readonly string[]): Promise<number> {
     logger.flush();
     return 2;
   }
-  const server = new ProxyServer({ config: cfg, dataPlane, logger, resolveServer: serverResolver(cfg) });
+  let xferlog: XferlogWriter | null;
+  try {
+    xferlog = cfg.xferlog !== undefined ? await XferlogWriter.open(cfg.xferlog, logger) : null;
+  } catch (e) {
+    out.err(`ftp-proxy: cannot open the xferlog ${cfg.xferlog}: ${errText(e)}\n`);
+    await dataPlane.close().catch(() => undefined);
+    logger.flush();
+    return 1;
+  }
+  const metrics = cfg.metrics ? new PromMetrics() : null;
+  // Constructed before the control socket opens (it lists the server's sessions); it accepts
+  // nothing before listen() below.
+  const server = new ProxyServer({
+    config: cfg,
+    dataPlane,
+    logger,
+    resolveServer: serverResolver(cfg),
+    metrics: metrics ?? NO_METRICS,
+    xferlog,
+  });
+  const obs = await startObservability(cfg, logger, xferlog, metrics, server.provider);
+  if (typeof obs === 'string') {
+    out.err(`ftp-proxy: ${obs}\n`);
+    await dataPlane.close().catch(() => undefined);
+    logger.flush();
+    return 1;
+  }
   let addr: net.AddressInfo;
   try {
     addr = await server.listen();
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? '';
-    out.err(`ftp-proxy: cannot listen on ${cfg.bind} port ${cfg.port}: ${code || (e as Error).message}\n`);
+    out.err(`ftp-proxy: cannot listen on ${cfg.bind} port ${cfg.port}: ${errText(e)}\n`);
+    await closeObservability(obs);
     await dataPlane.close().catch(() => undefined);
     return 1;
   }
@@ -92,6 +168,9 @@ export async function main(argv: readonly string[]): Promise<number> {
       ...(dataPlane instanceof NftablesDataPlane ? { nftRunner: dataPlane.runnerName, nftTable: cfg.nftTable } : {}),
       dataPorts: `${cfg.dataPorts.low}-${cfg.dataPorts.high}`,
       maxSessions: cfg.maxSessions,
+      ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),
+      ...(obs.control ? { controlSocket: obs.control.path } : {}),
+      ...(obs.xferlog ? { xferlog: obs.xferlog.file } : {}),
     },
     'listening',
   );
@@ -109,6 +188,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       server
         .close(cfg.shutdownGrace)
         .then(() => dataPlane.close())
+        .then(() => closeObservability(obs))
         .then(
           () => {
             logger.notice({}, 'stopped');

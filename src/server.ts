@@ -8,12 +8,17 @@ import type { AppLogger } from './log.js';
 import { canonical } from './net/address.js';
 import { tuneListener } from './net/libc.js';
 import { Session } from './session/session.js';
+import type { Metrics, RefusalReason } from './metrics/metrics.js';
+import type { SessionProvider } from './control/protocol.js';
+import type { TransferRecord } from './transfer.js';
 
 export interface ServerDeps {
   readonly config: Config;
   readonly dataPlane: DataPlane;
   readonly logger: AppLogger;
   readonly resolveServer: (client: net.Socket) => Promise<Endpoint>;
+  readonly metrics: Metrics;
+  readonly xferlog: { write(r: TransferRecord): void } | null;
 }
 
 export class ProxyServer {
@@ -25,6 +30,17 @@ export class ProxyServer {
   private drainWaiters: (() => void)[] = [];
   /** Accepted sockets inherit the control-connection socket options (tuneListener). */
   private tuned = false;
+
+  /** What the control socket sees and may end: the live sessions. */
+  readonly provider: SessionProvider = {
+    list: () => [...this.sessions.values()].map((s) => s.view()),
+    kill: (id) => {
+      const s = this.sessions.get(id);
+      if (!s) return false;
+      s.teardown('killed by the administrator', '421 Service not available: session ended by the administrator');
+      return true;
+    },
+  };
 
   constructor(private readonly d: ServerDeps) {
     this.listener = net.createServer((sock) => this.admit(sock));
@@ -51,21 +67,22 @@ export class ProxyServer {
   private admit(sock: net.Socket): void {
     const cfg = this.d.config;
     const client = canonical(sock.remoteAddress ?? '0.0.0.0');
-    const refuse = (why: string, reply: string): void => {
+    const refuse = (reason: RefusalReason, why: string, reply: string): void => {
       this.d.logger.notice({ client, sessions: this.sessions.size }, why);
+      this.d.metrics.refused(reason);
       sock.on('error', () => undefined);
       sock.end(reply + '\r\n');
       setTimeout(() => sock.destroy(), 2000).unref();
     };
-    if (this.stopping) return refuse('connection refused: shutting down', '421 Service not available, proxy shutting down');
+    if (this.stopping) return refuse('shutdown', 'connection refused: shutting down', '421 Service not available, proxy shutting down');
     const policy = cfg.clients.refusal(client);
-    if (policy) return refuse(`client refused by policy (${policy})`, '530 Access denied: your address may not use this proxy');
+    if (policy) return refuse('client_policy', `client refused by policy (${policy})`, '530 Access denied: your address may not use this proxy');
     if (this.sessions.size >= cfg.maxSessions) {
-      return refuse('session limit reached', `421 Too many sessions (${cfg.maxSessions}), try again later`);
+      return refuse('limit', 'session limit reached', `421 Too many sessions (${cfg.maxSessions}), try again later`);
     }
     const mine = this.perClient.get(client) ?? 0;
     if (cfg.maxSessionsPerClient > 0 && mine >= cfg.maxSessionsPerClient) {
-      return refuse('per-client session limit reached', `421 Too many sessions from your address (${cfg.maxSessionsPerClient}), try again later`);
+      return refuse('per_client_limit', 'per-client session limit reached', `421 Too many sessions from your address (${cfg.maxSessionsPerClient}), try again later`);
     }
     const sid = String(++this.seq);
     const session = new Session(sock, {
@@ -85,15 +102,19 @@ export class ProxyServer {
       idleTimeout: cfg.idleTimeout,
       maxLineLength: cfg.maxLineLength,
       clientTuned: this.tuned,
+      metrics: this.d.metrics,
+      xferlog: this.d.xferlog,
       onClose: (s) => this.forget(s, client),
     });
     this.sessions.set(sid, session);
     this.perClient.set(client, mine + 1);
+    this.d.metrics.sessionStarted();
     session.start();
   }
 
   private forget(s: Session, client: string): void {
     this.sessions.delete(s.sid);
+    this.d.metrics.sessionEnded();
     const n = (this.perClient.get(client) ?? 1) - 1;
     if (n > 0) this.perClient.set(client, n);
     else this.perClient.delete(client);

@@ -4,7 +4,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { parseArgs } from '../src/cli.js';
-import { buildConfig } from '../src/config.js';
+import { buildClientConfig, buildConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
 /** What main() would do with these flags: exit status and what it printed on stderr. */
@@ -13,6 +13,7 @@ function run(argv: string[]): { code: number; err: string; out: string; config?:
   let out = '';
   const parsed = parseArgs(argv, { out: (s) => (out += s), err: (s) => (err += s) });
   if (parsed.kind === 'exit') return { code: parsed.code, err, out };
+  if (parsed.kind !== 'run') throw new Error(`${argv.join(' ')}: a subcommand, not the proxy`);
   try {
     return { code: 0, err, out, config: buildConfig(parsed.options) };
   } catch (e) {
@@ -143,6 +144,15 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['-x'], /unknown option '-x'/],
     [['-p'], /argument missing/],
     [['stray'], /too many arguments/],
+    [['--metrics', '9464'], /--metrics: '9464' is not ADDR:PORT/],
+    [['--metrics', '::1:9464'], /--metrics: '::1:9464' is not ADDR:PORT \(an IPv6 address in brackets/],
+    [['--metrics', 'localhost:9464'], /--metrics: 'localhost' is not an IP address/],
+    [['--metrics', '127.0.0.1:0'], /--metrics: '0' is not a whole number from 1 to 65535/],
+    [['--metrics', '127.0.0.1:'], /--metrics: '127.0.0.1:' is not ADDR:PORT/],
+    [['--metrics', ':9464'], /--metrics: ':9464' is not ADDR:PORT/],
+    [['--control-socket', ''], /--control-socket: is empty/],
+    [['--control-socket', `/run/${'x'.repeat(110)}`], /--control-socket: .* longer than 107 bytes/],
+    [['--xferlog', ' '], /--xferlog: is empty/],
   ];
   for (const [argv, re] of bad) {
     const r = run(argv);
@@ -152,6 +162,48 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
   }
 });
 
+t.test('--metrics, --control-socket, --xferlog', async (t) => {
+  const d = run([]).config!;
+  t.equal(d.metrics, undefined, 'metrics are off by default');
+  t.same(d.controlSocket, { path: '/run/ftp-proxy.sock', explicit: false });
+  t.equal(d.xferlog, undefined);
+  const c = run(['--metrics', '0.0.0.0:9464', '--control-socket', '/tmp/fp.sock', '--xferlog', '/var/log/ftp-proxy.xferlog']).config!;
+  t.same(c.metrics, { address: '0.0.0.0', port: 9464 });
+  t.same(c.controlSocket, { path: '/tmp/fp.sock', explicit: true });
+  t.equal(c.xferlog, '/var/log/ftp-proxy.xferlog');
+  t.same(run(['--metrics', '[2001:DB8::1]:80']).config!.metrics, { address: '2001:db8::1', port: 80 }, 'IPv6 in brackets, canonical');
+  t.same(run(['--metrics', '[::ffff:127.0.0.1]:9464']).config!.metrics, { address: '127.0.0.1', port: 9464 });
+  t.same(run(['--metrics', '[::]:9464']).config!.metrics, { address: '::', port: 9464 });
+});
+
+t.test('subcommands: sessions [--json] and kill ID, with the control socket before or after the name', async (t) => {
+  const parse = (argv: string[]) => {
+    let err = '';
+    const r = parseArgs(argv, { out: () => undefined, err: (s) => (err += s) });
+    return { r, err };
+  };
+  t.match(parse(['sessions']).r, { kind: 'sessions', options: {} });
+  t.same(buildClientConfig({}), { controlSocket: '/run/ftp-proxy.sock', json: false });
+  t.match(parse(['sessions', '--json']).r, { kind: 'sessions', options: { json: true } });
+  t.match(parse(['sessions', '--control-socket', '/a.sock']).r, { kind: 'sessions', options: { controlSocket: '/a.sock' } });
+  t.match(parse(['--control-socket', '/b.sock', 'sessions', '--json']).r, { kind: 'sessions', options: { controlSocket: '/b.sock', json: true } });
+  t.match(parse(['--control-socket', '/b.sock', 'kill', '7', '--control-socket', '/c.sock']).r, { kind: 'kill', id: '7', options: { controlSocket: '/c.sock' } }, 'the later one wins');
+  t.match(parse(['kill', '42']).r, { kind: 'kill', id: '42' });
+  for (const [argv, re] of [
+    [['kill'], /^ftp-proxy: missing required argument 'id'\n$/],
+    [['kill', '1', '2'], /^ftp-proxy: too many arguments for 'kill'/],
+    [['sessions', '-p', '21'], /^ftp-proxy: unknown option '-p'\n$/],
+    [['-p', '21', 'sessions'], /^ftp-proxy: -p\/--port: not an option of 'sessions'\n$/],
+    [['--metrics', '127.0.0.1:1', 'kill', '3'], /^ftp-proxy: --metrics: not an option of 'kill'\n$/],
+    [['sessions', 'extra'], /^ftp-proxy: too many arguments for 'sessions'/],
+  ] as const) {
+    const { r, err } = parse([...argv]);
+    t.same(r, { kind: 'exit', code: 2 }, argv.join(' '));
+    t.match(err, re, argv.join(' '));
+  }
+  t.throws(() => buildClientConfig({ controlSocket: '' }), { message: /--control-socket: is empty/ });
+});
+
 t.test('--help documents every flag with its default; the built program runs', async (t) => {
   const h = run(['--help']);
   t.equal(h.code, 0);
@@ -159,9 +211,13 @@ t.test('--help documents every flag with its default; the built program runs', a
     t.match(h.out, new RegExp(`(^|\\s)${flag}[, ]`), flag);
   }
   for (const def of ['"8021"', '"21"', '"100"', '"86400"', '"5"', '"49152-65535"', '"nftables"']) t.match(h.out, def);
-  const cli = new URL('../dist/cli.js', import.meta.url);
+  for (const flag of ['--metrics', '--control-socket', '--xferlog']) t.match(h.out, new RegExp(`\\s${flag} <`), flag);
+  t.match(h.out, /default: \/run\/ftp-proxy\.sock/);
+  t.match(h.out, /Commands:\n\s+sessions \[options\]\s+list the live sessions/);
+  t.match(h.out, /\n\s+kill \[options\] <id>\s+end one live session/);
+  const cli = new URL('../dist/bin.js', import.meta.url);
   if (!existsSync(cli)) {
-    t.fail('dist/cli.js missing: npm test builds it first');
+    t.fail('dist/bin.js missing: npm test builds it first');
     return;
   }
   const help = spawnSync(process.execPath, [cli.pathname, '--help'], { encoding: 'utf8' });
@@ -171,6 +227,12 @@ t.test('--help documents every flag with its default; the built program runs', a
   t.equal(dry.status, 0, '--print-ruleset exits 0 without touching nftables');
   t.match(dry.stdout, /^table inet fp_dry \{/);
   t.match(dry.stdout, /meta mark set 0x00000010 ct mark set 0x00000010/);
+  t.match(dry.stdout, /chain count \{\n\t\ttype filter hook forward priority filter - 10;[^}]*tcp flags & \(fin \| syn \| rst\) != 0 log group 2121 snaplen 100/, 'bytes counted through NFLOG group 2121 by default');
+  const uncounted = spawnSync(process.execPath, [cli.pathname, '--print-ruleset', '--nflog-group', '0'], { encoding: 'utf8' });
+  t.notMatch(uncounted.stdout, /chain count|log group/, '--nflog-group 0: no count chain');
+  const badGroup = spawnSync(process.execPath, [cli.pathname, '--nflog-group', '65536'], { encoding: 'utf8' });
+  t.equal(badGroup.status, 2);
+  t.match(badGroup.stderr, /^ftp-proxy: --nflog-group:/);
   const bad = spawnSync(process.execPath, [cli.pathname, '--port', 'nope'], { encoding: 'utf8' });
   t.equal(bad.status, 2);
   t.equal(bad.stderr.trim().split('\n').length, 1);

@@ -37,6 +37,8 @@ NODE_PIPE = HERE / "node-pipe.mjs"
 HOPS = (FLOOR, *PROXIES)  # a Node.js process of ours in the gateway, behind the redirect
 PASV_ONLY = ("direct", FLOOR)  # nothing rewrites PORT: active sessions cannot pass
 NODE = shutil.which("node") or "node"  # the floor and the proxy run on the same node
+# --observe: what every proxy setup is also given (metrics listener, xferlog), set in main().
+OBSERVE: list[str] = []
 
 
 class Stop(Exception):
@@ -177,7 +179,7 @@ class Noise:
 def hop_args(lab: Lab, setup: str, cli: str) -> list[str]:
     if setup == FLOOR:
         return [str(NODE_PIPE), str(PROXY_PORT), lab.server, str(lab.port)]
-    return [cli, "-b", "::", "-p", str(PROXY_PORT), "--backend", BACKEND[setup], "-m", "20000", "-D", "3"]
+    return [cli, "-b", "::", "-p", str(PROXY_PORT), "--backend", BACKEND[setup], "-m", "20000", "-D", "3", *OBSERVE]
 
 
 class Proxy:
@@ -800,6 +802,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--idle-levels", help="comma list, e.g. 1000,10000; 0 = skip")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--observe", action="store_true",
+                    help="run the proxies with --metrics 127.0.0.1:9464 and --xferlog OUT/xferlog (issue 12's cost)")
     ap.add_argument("--no-floor", action="store_true",
                     help=f"leave out the {FLOOR} setup (a bare Node.js TCP forwarder, PASV phases only, "
                          "the floor for a Node-based proxy) and the proxies' ratios to it; default: included")
@@ -832,9 +836,11 @@ def main() -> int:
     stamp = datetime.datetime.now().astimezone()
     outdir = cfg.out / f"bench-{stamp:%Y%m%d-%H%M%S}"
     outdir.mkdir(parents=True, exist_ok=True)
+    if cfg.observe:
+        OBSERVE.extend(["--metrics", "127.0.0.1:9464", "--xferlog", str(outdir / "xferlog")])
     meta = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
             "proxy": {"source": cfg.source, "cli": cfg.cli,
-                      "argv": f"-b :: -p {PROXY_PORT} --backend X -m 20000 -D 3"},
+                      "argv": " ".join([f"-b :: -p {PROXY_PORT} --backend X -m 20000 -D 3", *OBSERVE])},
             "floor": {"script": str(NODE_PIPE), "argv": " ".join([NODE, *hop_args(lab, FLOOR, cfg.cli)])}
             if FLOOR in cfg.setups else None,
             "server": "vsftpd (lab, anonymous)", "client": "Python ftplib (load.py) in the client namespace",

@@ -5,6 +5,7 @@
 import { DataPlaneError } from '../errors.js';
 import { PortAllocator } from '../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from './types.js';
+import type { Moved } from '../transfer.js';
 
 export class FakeDataPlane implements DataPlane {
   readonly name = 'fake';
@@ -52,6 +53,13 @@ export class FakeDataPlane implements DataPlane {
 
   carrying(sid: string): boolean {
     return this.busy.has(sid);
+  }
+
+  /** What tests say each path's connection carried; a path not listed carried nothing. */
+  readonly moved = new Map<string, Moved>();
+
+  async transferred(id: string): Promise<Moved | null> {
+    return this.moved.get(id) ?? { fromPeer: 0, toPeer: 0 };
   }
 
   async close(): Promise<void> {}

@@ -11,6 +11,7 @@ import type { PortAllocator } from '../net/ports.js';
 import { connectFrom, listenOn, TransparentSources } from '../net/transparent.js';
 import type { DataPath, DataPathRequest, DataPlane } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
+import type { Moved } from '../transfer.js';
 
 /** How often relayed connections are looked at: their kernel byte counters and TCP states. */
 const TICK_MS = 1000;
@@ -64,6 +65,8 @@ interface RelayPath {
   timer: NodeJS.Timeout | null;
   /** The one connection it relays, once accepted. */
   pair: Pair | null;
+  /** Settles what transferred() answers: the pair's bytes when it ends, zeros when none came. */
+  readonly settle: (m: Moved) => void;
 }
 
 /** A socket's flow from TCP_INFO, or, where that cannot be read, what Node itself saw. */
@@ -79,6 +82,8 @@ export class RelayDataPlane implements DataPlane {
   /** Looks at the pairs while there are any. */
   private ticker: NodeJS.Timeout | null = null;
   private seq = 0;
+  /** What each path's connection carried, until its session asks (or ends). */
+  private readonly results = new Map<string, { readonly sid: string; readonly moved: Promise<Moved> }>();
   private splicer: Splicer | null = null;
   /** Undefined until start() has looked (outbound mode); null where it cannot be had. */
   private transparent: TransparentSources | null | undefined;
@@ -147,7 +152,9 @@ export class RelayDataPlane implements DataPlane {
         : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
     });
     const id = `relay-${++this.seq}`;
-    const path: RelayPath = { req, port, listener, timer: null, pair: null };
+    let settle!: (m: Moved) => void;
+    this.results.set(id, { sid: req.sid, moved: new Promise<Moved>((r) => (settle = r)) });
+    const path: RelayPath = { req, port, listener, timer: null, pair: null, settle };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -204,6 +211,7 @@ export class RelayDataPlane implements DataPlane {
         ? { toTarget: result.aToB, toPeer: result.bToA, copy: 'splice' }
         : { toTarget: target.bytesWritten, toPeer: peer.bytesWritten };
       log[err ? 'warn' : 'debug']({ ...bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
+      path.settle({ fromPeer: bytes.toTarget, toPeer: bytes.toPeer });
       this.forget(id, path);
     };
     const pair: Pair = { sid: path.req.sid, peer, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
@@ -302,7 +310,21 @@ export class RelayDataPlane implements DataPlane {
 
   /** Drop the path once it neither listens nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener === null && path.pair === null) this.paths.delete(id);
+    if (path.listener !== null || path.pair !== null) return;
+    this.paths.delete(id);
+    // No-op when the pair has settled it with its bytes.
+    path.settle({ fromPeer: 0, toPeer: 0 });
+  }
+
+  /**
+   * Counted by the sockets (or the splice worker) when the pair ends, which may be after the
+   * server's final reply (a slow reader still takes the end of a file).
+   */
+  transferred(id: string): Promise<Moved | null> {
+    const r = this.results.get(id);
+    if (!r) return Promise.resolve(null);
+    this.results.delete(id);
+    return r.moved;
   }
 
   async release(id: string, abort: boolean): Promise<void> {
@@ -328,6 +350,7 @@ export class RelayDataPlane implements DataPlane {
       else pair?.cut('session ended');
       this.forget(id, path);
     }
+    for (const [id, r] of this.results) if (r.sid === sid) this.results.delete(id);
   }
 
   /** A pair of `sid` moved bytes (or had them acknowledged) within the last two looks. */

@@ -1,6 +1,8 @@
 // The one seam between the FTP protocol and packets: a session asks the data plane to
 // admit one data connection and later releases it. Implementations: nftables, relay, fake.
 
+import type { Moved } from '../transfer.js';
+
 /** A host and TCP port. Addresses are in canonical text form (no ::ffff: prefix for IPv4). */
 export interface Endpoint {
   readonly address: string;
@@ -75,6 +77,12 @@ export interface DataPlane {
    * idle. Planes that do not see the bytes (the kernel carries them) answer false.
    */
   carrying(sid: string): boolean;
+  /**
+   * What the data connection admitted through path `id` carried each way, once it is over:
+   * resolves when it has ended (with zeros when none came and the path is gone), or null where
+   * this plane cannot count. Asked once per path, before or just after release(id).
+   */
+  transferred(id: string): Promise<Moved | null>;
   /** Remove everything this data plane ever installed. Called once at exit. */
   close(): Promise<void>;
 }

@@ -6,7 +6,9 @@ import { ProtocolError } from '../errors.js';
 import type { Endpoint } from '../dataplane/types.js';
 import { IAC, skipTelnetCommand } from './telnet.js';
 
-export type TransferVerb = 'RETR' | 'STOR' | 'STOU' | 'APPE' | 'LIST' | 'NLST' | 'MLSD';
+/** Commands that move data over a data connection. */
+export const TRANSFER_VERBS = ['RETR', 'STOR', 'STOU', 'APPE', 'LIST', 'NLST', 'MLSD'] as const;
+export type TransferVerb = (typeof TRANSFER_VERBS)[number];
 
 export type Command =
   | { kind: 'PASV' }
@@ -21,11 +23,19 @@ export type Command =
   | { kind: 'CCC' }
   | { kind: 'ABOR' }
   | { kind: 'QUIT' }
-  | { kind: 'TRANSFER'; verb: TransferVerb }
-  | { kind: 'OTHER'; verb: string }
+  /** `arg`: the text after the verb, Telnet bytes and surrounding spaces removed. */
+  | { kind: 'TRANSFER'; verb: TransferVerb; arg: string }
+  | { kind: 'OTHER'; verb: string; arg: string }
   | { kind: 'INVALID'; verb: string; error: ProtocolError };
 
-const TRANSFER_VERBS: ReadonlySet<string> = new Set<TransferVerb>(['RETR', 'STOR', 'STOU', 'APPE', 'LIST', 'NLST', 'MLSD']);
+const TRANSFER_VERB_SET: ReadonlySet<string> = new Set<TransferVerb>(TRANSFER_VERBS);
+
+const ANONYMOUS = new Set(['anonymous', 'ftp']);
+
+/** USER names that ask for an anonymous login (RFC 1635). */
+export function isAnonymous(user: string): boolean {
+  return ANONYMOUS.has(user.toLowerCase());
+}
 
 // Servers split the verb from its argument on any of these (pure-ftpd uses isspace), so a
 // PORT sent with a tab must still be seen as PORT, or it would reach the server unvetted.
@@ -190,7 +200,7 @@ export function classifyCommand(line: string): Command {
     case 'AUTH':
       return { kind: 'AUTH', mechanism: upperAscii(arg) };
     default:
-      if (TRANSFER_VERBS.has(verb)) return { kind: 'TRANSFER', verb: verb as TransferVerb };
-      return { kind: 'OTHER', verb };
+      if (TRANSFER_VERB_SET.has(verb)) return { kind: 'TRANSFER', verb: verb as TransferVerb, arg };
+      return { kind: 'OTHER', verb, arg };
   }
 }

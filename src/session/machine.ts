@@ -1,12 +1,13 @@
 // The pure FTP session state machine: client lines, server replies and data-plane results
 // in; lines to send, data paths to open or release, and log records out. No I/O, no timers.
 
-import { classifyCommand, removeTelnet, stripTelnet, type Command } from '../protocol/commands.js';
+import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, type Command, type TransferVerb } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
 import type { DataPath, DataPathRequest, Endpoint } from '../dataplane/types.js';
 import { ProtocolError, type FtpProxyError } from '../errors.js';
 import { familyOf } from '../net/address.js';
+import { nextDirectory, typeAfter } from '../transfer.js';
 
 /** Where data paths listen, what they advertise and whose address the far end sees. */
 export interface Addressing {
@@ -64,6 +65,25 @@ export type Action =
    */
   | { readonly type: 'release'; readonly id: string; readonly urgent?: boolean }
   | { readonly type: 'transfer'; readonly active: boolean }
+  /** Transfer command `seq` was forwarded: the shell stamps its start time. */
+  | { readonly type: 'transferStarted'; readonly seq: number }
+  /**
+   * Transfer command `seq` has its final reply (`code`), was skipped by the server or cut by the
+   * session's end (`code` null). `path`: the data path negotiated for it, to ask the data plane
+   * what it carried; `counted` false when data could have gone around the proxy (passive-direct).
+   */
+  | {
+      readonly type: 'transferEnded';
+      readonly seq: number;
+      readonly verb: TransferVerb;
+      readonly arg: string;
+      readonly code: number | null;
+      readonly abortSent: boolean;
+      readonly path: { readonly id: string; readonly kind: 'passive' | 'active' } | null;
+      readonly counted: boolean;
+      /** How its data connection was negotiated (PASV/EPSV or PORT/EPRT; passive when none was). */
+      readonly mode: 'passive' | 'active';
+    }
   /** The server accepted the login (230/232): login-phase limits end. */
   | { readonly type: 'loggedIn' }
   /** TLS starts now: from here on the shell relays bytes without reading them. */
@@ -81,9 +101,18 @@ type Pending =
   | { readonly kind: 'greeting' }
   | { readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
   | { readonly kind: 'active'; readonly neg: number }
-  | { readonly kind: 'transfer'; readonly verb: string; readonly neg: number }
+  /** `aborted`: an ABOR was forwarded while it was outstanding. */
+  | {
+      readonly kind: 'transfer';
+      readonly verb: TransferVerb;
+      readonly arg: string;
+      readonly neg: number;
+      readonly mode: 'passive' | 'active';
+      readonly seq: number;
+      aborted: boolean;
+    }
   | { readonly kind: 'abor' }
-  | { readonly kind: 'other'; readonly verb: string }
+  | { readonly kind: 'other'; readonly verb: string; readonly arg: string }
   | { readonly kind: 'auth' }
   /** Answered by the proxy itself; emitted in turn so replies stay in command order. */
   | { readonly kind: 'local'; readonly text: string };
@@ -91,8 +120,6 @@ type Pending =
 type Waiting =
   | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
   | { readonly token: number; readonly kind: 'active'; readonly neg: number };
-
-const ANONYMOUS = new Set(['anonymous', 'ftp']);
 
 const DEFAULT_MAX_QUEUED = 256;
 
@@ -119,12 +146,22 @@ export class SessionMachine {
   /** Negotiations sent so far; 0 = none yet. */
   private neg = 0;
   /** The session's current data path and the negotiation it answers. */
-  private path: { readonly path: DataPath; readonly neg: number } | null = null;
+  private path: { readonly path: DataPath; readonly neg: number; readonly kind: 'passive' | 'active' } | null = null;
+  /** The last negotiation answered with the server's own port (passiveDirect): nothing to count. */
+  private directNeg = 0;
+  private transferSeq = 0;
+  /** How the last negotiation was asked for. */
+  private negMode: 'passive' | 'active' = 'passive';
   private transferring = false;
   private epsvAll = false;
   private greeted = false;
   private loggedIn = false;
   private closed = false;
+  /** What the server accepted, for the session's records and view. */
+  private userName: string | null = null;
+  private cwd: string | null = null;
+  private repType: 'ascii' | 'binary' = 'ascii';
+  private ended = 0;
   /**
    * A reply being forwarded in pieces (see Reply.partial): whether it is dropped, and whether
    * it is the final reply of the command at the head of `pending`.
@@ -154,6 +191,35 @@ export class SessionMachine {
 
   get transferActive(): boolean {
     return this.transferring;
+  }
+
+  /** The name of the last USER command forwarded (null after REIN). */
+  get user(): string | null {
+    return this.userName;
+  }
+
+  /** The server's working directory, when its replies made it known. */
+  get directory(): string | null {
+    return this.cwd;
+  }
+
+  /** The representation type the server accepted last (FTP starts in ASCII). */
+  get type(): 'ascii' | 'binary' {
+    return this.repType;
+  }
+
+  /** Transfer commands that have ended. */
+  get transfers(): number {
+    return this.ended;
+  }
+
+  get state(): 'login' | 'idle' | 'transfer' {
+    return this.transferring ? 'transfer' : this.loggedIn ? 'idle' : 'login';
+  }
+
+  /** The data path currently held and how it was negotiated, for the session's view. */
+  get currentPathMode(): 'passive' | 'active' | null {
+    return this.path?.kind ?? null;
   }
 
   /** The data path currently held, for teardown. */
@@ -205,7 +271,7 @@ export class SessionMachine {
       return out;
     }
     this.waiting = null;
-    this.replacePath({ path, neg: w.neg }, out);
+    this.replacePath({ path, neg: w.neg, kind: w.kind }, out);
     if (w.kind === 'passive') {
       const text =
         w.reply === 227
@@ -249,11 +315,18 @@ export class SessionMachine {
     return out;
   }
 
-  /** The session is ending: nothing more is emitted. */
-  close(): void {
+  /**
+   * The session is ending: nothing more is emitted but the end of each transfer still
+   * outstanding, which the session's end cuts off.
+   */
+  close(): Action[] {
+    const out: Action[] = [];
+    if (this.closed && this.pending.length === 0) return out;
     this.closed = true;
     this.heldClient.length = 0;
     this.heldServer.length = 0;
+    for (const p of this.pending.splice(0)) if (p.kind === 'transfer') this.transferEnded(p, null, out);
+    return out;
   }
 
   private hold<T>(queue: T[], item: T, out: Action[]): void {
@@ -333,14 +406,16 @@ export class SessionMachine {
           fields: { verb: cmd.verb, code: cmd.error.code },
         });
       case 'USER':
-        if (this.o.anonymousOnly && !ANONYMOUS.has(cmd.name.toLowerCase())) {
+        if (this.o.anonymousOnly && !isAnonymous(cmd.name)) {
           return this.refuse('non-anonymous login', '530 Only anonymous logins are allowed through this proxy', out, {
             msg: 'non-anonymous login refused',
             fields: { user: cmd.name },
           });
         }
         out.push({ type: 'log', level: 'info', msg: 'login', fields: { user: cmd.name } });
-        return this.forward(line, { kind: 'other', verb: 'USER' }, out);
+        this.userName = cmd.name;
+        this.cwd = null;
+        return this.forward(line, { kind: 'other', verb: 'USER', arg: cmd.name }, out);
       case 'AUTH':
         if (this.o.tls === 'pass') {
           this.once(
@@ -357,21 +432,26 @@ export class SessionMachine {
           msg: 'AUTH refused: TLS cannot pass an FTP proxy',
           fields: { mechanism: cmd.mechanism },
         });
-      case 'TRANSFER':
-        return this.forward(line, { kind: 'transfer', verb: cmd.verb, neg: this.neg }, out);
+      case 'TRANSFER': {
+        const seq = ++this.transferSeq;
+        out.push({ type: 'transferStarted', seq });
+        return this.forward(line, { kind: 'transfer', verb: cmd.verb, arg: cmd.arg, neg: this.neg, mode: this.negMode, seq, aborted: false }, out);
+      }
       case 'ABOR':
         // Sent clean, and urgent (Telnet IP and the Synch) only when the client's own ABOR
         // came that way: the server sees what it would see without the proxy. (pure-ftpd
         // drops a line with Telnet bytes once its transfer has ended, so always adding them
         // loses ABORs; a server that needs them mid-transfer gets them from such clients.)
+        for (const p of this.pending) if (p.kind === 'transfer') p.aborted = true;
         this.pending.push({ kind: 'abor' });
         out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') });
         return;
       case 'QUIT':
       case 'CCC':
-        return this.forward(line, { kind: 'other', verb: cmd.kind }, out);
+        return this.forward(line, { kind: 'other', verb: cmd.kind, arg: '' }, out);
       case 'OTHER':
-        return this.forward(line, { kind: 'other', verb: cmd.verb }, out);
+        if (cmd.verb === 'REIN') (this.userName = null), (this.cwd = null);
+        return this.forward(line, { kind: 'other', verb: cmd.verb, arg: cmd.arg }, out);
     }
   }
 
@@ -398,6 +478,7 @@ export class SessionMachine {
     }
     // IPv4 servers all understand PASV; IPv6 ones need EPSV. The server's address in its
     // reply is never used, only its port.
+    this.negMode = 'passive';
     this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'passive', reply, neg: ++this.neg }, out);
   }
 
@@ -430,6 +511,7 @@ export class SessionMachine {
       });
     }
     const a = this.o.addressing;
+    this.negMode = 'active';
     this.startOpen(
       { kind: 'active', neg: ++this.neg },
       {
@@ -456,7 +538,7 @@ export class SessionMachine {
     out.push({ type: 'open', token, request });
   }
 
-  private replacePath(path: { path: DataPath; neg: number } | null, out: Action[], urgent = false): void {
+  private replacePath(path: SessionMachine['path'], out: Action[], urgent = false): void {
     if (this.path) out.push({ type: 'release', id: this.path.path.id, ...(urgent ? { urgent } : {}) });
     this.path = path;
   }
@@ -572,18 +654,22 @@ export class SessionMachine {
         // The transfer is over (or never started): the path negotiated for it admits nothing
         // more. Only that one: a path negotiated after it stays. After a success the reply goes
         // first (releasing is housekeeping the client need not wait for); after a failure the
-        // path goes first, so that the client cannot race the reply to it.
+        // path goes first, so that the client cannot race the reply to it. The transfer ends
+        // before the release, so that the data plane can still be asked about the path.
         if (reply.code >= 400 || reply.code === 0) {
+          this.transferEnded(head, reply.code === 0 ? null : reply.code, out);
           this.releaseNegotiated(head.neg, out, true);
           send();
         } else {
           send();
+          this.transferEnded(head, reply.code, out);
           this.releaseNegotiated(head.neg, out);
         }
         break;
       case 'abor':
       case 'other':
       case 'local':
+        if (head.kind === 'other' && reply.code >= 200 && reply.code < 300) this.accepted(head, reply);
         if (!this.loggedIn && (reply.code === 230 || reply.code === 232)) {
           this.loggedIn = true;
           out.push({ type: 'loggedIn' });
@@ -601,6 +687,28 @@ export class SessionMachine {
         break;
     }
     this.flushLocal(out);
+  }
+
+  private transferEnded(head: Extract<Pending, { kind: 'transfer' }>, code: number | null, out: Action[]): void {
+    this.ended++;
+    const p = this.path?.neg === head.neg && head.neg > 0 ? this.path : null;
+    out.push({
+      type: 'transferEnded',
+      seq: head.seq,
+      verb: head.verb,
+      arg: head.arg,
+      code,
+      abortSent: head.aborted,
+      path: p ? { id: p.path.id, kind: p.kind } : null,
+      counted: head.neg === 0 || head.neg !== this.directNeg,
+      mode: head.mode,
+    });
+  }
+
+  /** A command the server accepted (2xx) that changes what the session's records say. */
+  private accepted(head: Extract<Pending, { kind: 'other' }>, reply: Reply): void {
+    if (head.verb === 'TYPE') this.repType = typeAfter(head.arg);
+    else this.cwd = nextDirectory(this.cwd, head.verb, head.arg, reply.lines.join('\n'));
   }
 
   private flushLocal(out: Action[]): void {
@@ -625,6 +733,7 @@ export class SessionMachine {
     }
     const a = this.o.addressing;
     if (a.passiveDirect) {
+      this.directNeg = head.neg;
       out.push({ type: 'log', level: 'info', msg: 'passive data direct to server', fields: { dataPort: port } });
       out.push({
         type: 'toClient',

@@ -11,6 +11,9 @@ import type { DataPlane, Endpoint } from '../dataplane/types.js';
 import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
+import type { Metrics } from '../metrics/metrics.js';
+import { hostPort, type SessionView } from '../control/protocol.js';
+import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
 export interface SessionOptions {
   readonly sid: string;
@@ -38,6 +41,9 @@ export interface SessionOptions {
    * TCP_NODELAY, keepalive and SO_OOBINLINE.
    */
   readonly clientTuned?: boolean;
+  readonly metrics: Metrics;
+  /** Gets one line per finished file transfer (--xferlog). */
+  readonly xferlog: { write(r: TransferRecord): void } | null;
   /** Called once, after teardown has released everything. */
   readonly onClose: (s: Session) => void;
 }
@@ -97,6 +103,11 @@ export class Session {
   /** The rest of the inbox runs in a later turn (LINES_PER_TURN). */
   private later: NodeJS.Immediate | null = null;
   private readonly startedAt = Date.now();
+  private serverEndpoint: Endpoint | null = null;
+  /** Start times of transfer commands still outstanding, by the machine's sequence number. */
+  private readonly transferStarts = new Map<number, number>();
+  /** Data bytes of the transfers recorded so far. */
+  private bytes = 0;
   private readonly debug: boolean;
   /** Resolves when teardown has finished releasing. */
   readonly closed: Promise<void>;
@@ -139,6 +150,7 @@ export class Session {
       .catch((err: unknown) => {
         const e = err instanceof FtpProxyError ? err : null;
         this.log.warn({ code: e?.code, err: err instanceof Error ? err.message : String(err) }, 'cannot find the server for this session');
+        if (!this.closing) this.o.metrics.refused('no_server');
         this.teardown('no server', `421 Service not available: ${err instanceof Error ? err.message : 'no server'}`);
       });
   }
@@ -148,10 +160,12 @@ export class Session {
     const refusal = this.o.servers.refusal(server.address);
     if (refusal) {
       this.log.notice({ server: `${server.address}:${server.port}`, policy: refusal }, 'server refused by policy');
+      this.o.metrics.refused('server_policy');
       this.teardown('server refused by policy', `530 Access to ${server.address} is not permitted through this proxy`);
       return;
     }
     this.log.info({ server: `${server.address}:${server.port}` }, 'session started');
+    this.serverEndpoint = server;
     const s = net.connect({
       host: server.address,
       port: server.port,
@@ -369,6 +383,12 @@ export class Session {
           // The control connection is quiet during a long transfer: no idle timeout then.
           this.touch();
           break;
+        case 'transferStarted':
+          this.transferStarts.set(a.seq, Date.now());
+          break;
+        case 'transferEnded':
+          this.transferEnded(a);
+          break;
         case 'close':
           this.teardown(a.reason, a.reply);
           break;
@@ -404,8 +424,10 @@ export class Session {
   }
 
   private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
+    const t0 = performance.now();
     this.o.dataPlane.open(request).then(
       (path) => {
+        this.o.metrics.dataPathOpened(request.kind, (performance.now() - t0) / 1000);
         if (this.closing || !this.machine) {
           this.release(path.id, true);
           return;
@@ -414,8 +436,9 @@ export class Session {
         this.flow();
       },
       (err: unknown) => {
-        if (this.closing || !this.machine) return;
         const e = err instanceof FtpProxyError ? err : new DataPlaneError('BACKEND_FAILED', String(err), { cause: err });
+        this.o.metrics.dataPlaneError(e.code);
+        if (this.closing || !this.machine) return;
         this.run(this.machine.dataFailed(token, e));
         this.flow();
       },
@@ -424,8 +447,71 @@ export class Session {
 
   private release(id: string, abort: boolean, urgent?: boolean): void {
     this.o.dataPlane.release(id, abort, urgent).catch((err: unknown) => {
+      if (err instanceof DataPlaneError) this.o.metrics.dataPlaneError(err.code);
       this.log.error({ dataPath: id, err: err instanceof Error ? err.message : String(err) }, 'data path release failed');
     });
+  }
+
+  /**
+   * One transfer command has ended: its `transfer` log record, its metrics and, for a file, its
+   * xferlog line, once the data plane says what its data connection carried (which may be after
+   * the final reply: the relay may still be flushing the end of a file to a slow reader).
+   */
+  private transferEnded(a: Extract<Action, { type: 'transferEnded' }>): void {
+    const now = Date.now();
+    const startedAt = this.transferStarts.get(a.seq) ?? now;
+    this.transferStarts.delete(a.seq);
+    const m = this.machine!;
+    const path = a.path;
+    const base = {
+      sid: this.sid,
+      client: this.client,
+      server: this.serverEndpoint!,
+      user: m.user,
+      command: a.verb,
+      path: a.arg,
+      directory: m.directory,
+      type: m.type,
+      mode: a.mode,
+      startedAt,
+      durationMs: now - startedAt,
+      replyCode: a.code,
+      result: transferResult(a.code, a.abortSent),
+    } as const;
+    // No path: no data connection came through the proxy (a 425, a refusal before any); bytes
+    // 0, unless data could have gone around it (passive-direct), or the plane cannot count.
+    const moved = path ? this.o.dataPlane.transferred(path.id).catch(() => null) : Promise.resolve(a.counted ? { fromPeer: 0, toPeer: 0 } : null);
+    void moved.then((mv) => {
+      const record: TransferRecord = { ...base, bytes: mv === null ? null : path ? transferBytes(path.kind, a.verb, mv) : 0 };
+      // sid and client are the child logger's own fields.
+      const { sid: _sid, client: _client, ...fields } = record;
+      this.log.info(
+        { ...fields, server: hostPort(record.server.address, record.server.port), startedAt: new Date(startedAt).toISOString() },
+        'transfer',
+      );
+      this.o.metrics.transferEnded(record.command, record.result, record.bytes ?? 0);
+      if (isFileTransfer(record.command)) this.o.xferlog?.write(record);
+      this.bytes += record.bytes ?? 0;
+    });
+  }
+
+  /** What `ftp-proxy sessions` shows of this session. */
+  view(): SessionView {
+    const m = this.machine;
+    const s = this.serverEndpoint;
+    const path = m?.currentPath ?? null;
+    const mode = m?.currentPathMode ?? null;
+    return {
+      id: this.sid,
+      client: hostPort(this.client.address, this.client.port),
+      server: s ? hostPort(s.address, s.port) : null,
+      user: m?.user ?? null,
+      state: !m ? 'connect' : this.opaque ? 'tls' : m.state,
+      ageSeconds: Math.round((Date.now() - this.startedAt) / 100) / 10,
+      transfers: m?.transfers ?? 0,
+      bytes: this.bytes,
+      dataPath: path && mode ? { mode, port: path.port } : null,
+    };
   }
 
   /**
@@ -463,7 +549,8 @@ export class Session {
     this.connectTimer = this.loginTimer = this.idleTimer = null;
     const repeated = this.machine?.repeated ?? {};
     if (Object.keys(repeated).length > 0) this.log.notice({ repeated }, 'refused or odd lines repeated in this session (logged once each)');
-    this.machine?.close();
+    // Transfers the session's end cuts off still get their records (aborted, no reply code).
+    for (const a of this.machine?.close() ?? []) if (a.type === 'transferEnded') this.transferEnded(a);
     if (reply && this.sock.writable) this.sock.write(reply + '\r\n', 'latin1');
     finish(this.sock);
     if (this.server) finish(this.server);

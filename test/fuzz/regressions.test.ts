@@ -15,6 +15,7 @@ import { ProxyServer } from '../../src/server.js';
 import { Control, ScriptedServer, basicResponder, type Responder } from '../lib/scripted.js';
 import { isOwn227, login, rig } from '../lib/session-rig.js';
 import { FuzzFailure, runFuzz, type Style } from './lib/harness.js';
+import { NO_METRICS } from '../../src/metrics/metrics.js';
 
 // IAC DONT (0xFF 0xFE) with LF as its option byte: the framer keeps the option byte in the
 // line (a deliberate, tested choice), the machine classifies the line as NOOP and forwards it
@@ -61,6 +62,8 @@ t.test('through the session shell: the server never receives the client PORT', a
     dataPlane: dp,
     logger: createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } }),
     resolveServer: async () => ({ address: '127.0.0.1', port: serverPort }),
+    metrics: NO_METRICS,
+    xferlog: null,
   });
   const { port } = await proxy.listen();
   t.teardown(async () => {

@@ -1,4 +1,4 @@
-// The built proxy (dist/cli.js) as a child process on loopback, in reverse mode with the relay
+// The built proxy (dist/bin.js) as a child process on loopback, in reverse mode with the relay
 // data plane in front of a test's own server: for tests that measure the proxy process itself.
 
 import { spawn, type ChildProcess } from 'node:child_process';

@@ -1,11 +1,11 @@
-// Test-side handle on a real ftp-proxy process (dist/cli.js) running inside a lab namespace:
+// Test-side handle on a real ftp-proxy process (dist/bin.js) running inside a lab namespace:
 // start it, wait until it listens, read its JSON log, stop it with SIGTERM and check the exit.
 
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { Lab, NsName } from './lab.js';
 
-export const CLI = fileURLToPath(new URL('../../dist/cli.js', import.meta.url));
+export const CLI = fileURLToPath(new URL('../../dist/bin.js', import.meta.url));
 
 export interface LogRecord {
   level: number;
@@ -62,7 +62,7 @@ export class ProxyProcess {
   }
 }
 
-/** Start `node dist/cli.js args` in namespace `ns` (default: the gateway) and wait until it listens. */
+/** Start `node dist/bin.js args` in namespace `ns` (default: the gateway) and wait until it listens. */
 export async function startProxy(lab: Lab, args: readonly string[], ns: NsName = 'gw'): Promise<ProxyProcess> {
   const child = lab.spawn(ns, process.execPath, [CLI, '-D', '7', ...args]);
   const p = new ProxyProcess(child);

@@ -9,6 +9,8 @@ import { createLogger, type AppLogger } from '../../src/log.js';
 import type { PortAllocator } from '../../src/net/ports.js';
 import { ProxyServer } from '../../src/server.js';
 import type { Endpoint } from '../../src/dataplane/types.js';
+import { NO_METRICS, type Metrics } from '../../src/metrics/metrics.js';
+import type { TransferRecord } from '../../src/transfer.js';
 import { Control, ScriptedServer, basicResponder, type Responder } from './scripted.js';
 
 export const quiet = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
@@ -37,6 +39,9 @@ export interface RigOptions {
   greetAfterMs?: number;
   ports?: PortAllocator;
   logger?: AppLogger;
+  metrics?: Metrics;
+  /** Collects the records the xferlog would get. */
+  xferlog?: TransferRecord[];
 }
 
 /** Scripted server, fake data plane and proxy, all closed in `t`'s teardown. */
@@ -50,6 +55,8 @@ export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
     dataPlane: dp,
     logger: opts.logger ?? quiet,
     resolveServer: opts.resolve ?? (async () => ({ address: serverHost, port: sport })),
+    metrics: opts.metrics ?? NO_METRICS,
+    xferlog: opts.xferlog ? { write: (r) => void opts.xferlog!.push(r) } : null,
   });
   const addr = await proxy.listen();
   t.teardown(async () => {

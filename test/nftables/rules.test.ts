@@ -44,7 +44,7 @@ t.test('start: the table is replaced in one batch', async (t) => {
       { family: 'inet', table: T, name: 'postrouting', type: 'nat', hook: 'postrouting', prio: 90, policy: 'accept' },
     ],
   );
-  t.same(PRIORITY, { prerouting: -110, postrouting: 90 });
+  t.same(PRIORITY, { prerouting: -110, postrouting: 90, forward: -10 });
   t.same(
     b.find((c) => 'add' in c && 'set' in c.add),
     { add: { set: { family: 'inet', table: T, name: 'admit4', type: ['ipv4_addr', 'ipv4_addr', 'inet_service'], flags: ['timeout'] } } },

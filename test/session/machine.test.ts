@@ -30,6 +30,7 @@ function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> 
 const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
   as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
 const opens = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'open' }> => a.type === 'open');
+const ended = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'transferEnded' }> => a.type === 'transferEnded');
 const releases = (as: Action[]) => as.filter((a) => a.type === 'release').map((a) => (a as { id: string }).id);
 
 t.test('greeting and plain commands pass through in order', async (t) => {
@@ -117,9 +118,10 @@ t.test('PORT: data goes to the client control address; PORT sent to the server c
   t.same(releases(y), ['a1'], 'the end of the transfer releases its path');
   t.same(
     y.map((a) => a.type),
-    ['transfer', 'toClient', 'release'],
-    'the client has its 226 before the path is released',
+    ['transfer', 'toClient', 'transferEnded', 'release'],
+    'the client has its 226 before the path is released; the transfer ends before it, so its bytes can be asked for',
   );
+  t.match(ended(y)[0], { verb: 'RETR', arg: 'f', code: 226, abortSent: false, path: { id: 'a1', kind: 'active' }, counted: true, mode: 'active' });
   t.notOk(m.transferActive);
   t.equal(m.currentPath, null);
 });
@@ -435,7 +437,7 @@ t.test('pipelined PASV + RETR: the transfer is tied to the path negotiated for i
   const c = m.serverReply(reply('550 No such file'));
   t.same(releases(c), ['new'], 'the RETR forwarded before the path existed still releases it');
   t.same(
-    c.map((x) => (x.type === 'release' ? `release ${x.id}${x.urgent ? ' urgent' : ''}` : x.type === 'toClient' ? x.text : x.type)),
+    c.flatMap((x) => (x.type === 'release' ? [`release ${x.id}${x.urgent ? ' urgent' : ''}`] : x.type === 'toClient' ? [x.text] : [])),
     ['release new urgent', '550 No such file'],
     'at once, before the client can read the 550 and race to the port',
   );
@@ -479,4 +481,85 @@ t.test('a transfer whose final reply the server skipped ends, and its path goes'
   t.same(releases(a), ['p']);
   t.notOk(m.transferActive);
   t.equal(opens(a).length, 1);
+});
+
+t.test('transfer records: user, directory and type from what the server accepted', async (t) => {
+  const m = machine();
+  t.equal(m.user, null);
+  t.equal(m.state, 'login');
+  m.clientLine('USER alice');
+  m.serverReply(reply('331 password'));
+  m.clientLine('PASS x');
+  m.serverReply(reply('230 in'));
+  t.equal(m.user, 'alice');
+  t.equal(m.state, 'idle');
+  m.clientLine('PWD');
+  m.serverReply(reply('257 "/home/alice" is current'));
+  t.equal(m.directory, '/home/alice', "PWD's 257 names it");
+  m.clientLine('CWD pub');
+  m.serverReply(reply('250 ok'));
+  t.equal(m.directory, '/home/alice/pub');
+  m.clientLine('CWD nope');
+  m.serverReply(reply('550 no such directory'));
+  t.equal(m.directory, '/home/alice/pub', 'a refused CWD does not move it');
+  m.clientLine('MKD new');
+  m.serverReply(reply('257 "/home/alice/pub/new" created'));
+  t.equal(m.directory, '/home/alice/pub', "MKD's 257 does not move it");
+  m.clientLine('CDUP');
+  m.serverReply(reply('250 ok'));
+  t.equal(m.directory, '/home/alice');
+  t.equal(m.type, 'ascii', 'FTP starts in ASCII');
+  m.clientLine('TYPE I');
+  m.serverReply(reply('200 binary'));
+  t.equal(m.type, 'binary');
+  m.clientLine('USER bob');
+  t.equal(m.user, 'bob');
+  t.equal(m.directory, null, 'a new login forgets the directory');
+});
+
+t.test('transfer records: failed (no 150), aborted (ABOR), skipped, and cut by the session end', async (t) => {
+  const m = machine();
+  const started = m.clientLine('RETR missing');
+  t.equal(started.filter((a) => a.type === 'transferStarted').length, 1);
+  const f = ended(m.serverReply(reply('550 no such file')));
+  t.match(f, [{ verb: 'RETR', arg: 'missing', code: 550, abortSent: false, path: null, counted: true }]);
+  t.equal(m.transfers, 1);
+
+  m.clientLine('PASV');
+  const o = opens(m.serverReply(reply('227 (198,51,100,2,4,1)')));
+  m.dataOpened(o[0]!.token, { id: 'p1', port: 50001 });
+  m.clientLine('STOR up.bin');
+  m.serverReply(reply('150 go'));
+  t.equal(m.state, 'transfer');
+  m.clientLine('\xff\xf4ABOR');
+  const ab = ended(m.serverReply(reply('426 aborted')));
+  t.match(ab, [{ verb: 'STOR', code: 426, abortSent: true, path: { id: 'p1', kind: 'passive' } }]);
+  t.same(ended(m.serverReply(reply('226 abort ok'))), [], "the ABOR's own reply ends no transfer");
+
+  m.clientLine('PASV');
+  const o2 = opens(m.serverReply(reply('227 (198,51,100,2,4,2)')));
+  m.dataOpened(o2[0]!.token, { id: 'p2', port: 50002 });
+  m.clientLine('RETR big');
+  m.serverReply(reply('150 go'));
+  const c = ended(m.close());
+  t.match(c, [{ verb: 'RETR', arg: 'big', code: null, path: { id: 'p2', kind: 'passive' } }], 'the session end cuts it');
+  t.same(m.close(), [], 'once');
+  t.equal(m.transfers, 3);
+});
+
+t.test('transfer records: passive-direct data is not counted', async (t) => {
+  const m = machine({ addressing: { ...addressing, passiveDirect: true } });
+  m.clientLine('PASV');
+  m.serverReply(reply('227 (198,51,100,2,4,1)'));
+  m.clientLine('LIST');
+  m.serverReply(reply('150 here'));
+  t.match(ended(m.serverReply(reply('226 done'))), [{ verb: 'LIST', path: null, counted: false }]);
+});
+
+t.test('transfer records: the mode of a negotiation whose path never came', async (t) => {
+  const m = machine();
+  const [open] = opens(m.clientLine('PORT 192,0,2,2,156,64'));
+  m.dataFailed(open!.token, new DataPlaneError('PORTS_EXHAUSTED', 'none free'));
+  m.clientLine('RETR f');
+  t.match(ended(m.serverReply(reply('425 no data connection'))), [{ verb: 'RETR', code: 425, path: null, mode: 'active' }]);
 });

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import { DataPlaneError } from '../../errors.js';
 import type { PortAllocator } from '../../net/ports.js';
 import type { DataPath, DataPathRequest, DataPlane } from '../types.js';
+import type { Moved } from '../../transfer.js';
 import { LibnftablesRunner } from './libnftables.js';
 import { NetlinkRunner } from './netlink.js';
 import { batch, type Command } from './schema.js';
@@ -23,6 +24,7 @@ import {
 } from './rules.js';
 import { hasNetAdmin, notPermitted, type NftRunner, type RunnerChoice, type RunnerName } from './runner.js';
 import { SpawnRunner } from './spawn.js';
+import { FlowTable, NflogReader, parseSegment } from './nflog.js';
 
 export interface NftablesDataPlaneOptions {
   /** Name of our table (family inet). Default 'ftp_proxy'. */
@@ -34,6 +36,8 @@ export interface NftablesDataPlaneOptions {
   readonly logRules?: boolean;
   /** Set this packet and conntrack mark on admitted connections. */
   readonly mark?: number;
+  /** Count the bytes of data connections through NFLOG (rules.ts TableOptions.count). */
+  readonly count?: TableOptions['count'];
   /**
    * 'auto' (default): the table through libnftables if it loads, else the nft command;
    * open/release over netlink if its start-up probe passes (never with logRules: those batches
@@ -89,6 +93,10 @@ interface QueuedRelease {
  * argument, which fails past 128 KiB (about 90 paths). A release is at most 11 commands.
  */
 export const MAX_RELEASE_COMMANDS = 128;
+/** How long transferred() waits for a data connection to end before answering with what is known. */
+const TRANSFER_WAIT_MS = 2000;
+/** The NFLOG socket is read at least this often. */
+const DRAIN_MS = 250;
 
 interface SnatUse {
   readonly source: string;
@@ -118,6 +126,14 @@ export class NftablesDataPlane implements DataPlane {
   /** Release transactions sent and not yet settled, for close() to wait on. */
   private readonly applying = new Set<Promise<void>>();
   private seq = 0;
+  /** The data connections' segments (count rule), while the NFLOG group is ours. */
+  private nflog: NflogReader | null = null;
+  private readonly flows = new FlowTable();
+  /** Session of each path whose bytes may still be asked for (released paths included). */
+  private readonly counted = new Map<string, string>();
+  /** Paths a transferred() call is waiting on. */
+  private readonly awaited = new Set<string>();
+  private drainTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: NftablesDataPlaneOptions) {
     this.table = o.table ?? 'ftp_proxy';
@@ -131,6 +147,7 @@ export class NftablesDataPlane implements DataPlane {
       table: this.table,
       logRules: o.logRules ?? false,
       ...(o.mark !== undefined ? { mark: o.mark } : {}),
+      ...(o.count !== undefined ? { count: o.count } : {}),
       timeoutSec,
     };
     const choice = o.runner ?? 'auto';
@@ -161,6 +178,7 @@ export class NftablesDataPlane implements DataPlane {
       throw startError(e);
     });
     if (this.netlinkWanted !== 'no') this.elements = await this.probeNetlink();
+    if (this.opts.count) this.openNflog(this.opts.count.group);
     this.o.logger.info(
       {
         table: `inet ${this.table}`,
@@ -238,6 +256,10 @@ export class NftablesDataPlane implements DataPlane {
       this.o.logger.warn({ sid: req.sid, dataPath: id }, 'nft echoed no handle for the log rule; it stays until exit');
     }
     this.paths.set(id, { spec, snatKey: key, logHandle });
+    if (this.nflog) {
+      this.flows.expect(id, spec.peer, spec.target);
+      this.counted.set(id, spec.sid);
+    }
     this.o.logger.debug(
       { sid: req.sid, dataPath: id, kind: req.kind, peer: req.peer, dataPort: port, target: `${req.target.address}:${req.target.port}` },
       'data path admitted',
@@ -270,6 +292,9 @@ export class NftablesDataPlane implements DataPlane {
 
   /** Releases what the session still holds; the kernel's own flows go on (conntrack keeps them). */
   async endSession(sid: string): Promise<void> {
+    for (const [id, s] of this.counted) {
+      if (s === sid && !this.awaited.has(id)) (this.counted.delete(id), this.flows.forget(id));
+    }
     const mine = [...this.paths].filter(([, p]) => p.spec.sid === sid).map(([id]) => id);
     await Promise.all(mine.map((id) => this.release(id, true)));
   }
@@ -277,6 +302,72 @@ export class NftablesDataPlane implements DataPlane {
   /** The kernel carries the bytes: the proxy cannot tell cheaply, so never. */
   carrying(_sid: string): boolean {
     return false;
+  }
+
+  /**
+   * Bytes from the sequence numbers of the connection's logged segments, once it has ended
+   * (both FINs, or a reset); a connection still open TRANSFER_WAIT_MS after the question (a
+   * session killed mid-transfer: the kernel carries it on) gives what one finished side says, or
+   * null. Null too without the NFLOG group, or when log messages were lost.
+   */
+  async transferred(id: string): Promise<Moved | null> {
+    if (!this.nflog || !this.counted.has(id)) return null;
+    this.awaited.add(id);
+    try {
+      const deadline = Date.now() + TRANSFER_WAIT_MS;
+      for (;;) {
+        this.drainNflog();
+        const r = this.flows.result(id);
+        // No connection: its SYN would have been logged before the server's final reply.
+        if (r.state === 'none') return { fromPeer: 0, toPeer: 0 };
+        if (r.state === 'unknown') return null;
+        if (r.state === 'done') return r.moved;
+        if (Date.now() >= deadline) return r.state === 'half' ? r.moved : null;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    } finally {
+      this.awaited.delete(id);
+      this.counted.delete(id);
+      this.flows.forget(id);
+    }
+  }
+
+  private openNflog(group: number): void {
+    try {
+      this.nflog = NflogReader.open(group);
+    } catch (e) {
+      this.o.logger.warn({ group, err: (e as Error).message }, 'cannot read the NFLOG group: transfer bytes are not counted (null)');
+      return;
+    }
+    // Drained on a coarse tick as well, so the socket never fills between transfers.
+    this.drainTimer = setInterval(() => this.drainNflog(), DRAIN_MS).unref();
+    this.o.logger.info({ group }, 'counting data bytes through NFLOG');
+  }
+
+  private drainNflog(): void {
+    if (!this.nflog) return;
+    let complete: boolean;
+    try {
+      complete = this.nflog.drain((p) => {
+        const s = parseSegment(p);
+        if (s) this.flows.packet(s);
+      });
+    } catch (e) {
+      this.o.logger.warn({ err: (e as Error).message }, 'NFLOG read failed: transfer bytes are no longer counted');
+      this.closeNflog();
+      return;
+    }
+    if (!complete) {
+      this.o.logger.warn({}, 'NFLOG messages lost (socket full): the bytes of transfers under way are not counted');
+      this.flows.taintAll();
+    }
+  }
+
+  private closeNflog(): void {
+    if (this.drainTimer) clearInterval(this.drainTimer);
+    this.drainTimer = null;
+    this.nflog?.close();
+    this.nflog = null;
   }
 
   /**
@@ -338,6 +429,7 @@ export class NftablesDataPlane implements DataPlane {
   }
 
   async close(): Promise<void> {
+    this.closeNflog();
     for (const p of this.paths.values()) this.o.ports.put(p.spec.port);
     this.paths.clear();
     this.snatUses.clear();

@@ -32,9 +32,13 @@ export function exprText(e: Expr): string {
   if (isList(e)) return e.join(',');
   if ('payload' in e) return `${e.payload.protocol} ${e.payload.field}`;
   if ('meta' in e) return `meta ${e.meta.key}`;
-  if ('ct' in e) return `ct ${e.ct.key}`;
+  if ('ct' in e) return e.ct.dir ? `ct ${e.ct.dir} ${e.ct.key}` : `ct ${e.ct.key}`;
+  if ('range' in e) return `${e.range[0]}-${e.range[1]}`;
   if ('concat' in e) return e.concat.map(exprText).join(' . ');
-  if ('&' in e) return `${exprText(e['&'][0])} & ${exprText(e['&'][1])}`;
+  if ('&' in e) {
+    const mask = e['&'][1];
+    return `${exprText(e['&'][0])} & ${isList(mask) ? `(${mask.join(' | ')})` : exprText(mask)}`;
+  }
   if ('map' in e) return `${exprText(e.map.key)} map ${exprText(e.map.data)}`;
   if ('elem' in e) return e.elem.timeout === undefined ? exprText(e.elem.val) : `${exprText(e.elem.val)} timeout ${e.elem.timeout}s`;
   throw new TypeError(`no text form for ${JSON.stringify(e)}`);
@@ -47,7 +51,8 @@ export function stmtText(s: Stmt): string {
     if (typeof left === 'object' && !isList(left) && '&' in left && op === '==') {
       return `${exprText(left['&'][0])} ${exprText(right)} / ${exprText(left['&'][1])}`;
     }
-    return op === '!=' ? `${exprText(left)} != ${exprText(right)}` : `${exprText(left)} ${exprText(right)}`;
+    if (op === '!=' || op === '<') return `${exprText(left)} ${op} ${exprText(right)}`;
+    return `${exprText(left)} ${exprText(right)}`;
   }
   if ('set' in s) return `${s.set.op} ${s.set.set} { ${exprText(s.set.elem)} }`;
   if ('mangle' in s) {
@@ -60,7 +65,10 @@ export function stmtText(s: Stmt): string {
     const port = b.port === undefined ? '' : ` : ${exprText(b.port)}`;
     return `${kind} ${b.family} to ${addr}${port}`;
   }
-  if ('log' in s) return s.log.prefix === undefined ? 'log' : `log prefix ${JSON.stringify(s.log.prefix)}`;
+  if ('log' in s) {
+    if (s.log.group !== undefined) return `log group ${s.log.group} snaplen ${s.log.snaplen ?? 0}`;
+    return s.log.prefix === undefined ? 'log' : `log prefix ${JSON.stringify(s.log.prefix)}`;
+  }
   if ('counter' in s) return 'counter';
   if ('jump' in s) return `jump ${s.jump.target}`;
   throw new TypeError(`no text form for ${JSON.stringify(s)}`);

@@ -17,6 +17,8 @@ import {
   jump,
   log,
   mangle,
+  nflog,
+  range,
   mapLookup,
   match,
   meta,
@@ -34,6 +36,7 @@ import {
   type SetType,
   type Stmt,
 } from './schema.js';
+import { LAP_MASK, LAP_WINDOW, SNAPLEN } from './nflog.js';
 
 // How one data connection goes through (all keyed by peer . listen . port, the port being ours):
 //  - prerouting (nat, before the admin's own dstnat chains): the first SYN from `peer` to
@@ -58,6 +61,11 @@ export interface TableOptions {
   readonly logRules: boolean;
   /** Packet and conntrack mark given to admitted connections, for the admin's own policy. */
   readonly mark?: number;
+  /**
+   * Count the bytes of admitted connections: their SYN, FIN and RST segments (and one per GiB
+   * of sequence space) go to NFLOG `group` (nflog.ts reads them). `ports`: the data ports.
+   */
+  readonly count?: { readonly group: number; readonly ports: { readonly low: number; readonly high: number } };
 }
 
 /** Hook priorities: ours run just before the admin's own nat chains at the same hook. */
@@ -66,9 +74,11 @@ export const PRIORITY = {
   prerouting: -110,
   /** NF_IP_PRI_NAT_SRC (100, "srcnat") - 10. */
   postrouting: 90,
+  /** NF_IP_PRI_FILTER (0, "filter") - 10: before the admin's own forward filter. */
+  forward: -10,
 } as const;
 
-export const CHAIN = { prerouting: 'prerouting', postrouting: 'postrouting', log: 'admit_log' } as const;
+export const CHAIN = { prerouting: 'prerouting', postrouting: 'postrouting', log: 'admit_log', count: 'count' } as const;
 
 export type IpFamily = 4 | 6;
 export const FAMILIES: readonly IpFamily[] = [4, 6];
@@ -136,6 +146,11 @@ export function baseObjects(o: TableOptions): Command[] {
   );
   // chain admit_log { }   (a regular chain holding one log rule per live data path)
   if (o.logRules) out.push(add({ chain: { family, table, name: CHAIN.log } }));
+  if (o.count) {
+    // chain count { type filter hook forward priority filter - 10; policy accept; }
+    // Logging only: it accepts nothing the admin's forward policy would drop.
+    out.push(add({ chain: { family, table, name: CHAIN.count, type: 'filter', hook: 'forward', prio: PRIORITY.forward, policy: 'accept' } }));
+  }
 
   const rule = (chain: string, expr: Stmt[]): Command => add({ rule: { family, table, chain, expr } });
   for (const f of FAMILIES) {
@@ -171,6 +186,19 @@ export function baseObjects(o: TableOptions): Command[] {
     out.push(rule(CHAIN.postrouting, [dnatted, snat({ family: nat(f), addr: mapLookup(k, n.snat), port: mapLookup(k, n.snatPort) })]));
     // ct status dnat snat ip to ip saddr . ip daddr . tcp dport map @snat4
     out.push(rule(CHAIN.postrouting, [dnatted, snat({ family: nat(f), addr: mapLookup(k, n.snat) })]));
+  }
+  if (o.count) {
+    // Connections we translated to a data port (the forward hook sees them after DNAT, both ways):
+    // meta l4proto tcp ct status dnat ct original proto-dst LOW-HIGH tcp flags & (fin | syn | rst) != 0 log group G snaplen S
+    // meta l4proto tcp ct status dnat ct original proto-dst LOW-HIGH tcp sequence & 1073741823 < 65536 log group G snaplen S
+    const ours = [
+      match(meta('l4proto'), 'tcp'),
+      match(ct('status'), 'dnat', 'in'),
+      match(ct('proto-dst', 'original'), range(o.count.ports.low, o.count.ports.high)),
+    ];
+    const copy = nflog(o.count.group, SNAPLEN);
+    out.push(rule(CHAIN.count, [...ours, match(and(payload('tcp', 'flags'), ['fin', 'syn', 'rst']), 0, '!='), copy]));
+    out.push(rule(CHAIN.count, [...ours, match(and(payload('tcp', 'sequence'), LAP_MASK), LAP_WINDOW, '<'), copy]));
   }
   return out;
 }

@@ -16,7 +16,11 @@ export interface MetaExpr {
   readonly meta: { readonly key: 'mark' | 'l4proto' };
 }
 export interface CtExpr {
-  readonly ct: { readonly key: 'mark' | 'status' | 'state' };
+  readonly ct: { readonly key: 'mark' | 'status' | 'state' | 'proto-dst'; readonly dir?: 'original' | 'reply' };
+}
+/** `low-high`, inclusive. */
+export interface RangeExpr {
+  readonly range: readonly [number, number];
 }
 export interface ConcatExpr {
   readonly concat: readonly Expr[];
@@ -33,13 +37,14 @@ export interface ElemExpr {
 }
 /** A literal: address, port, symbolic constant ('syn'), a flag list, or a '@set' reference. */
 export type Literal = string | number | readonly string[];
-export type Expr = Literal | PayloadExpr | MetaExpr | CtExpr | ConcatExpr | AndExpr | MapExpr | ElemExpr;
+export type Expr = Literal | PayloadExpr | MetaExpr | CtExpr | RangeExpr | ConcatExpr | AndExpr | MapExpr | ElemExpr;
 
 export const payload = (protocol: PayloadExpr['payload']['protocol'], field: string): PayloadExpr => ({
   payload: { protocol, field },
 });
 export const meta = (key: MetaExpr['meta']['key']): MetaExpr => ({ meta: { key } });
-export const ct = (key: CtExpr['ct']['key']): CtExpr => ({ ct: { key } });
+export const ct = (key: CtExpr['ct']['key'], dir?: 'original' | 'reply'): CtExpr => ({ ct: dir ? { key, dir } : { key } });
+export const range = (low: number, high: number): RangeExpr => ({ range: [low, high] });
 export const concat = (...exprs: Expr[]): ConcatExpr => ({ concat: exprs });
 export const and = (left: Expr, right: Expr): AndExpr => ({ '&': [left, right] });
 export const mapLookup = (key: Expr, mapName: string): MapExpr => ({ map: { key, data: `@${mapName}` } });
@@ -50,7 +55,7 @@ export const elem = (val: Expr, timeout?: number): ElemExpr => ({
 
 // --- statements ----------------------------------------------------------------------------
 
-export type MatchOp = '==' | '!=' | 'in';
+export type MatchOp = '==' | '!=' | 'in' | '<';
 export interface MatchStmt {
   readonly match: { readonly op: MatchOp; readonly left: Expr; readonly right: Expr };
 }
@@ -73,7 +78,8 @@ export interface SnatStmt {
   readonly snat: NatBody;
 }
 export interface LogStmt {
-  readonly log: { readonly prefix?: string };
+  /** A prefixed kernel log line, or (group) a copy of `snaplen` bytes to an NFLOG group. */
+  readonly log: { readonly prefix?: string; readonly group?: number; readonly snaplen?: number };
 }
 export interface CounterStmt {
   readonly counter: null;
@@ -91,6 +97,7 @@ export const mangle = (key: MetaExpr | CtExpr, value: Expr): MangleStmt => ({ ma
 export const dnat = (body: NatBody): DnatStmt => ({ dnat: body });
 export const snat = (body: NatBody): SnatStmt => ({ snat: body });
 export const log = (prefix: string): LogStmt => ({ log: { prefix } });
+export const nflog = (group: number, snaplen: number): LogStmt => ({ log: { group, snaplen } });
 export const counter = (): CounterStmt => ({ counter: null });
 export const jump = (target: string): JumpStmt => ({ jump: { target } });
 
