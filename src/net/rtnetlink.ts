@@ -5,20 +5,12 @@ import { endianness } from 'node:os';
 import { getSystemErrorName } from 'node:util';
 import ipaddr from 'ipaddr.js';
 import { loadLibc, type Libc } from './libc.js';
+import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT, NLMSG_HDRLEN, NLMSG_ERROR, NLMSG_DONE, NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE } from './netlink-abi.js';
 
 // linux/netlink.h, linux/rtnetlink.h, linux/fib_rules.h
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_ROUTE = 0;
-const NLMSG_HDRLEN = 16;
-const NLMSG_ERROR = 2;
-const NLMSG_DONE = 3;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
 const NLM_F_REPLACE = 0x100;
 const NLM_F_EXCL = 0x200;
-const NLM_F_CREATE = 0x400;
 const NLM_F_DUMP = 0x300;
 const RTM_NEWROUTE = 24;
 const RTM_DELROUTE = 25;
@@ -41,7 +33,6 @@ const RTN_LOCAL = 2;
 /** The loopback device is always interface 1 (LOOPBACK_IFINDEX), in every namespace. */
 const LOOPBACK_IFINDEX = 1;
 const IPPROTO_TCP = 6;
-const MSG_DONTWAIT = 0x40;
 const EINTR = 4;
 const EBADF = 9;
 const ENOBUFS = 105;

@@ -10,22 +10,14 @@ import { DataPlaneError } from '../../errors.js';
 import { commandText } from './render.js';
 import { nftFailure, unavailable, type NftRunner, type RunOptions } from './runner.js';
 import type { Batch, Command, ConcatExpr, Element, ElemExpr, Expr, Literal, TableFamily } from './schema.js';
+import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT, NLMSG_HDRLEN, NLMSG_ERROR, NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE } from '../../net/netlink-abi.js';
 
 // linux/netlink.h
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_NETFILTER = 12;
 const SOL_NETLINK = 270;
 /** Error acks carry the failed message's header only, not all of it. */
 const NETLINK_CAP_ACK = 10;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
-const NLM_F_CREATE = 0x400;
-const NLMSG_ERROR = 0x2;
 const NLA_F_NESTED = 0x8000;
-const NLMSG_HDRLEN = 16;
-const MSG_DONTWAIT = 0x40;
 const EAGAIN = 11;
 const EINTR = 4;
 const ENOBUFS = 105;

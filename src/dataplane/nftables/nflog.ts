@@ -6,18 +6,13 @@ import { endianness } from 'node:os';
 import { loadLibc, type Libc } from '../../net/libc.js';
 import type { Endpoint } from '../types.js';
 import type { Moved } from '../../transfer.js';
+import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT, NLMSG_ERROR, NLM_F_REQUEST, NLM_F_ACK } from '../../net/netlink-abi.js';
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nfnetlink_log.h
-const AF_NETLINK = 16;
-const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_NETFILTER = 12;
 const SOL_SOCKET = 1;
 const SO_RCVBUF = 8;
 const SO_RCVBUFFORCE = 33;
-const NLM_F_REQUEST = 0x1;
-const NLM_F_ACK = 0x4;
-const NLMSG_ERROR = 0x2;
 const NFNL_SUBSYS_ULOG = 4;
 const NFULNL_MSG_PACKET = 0;
 const NFULNL_MSG_CONFIG = 1;
@@ -27,7 +22,6 @@ const NFULA_CFG_QTHRESH = 5;
 const NFULNL_CFG_CMD_BIND = 1;
 const NFULNL_COPY_PACKET = 2;
 const NFULA_PAYLOAD = 9;
-const MSG_DONTWAIT = 0x40;
 const EAGAIN = 11;
 const EINTR = 4;
 const ENOBUFS = 105;
