@@ -279,6 +279,10 @@ export class NftablesDataPlane implements DataPlane {
     const path = this.paths.get(id);
     if (!path) return Promise.resolve();
     this.paths.delete(id);
+    // Nobody asked what it carried before letting it go (a PASV replaced by the next one):
+    // nobody will, so its count goes now, not at the session's end (a client repeating PASV
+    // must not grow it).
+    if (!this.awaited.has(id)) (this.counted.delete(id), this.flows.forget(id));
     const snat = this.dropSnat(path.snatKey);
     return new Promise((resolve, reject) => {
       this.queued.push({ id, path, snat, resolve, reject });
