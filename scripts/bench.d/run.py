@@ -27,18 +27,22 @@ PROXY_PORT = 8021
 HELPER_PORTS = "21,2121,2122"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
-SETUPS = ("direct", "helper", "node-pipe", "proxy-nftables", "proxy-relay")
+SETUPS = ("direct", "helper", "node-pipe", "proxy-nftables", "proxy-relay", "proxy-observed")
 PROXIES = ("proxy-nftables", "proxy-relay")
-BACKEND = {"proxy-nftables": "nftables", "proxy-relay": "relay"}
+# --observe adds it: proxy-nftables with the metrics listener (scraped every second) and the
+# xferlog on, measured in the same rounds so the cost of observing is a paired ratio.
+OBSERVED = "proxy-observed"
+BACKEND = {"proxy-nftables": "nftables", "proxy-relay": "relay", OBSERVED: "nftables"}
 # The floor: a bare Node.js TCP forwarder (node-pipe.mjs), what any Node-based proxy pays for
 # its userspace hop on the control connection before doing any FTP work.
 FLOOR = "node-pipe"
 NODE_PIPE = HERE / "node-pipe.mjs"
-HOPS = (FLOOR, *PROXIES)  # a Node.js process of ours in the gateway, behind the redirect
+HOPS = (FLOOR, *PROXIES, OBSERVED)  # a Node.js process of ours in the gateway, behind the redirect
 PASV_ONLY = ("direct", FLOOR)  # nothing rewrites PORT: active sessions cannot pass
 NODE = shutil.which("node") or "node"  # the floor and the proxy run on the same node
-# --observe: what every proxy setup is also given (metrics listener, xferlog), set in main().
+# What proxy-observed is also given (metrics listener, xferlog), set in main().
 OBSERVE: list[str] = []
+METRICS_PORT = 9464
 
 
 class Stop(Exception):
@@ -179,7 +183,8 @@ class Noise:
 def hop_args(lab: Lab, setup: str, cli: str) -> list[str]:
     if setup == FLOOR:
         return [str(NODE_PIPE), str(PROXY_PORT), lab.server, str(lab.port)]
-    return [cli, "-b", "::", "-p", str(PROXY_PORT), "--backend", BACKEND[setup], "-m", "20000", "-D", "3", *OBSERVE]
+    return [cli, "-b", "::", "-p", str(PROXY_PORT), "--backend", BACKEND[setup], "-m", "20000", "-D", "3",
+            *(OBSERVE if setup == OBSERVED else [])]
 
 
 class Proxy:
@@ -291,14 +296,37 @@ def warm_up(lab: Lab, setup: str, n: int) -> None:
             raise RuntimeError(f"{setup} warm-up ({m}) failed: {r.get('failed') or r.get('error_samples')}")
 
 
+# Scrapes the observed proxy's /metrics once a second, as an eager Prometheus would; prints
+# how many scrapes answered 200 and their sizes when it is ended.
+SCRAPER = """
+import signal, sys, time, urllib.request
+ok = bad = size = 0
+def done(*_):
+    print(f"{ok} {bad} {size}", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+while True:
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics", timeout=2) as r:
+            size = len(r.read())
+            ok += r.status == 200
+    except OSError:
+        bad += 1
+    time.sleep(1)
+"""
+
+
 def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> dict:
     configure(lab, setup)
-    proxy = None
+    proxy = scraper = None
     res: dict = {"phases": {}}
     try:
         if setup in HOPS:
             proxy = Proxy(lab, setup, cli, outdir / f"proxy-{setup}-r{rnd}.log")
             res["proxy_startup_s"] = round(proxy.startup_s, 3)
+        if setup == OBSERVED:
+            scraper = popen(["ip", "netns", "exec", lab.ns["gw"], PY, "-c", SCRAPER % METRICS_PORT],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
         proxy_fds = proxy.status()["fds"] if proxy else None
         warm_up(lab, setup, cfg.warmup)
         for name, job in phases(setup, cfg):
@@ -322,6 +350,10 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
         if proxy:
             res["proxy_status_end"] = proxy.status()
     finally:
+        if scraper:
+            end(scraper, 5.0)
+            ok, bad, size = (int(x) for x in (scraper.stdout.read().split() or ["0", "0", "0"]))
+            res["scrapes"] = {"ok": ok, "failed": bad, "bytes": size}
         if proxy:
             res["proxy_stop"] = proxy.stop()
     return res
@@ -549,7 +581,9 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
     # The setups this run measured (--no-floor leaves one out; older results may lack it).
     setups = [s for s in SETUPS if all(s in r["setups"] for r in rounds)]
     out: dict = {"setups": setups, "metrics": {}, "pasv_227": {}, "idle_rss": {}}
+    fn_of = {}
     for key, label, unit, higher, fn in metrics(concurrency):
+        fn_of[key] = fn
         row = {"label": label, "unit": unit, "higher_is_better": higher, "setups": {}}
         for s in setups:
             vals = [fn(r["setups"][s]["phases"]) for r in rounds]
@@ -575,6 +609,13 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
                 if pr := paired_ratio(rounds, fn, s, FLOOR):
                     v["paired_ratio_to_floor"] = pr
         out["metrics"][key] = row
+    # What observing costs: the observed proxy against the same proxy without it, round by round.
+    out["observe_cost"] = {k: {"ratio": v["median"] / n["median"], "paired": paired_ratio(rounds, fn_of[k], OBSERVED,
+                                                                                          "proxy-nftables")}
+                           for k, row in out["metrics"].items()
+                           if k in ("seq_pasv", "seq_port", "cpu_1000_pasv", "cpu_1000_port") or k.startswith("conc")
+                           if (v := row["setups"].get(OBSERVED)) and (n := row["setups"].get("proxy-nftables"))
+                           and n["median"]}
     out["vs_floor"] = {s: {k: {"ratio": v["ratio_to_floor"], "paired": v.get("paired_ratio_to_floor")}
                            for k in floor_keys(concurrency)
                            if (v := out["metrics"][k]["setups"].get(s)) and "ratio_to_floor" in v}
@@ -760,6 +801,14 @@ def render(result: dict) -> str:
         cells = [f"{k} {v['ratio']:.2f}x" + (f" (paired per-round {v['paired']['min']:.2f}-{v['paired']['max']:.2f})"
                                              if v["paired"] else "") for k, v in per.items()]
         out.append(f"{'vs bare node pipe (' + FLOOR + ')':<55} {s:<15} {'   '.join(cells)}")
+    if cost := result["summary"].get("observe_cost"):
+        cells = [f"{k} {v['ratio']:.2f}x" + (f" (paired per-round {v['paired']['min']:.2f}-{v['paired']['max']:.2f})"
+                                             if v["paired"] else "") for k, v in cost.items()]
+        out.append(f"{'metrics+xferlog on vs off (' + OBSERVED + ')':<55} {'proxy-nftables':<15} {'   '.join(cells)}")
+        scrapes = [r["setups"][OBSERVED].get("scrapes", {}) for r in result["rounds"] if OBSERVED in r["setups"]]
+        out.append(f"{'  scrapes of /metrics during the rounds':<55} ok {sum(x.get('ok', 0) for x in scrapes)}, "
+                   f"failed {sum(x.get('failed', 0) for x in scrapes)}, last size "
+                   f"{max((x.get('bytes', 0) for x in scrapes), default=0)} bytes")
     for s, p in result["profile"].items():
         if p.get("top"):
             out += ["", f"profile {s} ({p['window']}): main thread busy {p['busy_ms']} ms of {p['total_ms']} ms"
@@ -803,7 +852,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--idle-levels", help="comma list, e.g. 1000,10000; 0 = skip")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--observe", action="store_true",
-                    help="run the proxies with --metrics 127.0.0.1:9464 and --xferlog OUT/xferlog (issue 12's cost)")
+                    help=f"add the setup {OBSERVED}: proxy-nftables with --metrics 127.0.0.1:9464 (scraped every "
+                         "second) and --xferlog OUT/xferlog, in the same rounds (issue 12's cost, as paired ratios)")
     ap.add_argument("--no-floor", action="store_true",
                     help=f"leave out the {FLOOR} setup (a bare Node.js TCP forwarder, PASV phases only, "
                          "the floor for a Node-based proxy) and the proxies' ratios to it; default: included")
@@ -816,7 +866,7 @@ def parse_args() -> argparse.Namespace:
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.concurrency = [int(x) for x in a.concurrency.split(",") if x]
-    a.setups = [s for s in SETUPS if not (a.no_floor and s == FLOOR)]
+    a.setups = [s for s in SETUPS if not (a.no_floor and s == FLOOR) and (a.observe or s != OBSERVED)]
     a.idle_levels = [int(x) for x in a.idle_levels.split(",") if int(x) > 0]
     a.idle_settle = 2.0
     a.conc_ramp = 1.0
@@ -837,10 +887,11 @@ def main() -> int:
     outdir = cfg.out / f"bench-{stamp:%Y%m%d-%H%M%S}"
     outdir.mkdir(parents=True, exist_ok=True)
     if cfg.observe:
-        OBSERVE.extend(["--metrics", "127.0.0.1:9464", "--xferlog", str(outdir / "xferlog")])
+        OBSERVE.extend(["--metrics", f"127.0.0.1:{METRICS_PORT}", "--xferlog", str(outdir / "xferlog")])
     meta = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
             "proxy": {"source": cfg.source, "cli": cfg.cli,
-                      "argv": " ".join([f"-b :: -p {PROXY_PORT} --backend X -m 20000 -D 3", *OBSERVE])},
+                      "argv": f"-b :: -p {PROXY_PORT} --backend X -m 20000 -D 3",
+                      **({"observed_argv_extra": " ".join(OBSERVE)} if OBSERVE else {})},
             "floor": {"script": str(NODE_PIPE), "argv": " ".join([NODE, *hop_args(lab, FLOOR, cfg.cli)])}
             if FLOOR in cfg.setups else None,
             "server": "vsftpd (lab, anonymous)", "client": "Python ftplib (load.py) in the client namespace",

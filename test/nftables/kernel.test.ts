@@ -134,4 +134,33 @@ if (!inside) {
     t.match(await connect(env.ns.client, env.gwLan4, path.port, env.client4), { ok: false, error: /refused/i }, 'not admitted any more');
     await dp.release(path.id, false);
   });
+
+  t.test('byte counting: a path asked about gives its bytes; paths released unasked keep nothing', async (t) => {
+    const ports = new PortAllocator(50000, 50999);
+    const count = { group: 2199, ports: { low: 50000, high: 50999 } };
+    const dp = new NftablesDataPlane({ table: TABLE, ports, runner: 'auto', logger, count });
+    await dp.start();
+    t.teardown(() => dp.close());
+    const server = await listen(env.ns.server, env.server4, 40030);
+    t.teardown(() => server.close());
+    const asked = await dp.open(passive(4, 40030));
+    const c = await connect(env.ns.client, env.gwLan4, asked.port, env.client4);
+    t.ok(c.ok, 'the peer is admitted');
+    if (!c.ok) return;
+    t.equal(await c.conn.roundTrip('counted'), 'counted');
+    await c.conn.close();
+    const line = Buffer.byteLength('counted\n');
+    t.same(await dp.transferred(asked.id), { fromPeer: line, toPeer: line }, 'exact payload bytes, both ways');
+    await dp.release(asked.id, false);
+    // A client repeating PASV: each path is replaced before anyone asks what it carried. What
+    // the plane keeps for counting goes with the release, so asking later finds nothing.
+    const unasked: string[] = [];
+    for (let i = 0; i < 20; i++) {
+      const p = await dp.open(passive(4, 40031));
+      await dp.release(p.id, false);
+      unasked.push(p.id);
+    }
+    const answers = await Promise.all(unasked.map((id) => dp.transferred(id)));
+    t.same(answers, unasked.map(() => null), 'no count is kept for a released path nobody asked about');
+  });
 }
