@@ -93,7 +93,7 @@ async function startObservability(
     }
   }
   try {
-    opened.control = await ControlServer.open(cfg.controlSocket.path, provider, logger);
+    opened.control = await ControlServer.open(cfg.controlSocket.path, provider, logger, !cfg.controlSocket.explicit);
   } catch (e) {
     if (!(e instanceof ControlSocketError)) throw e;
     if (cfg.controlSocket.explicit) {
