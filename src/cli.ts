@@ -34,6 +34,7 @@ export interface RawOptions {
   routeTable: string;
   shutdownGrace: string;
   printRuleset?: boolean;
+  cleanup?: boolean;
   loginTimeout: string;
   tls: string;
   allowClient: string[];
@@ -98,6 +99,7 @@ export function buildCommand(): Command {
     .option('--route-table <n>', "relay, outbound mode: routing table and rule priority ftp-proxy owns, so data paths use the server's address (passive data is caught there, active data comes from it); 1-32765 (not 253-255), 0 = off", '2121')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')
     .option('--print-ruleset', 'print the nftables table ftp-proxy would create, and exit')
+    .option('--cleanup', "remove the nftables table and the relay's policy routing (--nft-table, --route-table) a proxy with these options left, and exit (systemd's ExecStopPost=)")
     .option('--metrics <addr:port>', 'serve Prometheus metrics over HTTP at GET /metrics on this address ([v6addr]:port for IPv6); off by default')
     .option('--control-socket <path>', `unix socket for 'ftp-proxy sessions' and 'ftp-proxy kill' (default: ${DEFAULT_CONTROL_SOCKET})`)
     .option('--xferlog <file>', 'append one wu-ftpd/ProFTPD xferlog line per file transfer to this file')

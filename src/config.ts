@@ -57,6 +57,8 @@ export interface Config {
   readonly routeTable: number;
   readonly shutdownGrace: number;
   readonly printRuleset: boolean;
+  /** Remove what a proxy with this configuration left in the kernel, and exit (cleanup.ts). */
+  readonly cleanup: boolean;
   readonly loginTimeout: number;
   readonly tls: 'refuse' | 'pass';
   readonly clients: AddressList;
@@ -225,6 +227,7 @@ export function buildConfig(o: RawOptions): Config {
     routeTable: routeTable(o.routeTable),
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,
+    cleanup: o.cleanup === true,
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
     tls: tlsMode(o.tls),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
