@@ -132,7 +132,7 @@ function addSubcommands(program: Command, found: (r: CliResult) => void): void {
 }
 
 /** Options that ask for something to be done rather than set: command line only, never in a --config file. */
-export const ACTIONS: ReadonlySet<string> = new Set(['printRuleset', 'checkConfig', 'config', 'help', 'version']);
+export const ACTIONS: ReadonlySet<string> = new Set(['printRuleset', 'cleanup', 'checkConfig', 'config', 'help', 'version']);
 
 export type CliResult =
   /** `given`: the options set on the command line itself (the rest are defaults). */
