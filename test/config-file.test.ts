@@ -86,6 +86,7 @@ t.test('a bad file: one line naming file, line and option', async (t) => {
     ['anonymous-only yes\n', /^F:1: anonymous-only: takes no value/],
     ['max-sessions=5\n', /^F:1: max-sessions=5: unknown option$/],
     ['print-ruleset\n', /^F:1: print-ruleset: not allowed in a config file/],
+    ['cleanup\n', /^F:1: cleanup: not allowed in a config file/],
     ['check-config\n', /^F:1: check-config: not allowed in a config file/],
     ['config /etc/other.conf\n', /^F:1: config: not allowed in a config file/],
     ['help\n', /^F:1: help: not allowed in a config file/],

@@ -32,6 +32,13 @@ t.test('the unit asks for a user of its own with exactly the two capabilities, a
   t.notOk(unit.has('User'), 'no fixed user');
 });
 
+t.test('the sample config the README has you copy to /etc/ftp-proxy is valid', async (t) => {
+  const sample = fileURLToPath(new URL('../examples/ftp-proxy.conf', import.meta.url));
+  const r = spawnSync(process.execPath, [CLI, '--check-config', '--config', sample], { encoding: 'utf8' });
+  t.equal(r.status, 0, r.stderr);
+  t.match(r.stdout, /\nbind ::\n/);
+});
+
 t.test('systemd-analyze verify passes, without a warning', async (t) => {
   // verify checks that each command's program exists and is executable, and that `man`
   // finds the Documentation= page: where the package is not installed (CI), neither is there.
