@@ -193,6 +193,7 @@ export function buildConfig(o: RawOptions): Config {
   }
   const bind = o.bind !== undefined ? canonicalAddress('-b/--bind', o.bind) : o.ipv6 ? '::1' : '127.0.0.1';
   if (o.checkConfig && o.printRuleset) fail('--check-config', 'give either --check-config or --print-ruleset, not both');
+  if (o.cleanup && (o.checkConfig || o.printRuleset)) fail('--cleanup', 'give it without --check-config and --print-ruleset');
   if (o.reverse === undefined && o.serverPort !== '21') {
     fail('-P/--server-port', 'only has a meaning with -R/--reverse');
   }

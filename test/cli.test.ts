@@ -162,6 +162,16 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
   }
 });
 
+t.test('--cleanup is an action of its own', async (t) => {
+  t.equal(run([]).config!.cleanup, false);
+  t.equal(run(['--cleanup', '--nft-table', 'other', '--route-table', '0']).config!.cleanup, true);
+  for (const other of ['--check-config', '--print-ruleset']) {
+    const r = run(['--cleanup', other]);
+    t.equal(r.code, 2, other);
+    t.equal(r.err, 'ftp-proxy: --cleanup: give it without --check-config and --print-ruleset\n');
+  }
+});
+
 t.test('--metrics, --control-socket, --xferlog', async (t) => {
   const d = run([]).config!;
   t.equal(d.metrics, undefined, 'metrics are off by default');
