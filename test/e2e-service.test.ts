@@ -1,12 +1,14 @@
 // The shipped systemd unit: `systemd-analyze verify` accepts it, and its exact ExecStart= run as
 // an unprivileged user with only the unit's capabilities carries PASV and PORT transfers in the
-// outbound lab on both data planes; its ExecStopPost= removes what a killed proxy left.
+// outbound lab on both data planes (and in reverse mode on port 21); its ExecStopPost= removes
+// what a killed proxy left.
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { Test } from 'tap';
 import { isRoot, sha256File, startLab, type FtpMode } from './lib/lab.js';
 import { asUser, CLI, startAsUser, type LogRecord } from './lib/proxy.js';
 import { capNames, serviceSettings, setting, UNIT_FILE, UNIT_PROGRAM, unitCommand } from './lib/unit.js';
@@ -19,6 +21,25 @@ const MAN_PAGE = fileURLToPath(new URL('../man/ftp-proxy.8', import.meta.url));
 
 const unitText = readFileSync(UNIT_FILE, 'utf8');
 const unit = serviceSettings(unitText);
+
+/**
+ * What systemd makes for the unit, in a scratch directory: the config file (root's and
+ * readable, as /etc/ftp-proxy/ftp-proxy.conf would be) holding `options` plus a control socket
+ * in a directory owned by the service's user (RuntimeDirectory=); and the unit's ExecStart=
+ * and ExecStopPost= with that file.
+ */
+function prepare(t: Test, name: string, options: readonly string[]): { config: string; socket: string; start: string[]; stopPost: string[] } {
+  const dir = mkdtempSync(join(tmpdir(), `fp-service-${name}-`));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  chmodSync(dir, 0o755);
+  const run = join(dir, 'run');
+  mkdirSync(run, { mode: 0o755 });
+  chownSync(run, UID, UID);
+  const socket = join(run, 'ftp-proxy.sock');
+  const config = join(dir, 'ftp-proxy.conf');
+  writeFileSync(config, [...options, `control-socket ${socket}`, 'debug-level 7', ''].join('\n'), { mode: 0o644 });
+  return { config, socket, start: unitCommand(setting(unit, 'ExecStart'), config), stopPost: unitCommand(setting(unit, 'ExecStopPost'), config) };
+}
 
 t.test('the unit asks for a user of its own with exactly the two capabilities, and no more', async (t) => {
   t.equal(setting(unit, 'DynamicUser'), 'yes');
@@ -77,33 +98,14 @@ t.test("the unit's ExecStart as an unprivileged user with the unit's capabilitie
 
   for (const backend of ['nftables', 'relay'] as const) {
     await t.test(backend, async (t) => {
-      // What systemd makes for the unit: /run/ftp-proxy (RuntimeDirectory=) owned by its user;
-      // the config file is root's and readable, as /etc/ftp-proxy/ftp-proxy.conf would be.
-      const dir = mkdtempSync(join(tmpdir(), `fp-service-${backend}-`));
-      t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-      chmodSync(dir, 0o755);
-      const run = join(dir, 'run');
-      mkdirSync(run, { mode: 0o755 });
-      chownSync(run, UID, UID);
-      const socket = join(run, 'ftp-proxy.sock');
-      const config = join(dir, 'ftp-proxy.conf');
-      writeFileSync(
-        config,
-        [
-          '# the lab: outbound mode behind the gateway redirect',
-          'bind ::',
-          `port ${PROXY_PORT}`,
-          `backend ${backend}`,
-          // The relay then binds port 20 on the server's address: CAP_NET_BIND_SERVICE.
-          'rewrite-source-port',
-          `control-socket ${socket}`,
-          'debug-level 7',
-          '',
-        ].join('\n'),
-        { mode: 0o644 },
-      );
-      const start = unitCommand(setting(unit, 'ExecStart'), config);
-      const stopPost = unitCommand(setting(unit, 'ExecStopPost'), config);
+      const { config, socket, start, stopPost } = prepare(t, backend, [
+        '# the lab: outbound mode behind the gateway redirect',
+        'bind ::',
+        `port ${PROXY_PORT}`,
+        `backend ${backend}`,
+        // The relay then binds port 20 on the server's address: CAP_NET_BIND_SERVICE.
+        'rewrite-source-port',
+      ]);
       t.same(start.slice(2), ['--config', config], `ExecStart as run: ${start.join(' ')}`);
 
       const proxy = await startAsUser(lab, start, caps);
@@ -169,4 +171,23 @@ t.test("the unit's ExecStart as an unprivileged user with the unit's capabilitie
       t.equal(again.code, 0, 'with nothing left it does nothing, and exits 0');
     });
   }
+
+  await t.test('reverse mode on port 21 (CAP_NET_BIND_SERVICE), nftables', async (t) => {
+    // The outbound redirect would take the LAN's port 21 to the gateway away from this listener.
+    await lab.redirect(false);
+    const { start } = prepare(t, 'reverse', [
+      `reverse ${lab.env.server4}`,
+      `server-port ${lab.env.ports.vsftpd}`,
+      `bind ${lab.env.gwLan4}`,
+      'port 21',
+    ]);
+    const proxy = await startAsUser(lab, start, caps);
+    t.teardown(() => proxy.stop());
+    for (const mode of ['pasv', 'port'] as const) {
+      const get = await lab.curlGet({ host: lab.env.gwLan4, port: 21, mode, path: '1MiB.bin' });
+      t.equal(get.sha256, file, `${mode} download from the proxy's port 21 ${get.stderr}`);
+    }
+    t.equal((await proxy.stop()).code, 0, 'SIGTERM exits 0');
+    t.not((await lab.exec('gw', 'nft', ['list', 'table', 'inet', 'ftp_proxy'])).code, 0, 'and the proxy removed its table itself');
+  });
 });
