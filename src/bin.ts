@@ -3,7 +3,8 @@
 // that talks to a running proxy (control/client.ts), and the exit status.
 
 import { parseArgs } from './cli.js';
-import { buildClientConfig, buildConfig } from './config.js';
+import { buildClientConfig } from './config.js';
+import { formatConfig, loadConfig } from './configfile.js';
 import { ConfigError } from './errors.js';
 
 const io = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
@@ -23,11 +24,16 @@ async function run(argv: readonly string[]): Promise<number> {
   const parsed = parseArgs(argv, io);
   if (parsed.kind === 'exit') return parsed.code;
   if (parsed.kind === 'run') {
-    const cfg = validated(() => buildConfig(parsed.options));
-    if (!cfg) return 2;
+    const source = { cli: parsed.options, given: parsed.given };
+    const loaded = validated(() => loadConfig(source));
+    if (!loaded) return 2;
+    if (parsed.options.checkConfig) {
+      io.out(formatConfig(loaded.raw));
+      return 0;
+    }
     // Loaded only here: the subcommands need none of the proxy's modules.
     const { main } = await import('./main.js');
-    return main(cfg);
+    return main(loaded.config);
   }
   const client = validated(() => buildClientConfig(parsed.options));
   if (!client) return 2;

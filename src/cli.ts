@@ -34,6 +34,7 @@ export interface RawOptions {
   routeTable: string;
   shutdownGrace: string;
   printRuleset?: boolean;
+  cleanup?: boolean;
   loginTimeout: string;
   tls: string;
   allowClient: string[];
@@ -43,6 +44,8 @@ export interface RawOptions {
   metrics?: string;
   controlSocket?: string;
   xferlog?: string;
+  config?: string;
+  checkConfig?: boolean;
 }
 
 /** Options of the subcommands that talk to a running proxy. */
@@ -98,9 +101,12 @@ export function buildCommand(): Command {
     .option('--route-table <n>', "relay, outbound mode: routing table and rule priority ftp-proxy owns, so data paths use the server's address (passive data is caught there, active data comes from it); 1-32765 (not 253-255), 0 = off", '2121')
     .option('--shutdown-grace <seconds>', 'on SIGTERM, time given to sessions before they get 421, 0-3600', '10')
     .option('--print-ruleset', 'print the nftables table ftp-proxy would create, and exit')
+    .option('--cleanup', "remove the nftables table and the relay's policy routing (--nft-table, --route-table) a proxy with these options left, and exit (systemd's ExecStopPost=)")
     .option('--metrics <addr:port>', 'serve Prometheus metrics over HTTP at GET /metrics on this address ([v6addr]:port for IPv6); off by default')
     .option('--control-socket <path>', `unix socket for 'ftp-proxy sessions' and 'ftp-proxy kill' (default: ${DEFAULT_CONTROL_SOCKET})`)
     .option('--xferlog <file>', 'append one wu-ftpd/ProFTPD xferlog line per file transfer to this file')
+    .option('--config <file>', "read options from this file: one long option per line without the dashes ('max-sessions 500', a bare 'anonymous-only'), # comments; flags given here win (a repeatable one replaces the file's lines)")
+    .option('--check-config', 'validate the options (with --config, the file too), print the effective configuration in config-file form, and exit')
     .showHelpAfterError(false)
     .allowExcessArguments(false)
     // Options after a subcommand's name are that subcommand's own.
@@ -125,11 +131,20 @@ function addSubcommands(program: Command, found: (r: CliResult) => void): void {
     .action((id: string, o: RawClientOptions) => found({ kind: 'kill', id, options: o }));
 }
 
+/** Options that ask for something to be done rather than set: command line only, never in a --config file. */
+export const ACTIONS: ReadonlySet<string> = new Set(['printRuleset', 'cleanup', 'checkConfig', 'config', 'help', 'version']);
+
 export type CliResult =
-  | { kind: 'run'; options: RawOptions }
+  /** `given`: the options set on the command line itself (the rest are defaults). */
+  | { kind: 'run'; options: RawOptions; given: ReadonlySet<keyof RawOptions> }
   | { kind: 'sessions'; options: RawClientOptions }
   | { kind: 'kill'; id: string; options: RawClientOptions }
   | { kind: 'exit'; code: number };
+
+function givenOptions(cmd: Command): Set<keyof RawOptions> {
+  const keys = cmd.options.map((o) => o.attributeName() as keyof RawOptions);
+  return new Set(keys.filter((k) => cmd.getOptionValueSource(k) === 'cli'));
+}
 
 /**
  * Parse argv: the proxy's flags, or a subcommand with its own. Help and --version print and
@@ -151,7 +166,7 @@ export function parseArgs(argv: readonly string[], write: { out: (s: string) => 
   });
   // Subcommands inherit the exit and output settings above.
   addSubcommands(cmd, found);
-  cmd.action(() => found({ kind: 'run', options: cmd.opts<RawOptions>() }));
+  cmd.action(() => found({ kind: 'run', options: cmd.opts<RawOptions>(), given: givenOptions(cmd) }));
   const usage = (message: string): CliResult => {
     write.err(`ftp-proxy: ${message}\n`);
     return { kind: 'exit', code: 2 };
@@ -171,9 +186,8 @@ export function parseArgs(argv: readonly string[], write: { out: (s: string) => 
   const r = result as unknown as CliResult;
   if (r.kind === 'run' || r.kind === 'exit') return r;
   // Flags before the subcommand's name were parsed as the proxy's: only the socket means anything there.
-  for (const opt of cmd.options) {
-    const key = opt.attributeName();
-    if (cmd.getOptionValueSource(key) !== 'cli') continue;
+  for (const key of givenOptions(cmd)) {
+    const opt = cmd.options.find((o) => o.attributeName() === key)!;
     if (key !== 'controlSocket') return usage(`${[opt.short, opt.long].filter(Boolean).join('/')}: not an option of '${r.kind}'`);
   }
   const controlSocket = r.options.controlSocket ?? cmd.opts<RawOptions>().controlSocket;

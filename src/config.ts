@@ -9,16 +9,15 @@ import type { Endpoint } from './dataplane/types.js';
 import { AddressList, parseCidr } from './net/policy.js';
 
 function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCidr>[] {
-  return raw
-    .map((r) => r.trim())
-    .filter((r) => r !== '')
-    .map((r) => {
-      try {
-        return parseCidr(r);
-      } catch {
-        return fail(flag, `'${r}' is not an address or CIDR block`);
-      }
-    });
+  return raw.flatMap((value, item) => {
+    const r = value.trim();
+    if (r === '') return [];
+    try {
+      return [parseCidr(r)];
+    } catch {
+      return fail(flag, `'${r}' is not an address or CIDR block`, item);
+    }
+  });
 }
 
 export type Backend = 'nftables' | 'relay';
@@ -57,6 +56,8 @@ export interface Config {
   readonly routeTable: number;
   readonly shutdownGrace: number;
   readonly printRuleset: boolean;
+  /** Remove what a proxy with this configuration left in the kernel, and exit (cleanup.ts). */
+  readonly cleanup: boolean;
   readonly loginTimeout: number;
   readonly tls: 'refuse' | 'pass';
   readonly clients: AddressList;
@@ -78,8 +79,9 @@ export interface ClientConfig {
   readonly json: boolean;
 }
 
-function fail(flag: string, message: string): never {
-  throw new ConfigError('BAD_FLAG', `${flag}: ${message}`);
+/** `item`: which value of a repeatable option is bad. */
+function fail(flag: string, message: string, item?: number): never {
+  throw new ConfigError('BAD_FLAG', `${flag}: ${message}`, { flag, detail: message, ...(item !== undefined ? { item } : {}) });
 }
 
 function integer(flag: string, raw: string, min: number, max: number): number {
@@ -190,6 +192,8 @@ export function buildConfig(o: RawOptions): Config {
     fail('--nft-table', `'${o.nftTable}' is not a name of letters, digits and _ (at most 32, starting with a letter)`);
   }
   const bind = o.bind !== undefined ? canonicalAddress('-b/--bind', o.bind) : o.ipv6 ? '::1' : '127.0.0.1';
+  if (o.checkConfig && o.printRuleset) fail('--check-config', 'give either --check-config or --print-ruleset, not both');
+  if (o.cleanup && (o.checkConfig || o.printRuleset)) fail('--cleanup', 'give it without --check-config and --print-ruleset');
   if (o.reverse === undefined && o.serverPort !== '21') {
     fail('-P/--server-port', 'only has a meaning with -R/--reverse');
   }
@@ -225,6 +229,7 @@ export function buildConfig(o: RawOptions): Config {
     routeTable: routeTable(o.routeTable),
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,
+    cleanup: o.cleanup === true,
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
     tls: tlsMode(o.tls),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),

@@ -27,8 +27,22 @@ export class ProtocolError extends FtpProxyError {
   }
 }
 
-/** A bad flag or value: printed as one line, exit status 2. */
-export class ConfigError extends FtpProxyError {}
+/**
+ * A bad flag or value: printed as one line, exit status 2. `flag` names the option as the
+ * message does (-m/--max-sessions), `detail` is the message after it, and `item` the index of
+ * the bad value of a repeatable option: what a --config file needs to name its line instead.
+ */
+export class ConfigError extends FtpProxyError {
+  readonly flag: string | undefined;
+  readonly detail: string;
+  readonly item: number | undefined;
+  constructor(code: string, message: string, options?: { cause?: unknown; flag?: string; detail?: string; item?: number }) {
+    super(code, message, options);
+    this.flag = options?.flag;
+    this.detail = options?.detail ?? message;
+    this.item = options?.item;
+  }
+}
 
 /** The data plane could not admit, or release, a data connection. */
 export class DataPlaneError extends FtpProxyError {}

@@ -16,6 +16,7 @@ import { MetricsListener } from './metrics/http.js';
 import { ControlServer, ControlSocketError } from './control/server.js';
 import type { SessionProvider } from './control/protocol.js';
 import { XferlogWriter } from './xferlog.js';
+import { cleanup } from './cleanup.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 
@@ -93,7 +94,7 @@ async function startObservability(
     }
   }
   try {
-    opened.control = await ControlServer.open(cfg.controlSocket.path, provider, logger);
+    opened.control = await ControlServer.open(cfg.controlSocket.path, provider, logger, !cfg.controlSocket.explicit);
   } catch (e) {
     if (!(e instanceof ControlSocketError)) throw e;
     if (cfg.controlSocket.explicit) {
@@ -114,6 +115,11 @@ export async function main(cfg: Config): Promise<number> {
     return 0;
   }
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });
+  if (cfg.cleanup) {
+    const status = await cleanup(cfg, logger, out.err);
+    logger.flush();
+    return status;
+  }
   const dataPlane = createDataPlane(cfg, logger);
   try {
     await dataPlane.start();

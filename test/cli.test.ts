@@ -162,10 +162,20 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
   }
 });
 
+t.test('--cleanup is an action of its own', async (t) => {
+  t.equal(run([]).config!.cleanup, false);
+  t.equal(run(['--cleanup', '--nft-table', 'other', '--route-table', '0']).config!.cleanup, true);
+  for (const other of ['--check-config', '--print-ruleset']) {
+    const r = run(['--cleanup', other]);
+    t.equal(r.code, 2, other);
+    t.equal(r.err, 'ftp-proxy: --cleanup: give it without --check-config and --print-ruleset\n');
+  }
+});
+
 t.test('--metrics, --control-socket, --xferlog', async (t) => {
   const d = run([]).config!;
   t.equal(d.metrics, undefined, 'metrics are off by default');
-  t.same(d.controlSocket, { path: '/run/ftp-proxy.sock', explicit: false });
+  t.same(d.controlSocket, { path: '/run/ftp-proxy/ftp-proxy.sock', explicit: false });
   t.equal(d.xferlog, undefined);
   const c = run(['--metrics', '0.0.0.0:9464', '--control-socket', '/tmp/fp.sock', '--xferlog', '/var/log/ftp-proxy.xferlog']).config!;
   t.same(c.metrics, { address: '0.0.0.0', port: 9464 });
@@ -183,7 +193,7 @@ t.test('subcommands: sessions [--json] and kill ID, with the control socket befo
     return { r, err };
   };
   t.match(parse(['sessions']).r, { kind: 'sessions', options: {} });
-  t.same(buildClientConfig({}), { controlSocket: '/run/ftp-proxy.sock', json: false });
+  t.same(buildClientConfig({}), { controlSocket: '/run/ftp-proxy/ftp-proxy.sock', json: false });
   t.match(parse(['sessions', '--json']).r, { kind: 'sessions', options: { json: true } });
   t.match(parse(['sessions', '--control-socket', '/a.sock']).r, { kind: 'sessions', options: { controlSocket: '/a.sock' } });
   t.match(parse(['--control-socket', '/b.sock', 'sessions', '--json']).r, { kind: 'sessions', options: { controlSocket: '/b.sock', json: true } });
@@ -212,7 +222,7 @@ t.test('--help documents every flag with its default; the built program runs', a
   }
   for (const def of ['"8021"', '"21"', '"100"', '"86400"', '"5"', '"49152-65535"', '"nftables"']) t.match(h.out, def);
   for (const flag of ['--metrics', '--control-socket', '--xferlog']) t.match(h.out, new RegExp(`\\s${flag} <`), flag);
-  t.match(h.out, /default: \/run\/ftp-proxy\.sock/);
+  t.match(h.out, /default:\s+\/run\/ftp-proxy\/ftp-proxy\.sock/);
   t.match(h.out, /Commands:\n\s+sessions \[options\]\s+list the live sessions/);
   t.match(h.out, /\n\s+kill \[options\] <id>\s+end one live session/);
   const cli = new URL('../dist/bin.js', import.meta.url);

@@ -194,6 +194,12 @@ t.test('taking the path: live socket refused, stale one replaced, other files an
     message: `control socket ${path.join(dir, 'missing', 'x.sock')}: directory ${path.join(dir, 'missing')} does not exist`,
   });
   await t.rejects(ControlServer.open(path.join(file, 'x.sock'), provider(), logger), { code: 'NO_DIRECTORY', message: /is not a directory/ });
+  const made = path.join(dir, 'made', 'x.sock');
+  const own = await ControlServer.open(made, provider(), logger, true);
+  t.equal(fs.statSync(path.dirname(made)).mode & 0o777, 0o755, 'the default path: its missing directory is made, 0755');
+  t.equal(fs.statSync(made).mode & 0o777, 0o600, 'the socket in it is 0600 as ever');
+  await own.close();
+  await t.rejects(ControlServer.open(path.join(dir, 'missing', 'deeper', 'x.sock'), provider(), logger, true), { code: 'NO_DIRECTORY' }, 'one that cannot be made is still NO_DIRECTORY');
   await server.close();
   t.notOk(fs.existsSync(sock));
 });

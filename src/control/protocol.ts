@@ -1,7 +1,11 @@
 // The control socket's line protocol, shared by the proxy (server.ts here) and the subcommands
 // (client.ts): one JSON request per line, one JSON reply per line. Pure: no sockets.
 
-export const DEFAULT_CONTROL_SOCKET = '/run/ftp-proxy.sock';
+/**
+ * In a directory of its own, so a proxy run as a dedicated user (the systemd unit's
+ * RuntimeDirectory=ftp-proxy) can create it without write access to /run.
+ */
+export const DEFAULT_CONTROL_SOCKET = '/run/ftp-proxy/ftp-proxy.sock';
 
 /** Longest request line the proxy reads; anything longer ends that control connection. */
 export const MAX_REQUEST_LINE = 4096;

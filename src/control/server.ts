@@ -57,11 +57,16 @@ export class ControlServer {
   ) {}
 
   /**
-   * Takes `p` and serves `provider` on it. Rejects with ControlSocketError: NO_DIRECTORY,
-   * NOT_A_SOCKET (a file we will not remove), IN_USE (another proxy answers there), or FAILED.
+   * Takes `p` and serves `provider` on it; with `makeDirectory`, first creates its directory
+   * (mode 0755) if it is missing. Rejects with ControlSocketError: NO_DIRECTORY, NOT_A_SOCKET
+   * (a file we will not remove), IN_USE (another proxy answers there), or FAILED.
    */
-  static async open(p: string, provider: SessionProvider, logger: AppLogger): Promise<ControlServer> {
+  static async open(p: string, provider: SessionProvider, logger: AppLogger, makeDirectory = false): Promise<ControlServer> {
     const dir = path.dirname(p);
+    // Only the default path's directory is ours to make: systemd's RuntimeDirectory= makes it
+    // for the unit's user; root run by hand makes it here. Failing (no write access to its
+    // parent) is reported below as the missing directory.
+    if (makeDirectory) await fs.mkdir(dir, { mode: 0o755 }).catch(() => undefined);
     const dirStat = await fs.stat(dir).catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') fail(p, 'NO_DIRECTORY', `directory ${dir} does not exist`, e);
       return fail(p, 'FAILED', `cannot use directory ${dir} (${e.code ?? e.message})`, e);

@@ -143,6 +143,24 @@ export class TransparentSources {
     return new TransparentSources(libc, rt, o, families);
   }
 
+  /**
+   * Removes what a run that ended without closing left in `table` (its rules and `local`
+   * routes), for `ftp-proxy --cleanup`: the number of rules removed, or why it failed.
+   */
+  static removeLeftovers(table: number): number | string {
+    let rt: RouteSocket;
+    try {
+      rt = RouteSocket.open();
+    } catch (e) {
+      return (e as Error).message;
+    }
+    try {
+      return removeLeftovers(rt, table);
+    } finally {
+      rt.close();
+    }
+  }
+
   /** Whether addresses of `family` can be used (the table has its `local` route). */
   serves(family: 4 | 6): boolean {
     return this.families.has(family);

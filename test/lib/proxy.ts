@@ -70,25 +70,32 @@ export async function startProxy(lab: Lab, args: readonly string[], ns: NsName =
   return p;
 }
 
+/** The unprivileged user the tests run the proxy as. */
+const NOBODY = 65534;
+
 /**
- * The same as an unprivileged user (uid 65534, no capabilities), in the gateway namespace.
- * `env -i` keeps tap's coverage hooks (NODE_OPTIONS) out of a child that could not write them.
+ * `argv` as `cmd, args` that run it as uid 65534 holding only `caps` (setpriv's names:
+ * net_admin), as systemd's AmbientCapabilities=, CapabilityBoundingSet= and NoNewPrivileges=
+ * give them; with no caps, none at all. `env -i` keeps tap's coverage hooks (NODE_OPTIONS) out
+ * of a child that could not write them.
  */
-export async function startUnprivilegedProxy(lab: Lab, args: readonly string[]): Promise<ProxyProcess> {
-  const child = lab.spawn('gw', 'env', [
-    '-i',
-    `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`,
-    'setpriv',
-    '--reuid=65534',
-    '--regid=65534',
-    '--clear-groups',
-    process.execPath,
-    CLI,
-    '-D',
-    '7',
-    ...args,
-  ]);
-  const p = new ProxyProcess(child);
+export function asUser(argv: readonly string[], caps: readonly string[] = []): [string, string[]] {
+  const set = ['-all', ...caps.map((c) => `+${c}`)].join(',');
+  const capArgs = caps.length > 0 ? [`--inh-caps=${set}`, `--ambient-caps=${set}`, `--bounding-set=${set}`, '--no-new-privs'] : [];
+  return [
+    'env',
+    ['-i', `PATH=${process.env.PATH ?? '/usr/bin:/bin'}`, 'setpriv', `--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...capArgs, ...argv],
+  ];
+}
+
+/** `argv` as asUser() makes it, in the gateway namespace, once it listens. */
+export async function startAsUser(lab: Lab, argv: readonly string[], caps: readonly string[] = []): Promise<ProxyProcess> {
+  const p = new ProxyProcess(lab.spawn('gw', ...asUser(argv, caps)));
   await p.ready();
   return p;
+}
+
+/** The proxy with `args` as an unprivileged user without capabilities, in the gateway namespace. */
+export function startUnprivilegedProxy(lab: Lab, args: readonly string[]): Promise<ProxyProcess> {
+  return startAsUser(lab, [process.execPath, CLI, '-D', '7', ...args]);
 }
