@@ -72,7 +72,11 @@ async function reloadDuringDownload(t: Test, lab: Lab, backend: 'nftables' | 're
   renameSync(xferlog, `${xferlog}.1`);
   proxy.child.kill('SIGHUP');
   await hup(proxy);
-  await until('two more reload lines', () => proxy.find('reloaded: new sessions use the new configuration').length === 3);
+  // The kernel may merge the second signal into the first while the first is pending.
+  await sleep(300);
+  const reloads = proxy.find('reloaded: new sessions use the new configuration');
+  t.ok(reloads.length === 2 || reloads.length === 3, `${reloads.length - 1} more reload(s), the proxy up`);
+  t.same(reloads.slice(1).map((l) => l.changed), reloads.slice(1).map(() => []), 'with nothing changed');
   t.ok(existsSync(xferlog), 'a new xferlog at the path, before any transfer ended');
 
   writeFileSync(conf, [...settings.filter((s) => !s.startsWith('max-sessions')), 'max-sessions 0'].join('\n') + '\n');
@@ -106,7 +110,7 @@ async function reloadDuringDownload(t: Test, lab: Lab, backend: 'nftables' | 're
   proxy.child.kill('SIGHUP');
   t.equal((await proxy.exit).code, 0, 'SIGTERM still stops it cleanly');
   t.ok(proxy.find('SIGHUP ignored: shutting down').length === 1, 'a SIGHUP during the shutdown is ignored');
-  t.equal(proxy.find('reloaded: new sessions use the new configuration').length, 3, 'and reloads nothing');
+  t.equal(proxy.find('reloaded: new sessions use the new configuration').length, reloads.length, 'and reloads nothing');
   t.match((await held).raw_replies, [/^200/, /^200/], 'the held session finished');
 }
 
