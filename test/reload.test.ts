@@ -17,6 +17,7 @@ import { Control } from './lib/scripted.js';
 import { config, login, rig } from './lib/session-rig.js';
 
 const dir = fs.mkdtempSync(path.join(tmpdir(), 'fp-reload-'));
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function source(argv: string[]): ConfigSource {
   const parsed = parseArgs(argv, { out: () => undefined, err: (s) => { throw new Error(s); } });
