@@ -33,7 +33,7 @@ async function run(argv: readonly string[]): Promise<number> {
     }
     // Loaded only here: the subcommands need none of the proxy's modules.
     const { main } = await import('./main.js');
-    return main(loaded.config);
+    return main(loaded, () => loadConfig(source));
   }
   const client = validated(() => buildClientConfig(parsed.options));
   if (!client) return 2;

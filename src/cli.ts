@@ -105,7 +105,7 @@ export function buildCommand(): Command {
     .option('--metrics <addr:port>', 'serve Prometheus metrics over HTTP at GET /metrics on this address ([v6addr]:port for IPv6); off by default')
     .option('--control-socket <path>', `unix socket for 'ftp-proxy sessions' and 'ftp-proxy kill' (default: ${DEFAULT_CONTROL_SOCKET})`)
     .option('--xferlog <file>', 'append one wu-ftpd/ProFTPD xferlog line per file transfer to this file')
-    .option('--config <file>', "read options from this file: one long option per line without the dashes ('max-sessions 500', a bare 'anonymous-only'), # comments; flags given here win (a repeatable one replaces the file's lines)")
+    .option('--config <file>', "read options from this file: one long option per line without the dashes ('max-sessions 500', a bare 'anonymous-only'), # comments; flags given here win (a repeatable one replaces the file's lines); SIGHUP re-reads it")
     .option('--check-config', 'validate the options (with --config, the file too), print the effective configuration in config-file form, and exit')
     .showHelpAfterError(false)
     .allowExcessArguments(false)

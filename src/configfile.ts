@@ -50,6 +50,15 @@ export function optionName(key: Key): string {
   return opt ? fileName(opt) : key;
 }
 
+/** Why `name` is not an option's name in a file: written with dashes, a short name, or unknown. */
+function notAnOption(opts: readonly Option[], name: string): string {
+  const dashed = opts.find((o) => o.long === name);
+  if (dashed) return `write the name without the leading dashes: ${fileName(dashed)}`;
+  const short = opts.find((o) => o.short !== undefined && (o.short === name || o.short === `-${name}`));
+  if (short) return `a short name: write ${fileName(short)}`;
+  return 'unknown option';
+}
+
 /**
  * Parses the text of a config file: `name value`, or a boolean option's bare `name`, per line;
  * blank lines and lines starting with # are skipped. Any line that is not an option of the
@@ -67,25 +76,18 @@ export function parseConfigFile(file: string, text: string): ConfigFile {
     const bad = (message: string): never => {
       throw new ConfigError('BAD_CONFIG_FILE', `${file}:${i + 1}: ${name}: ${message}`);
     };
-    const opt = opts.find((o) => o.long === `--${name}`);
-    if (!opt) {
-      const dashed = opts.find((o) => o.long === name);
-      if (dashed) bad(`write the name without the leading dashes: ${fileName(dashed)}`);
-      const short = opts.find((o) => o.short !== undefined && (o.short === name || o.short === `-${name}`));
-      if (short) bad(`a short name: write ${fileName(short)}`);
-      bad('unknown option');
-    }
-    const key = opt!.attributeName() as Key;
+    const opt = opts.find((o) => o.long === `--${name}`) ?? bad(notAnOption(opts, name!));
+    const key = opt.attributeName() as Key;
     if (ACTIONS.has(key)) bad('not allowed in a config file (an action: give it on the command line)');
-    if (!opt!.required && value !== undefined) bad(`takes no value (a bare '${name}' turns it on)`);
-    if (opt!.required && value === undefined) bad('needs a value');
+    if (!opt.required && value !== undefined) bad(`takes no value (a bare '${name}' turns it on)`);
+    if (opt.required && value === undefined) bad('needs a value');
     const seen = lines.get(key);
-    if (seen && !repeatable(opt!)) bad(`given again (first on line ${seen[0]})`);
-    const before = key in options ? options[key] : opt!.defaultValue;
-    const parsed: unknown = !opt!.required ? !opt!.negate : opt!.parseArg ? opt!.parseArg(value!, before) : value;
+    if (seen && !repeatable(opt)) bad(`given again (first on line ${seen[0]})`);
+    const before = key in options ? options[key] : opt.defaultValue;
+    const parsed: unknown = !opt.required ? !opt.negate : opt.parseArg ? opt.parseArg(value!, before) : value;
     options[key] = parsed;
     // A repeatable line may carry several comma-separated values: each is this line's.
-    const added = repeatable(opt!) ? (parsed as unknown[]).length - (before as unknown[]).length : 1;
+    const added = repeatable(opt) ? (parsed as unknown[]).length - (before as unknown[]).length : 1;
     lines.set(key, [...(seen ?? []), ...Array<number>(added).fill(i + 1)]);
   });
   return { file, options: options as Partial<RawOptions>, lines };

@@ -1,8 +1,10 @@
 // Wiring: config -> logger -> data plane -> observability (metrics, control socket, xferlog) ->
-// listener, plus signal handling (first SIGTERM/SIGINT closes gracefully and removes every rule).
+// listener, plus signal handling (first SIGTERM/SIGINT closes gracefully and removes every rule;
+// SIGHUP reloads, reload.ts).
 
 import type net from 'node:net';
 import type { Config } from './config.js';
+import type { Loaded } from './configfile.js';
 import { FtpProxyError } from './errors.js';
 import { createLogger, type AppLogger } from './log.js';
 import { PortAllocator } from './net/ports.js';
@@ -15,8 +17,9 @@ import { NO_METRICS, PromMetrics } from './metrics/metrics.js';
 import { MetricsListener } from './metrics/http.js';
 import { ControlServer, ControlSocketError } from './control/server.js';
 import type { SessionProvider } from './control/protocol.js';
-import { XferlogWriter } from './xferlog.js';
+import { XferlogTarget } from './xferlog.js';
 import { cleanup } from './cleanup.js';
+import { Reloader } from './reload.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 
@@ -64,7 +67,7 @@ function errText(e: unknown): string {
 interface Observability {
   readonly metrics: MetricsListener | null;
   readonly control: ControlServer | null;
-  readonly xferlog: XferlogWriter | null;
+  readonly xferlog: XferlogTarget;
 }
 
 async function closeObservability(o: Partial<Observability>): Promise<void> {
@@ -80,7 +83,7 @@ async function closeObservability(o: Partial<Observability>): Promise<void> {
 async function startObservability(
   cfg: Config,
   logger: AppLogger,
-  xferlog: XferlogWriter | null,
+  xferlog: XferlogTarget,
   metrics: PromMetrics | null,
   provider: SessionProvider,
 ): Promise<Observability | string> {
@@ -103,11 +106,15 @@ async function startObservability(
     }
     logger.warn({ code: e.code, err: e.message }, 'no control socket: ftp-proxy sessions and kill will not reach this proxy');
   }
-  return { metrics: opened.metrics ?? null, control: opened.control ?? null, xferlog: opened.xferlog ?? null };
+  return { metrics: opened.metrics ?? null, control: opened.control ?? null, xferlog };
 }
 
-/** Runs the proxy with a validated config; resolves with the process exit status. */
-export async function main(cfg: Config): Promise<number> {
+/**
+ * Runs the proxy with a validated configuration; `reread` loads it again for a SIGHUP. Resolves
+ * with the process exit status.
+ */
+export async function main(loaded: Loaded, reread: () => Loaded): Promise<number> {
+  const cfg = loaded.config;
   if (cfg.printRuleset) {
     out.out(
       renderRuleset({ table: cfg.nftTable, logRules: cfg.logRules, ...(cfg.mark !== undefined ? { mark: cfg.mark } : {}), ...countOption(cfg) }),
@@ -120,6 +127,14 @@ export async function main(cfg: Config): Promise<number> {
     logger.flush();
     return status;
   }
+  // Set at once: Node's default for SIGHUP ends the process. Until the proxy listens there is
+  // nothing to reload; once it is stopping, nothing to change.
+  let reloader: Reloader | null = null;
+  let stopping = false;
+  process.on('SIGHUP', () => {
+    if (reloader && !stopping) void reloader.reload();
+    else logger.notice({ signal: 'SIGHUP' }, `SIGHUP ignored: ${stopping ? 'shutting down' : 'still starting'}`);
+  });
   const dataPlane = createDataPlane(cfg, logger);
   try {
     await dataPlane.start();
@@ -129,9 +144,9 @@ export async function main(cfg: Config): Promise<number> {
     logger.flush();
     return 2;
   }
-  let xferlog: XferlogWriter | null;
+  let xferlog: XferlogTarget;
   try {
-    xferlog = cfg.xferlog !== undefined ? await XferlogWriter.open(cfg.xferlog, logger) : null;
+    xferlog = await XferlogTarget.open(cfg.xferlog, logger);
   } catch (e) {
     out.err(`ftp-proxy: cannot open the xferlog ${cfg.xferlog}: ${errText(e)}\n`);
     await dataPlane.close().catch(() => undefined);
@@ -176,13 +191,15 @@ export async function main(cfg: Config): Promise<number> {
       maxSessions: cfg.maxSessions,
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),
       ...(obs.control ? { controlSocket: obs.control.path } : {}),
-      ...(obs.xferlog ? { xferlog: obs.xferlog.file } : {}),
+      ...(obs.xferlog.file !== undefined ? { xferlog: obs.xferlog.file } : {}),
     },
     'listening',
   );
 
+  const running = new Reloader(loaded, reread, { logger, xferlog, reconfigure: (c) => server.reconfigure(c) });
+  reloader = running;
+
   return new Promise<number>((resolve) => {
-    let stopping = false;
     const onSignal = (sig: NodeJS.Signals): void => {
       if (stopping) {
         logger.warn({ signal: sig }, 'second signal: exiting at once');
@@ -194,6 +211,8 @@ export async function main(cfg: Config): Promise<number> {
       server
         .close(cfg.shutdownGrace)
         .then(() => dataPlane.close())
+        // A reload still opening an xferlog finishes before the files are closed.
+        .then(() => running.idle())
         .then(() => closeObservability(obs))
         .then(
           () => {

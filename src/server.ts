@@ -13,6 +13,7 @@ import type { SessionProvider } from './control/protocol.js';
 import type { TransferRecord } from './transfer.js';
 
 export interface ServerDeps {
+  /** The start's configuration; reconfigure() replaces it for new connections. */
   readonly config: Config;
   readonly dataPlane: DataPlane;
   readonly logger: AppLogger;
@@ -30,6 +31,7 @@ export class ProxyServer {
   private drainWaiters: (() => void)[] = [];
   /** Accepted sockets inherit the control-connection socket options (tuneListener). */
   private tuned = false;
+  private config: Config;
 
   /** What the control socket sees and may end: the live sessions. */
   readonly provider: SessionProvider = {
@@ -43,13 +45,14 @@ export class ProxyServer {
   };
 
   constructor(private readonly d: ServerDeps) {
+    this.config = d.config;
     this.listener = net.createServer((sock) => this.admit(sock));
     this.listener.on('error', (err) => d.logger.error({ err: err.message }, 'listener error'));
   }
 
   /** Resolves once listening; rejects (e.g. EADDRINUSE) otherwise. */
   listen(): Promise<net.AddressInfo> {
-    const { bind, port } = this.d.config;
+    const { bind, port } = this.config;
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
       this.listener.once('error', onError);
@@ -64,8 +67,16 @@ export class ProxyServer {
     });
   }
 
+  /**
+   * Admission and new sessions use `config` from now on; running sessions keep what they
+   * copied at their start. (A reload changes only what reload.ts LIVE lists.)
+   */
+  reconfigure(config: Config): void {
+    this.config = config;
+  }
+
   private admit(sock: net.Socket): void {
-    const cfg = this.d.config;
+    const cfg = this.config;
     const client = canonical(sock.remoteAddress ?? '0.0.0.0');
     const refuse = (reason: RefusalReason, why: string, reply: string): void => {
       this.d.logger.notice({ client, sessions: this.sessions.size }, why);

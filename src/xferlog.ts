@@ -70,6 +70,8 @@ export class XferlogWriter {
   private dropped = 0;
   private failing = false;
   private closed = false;
+  /** Open the path again before the next write, whatever its inode (reopen()). */
+  private reopening = false;
 
   private constructor(
     readonly file: string,
@@ -98,14 +100,25 @@ export class XferlogWriter {
     this.flushing ??= this.flush();
   }
 
+  /**
+   * Opens the path again (logrotate's SIGHUP), after the lines already queued: in the same
+   * chain as the writes, so a write and a reopen never swap the file handle at once.
+   */
+  reopen(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.reopening = true;
+    this.flushing ??= this.flush();
+    return this.flushing;
+  }
+
   private async flush(): Promise<void> {
-    while (this.queue.length > 0) {
+    while (this.queue.length > 0 || this.reopening) {
       const batch = this.queue.join('');
       this.queue = [];
       this.queued = 0;
       try {
         await this.followRotation();
-        await this.fh.write(batch);
+        if (batch !== '') await this.fh.write(batch);
         if (this.failing || this.dropped > 0) {
           this.logger.notice({ xferlog: this.file, dropped: this.dropped }, 'xferlog writing again');
           this.failing = false;
@@ -123,7 +136,8 @@ export class XferlogWriter {
   /** A file moved or removed from under us is replaced by a new one at the path. */
   private async followRotation(): Promise<void> {
     const now = await fs.stat(this.file).catch(() => null);
-    if (now && now.ino === this.ino) return;
+    if (now && now.ino === this.ino && !this.reopening) return;
+    this.reopening = false;
     const fh = await fs.open(this.file, 'a', 0o640);
     const old = this.fh;
     this.fh = fh;
@@ -136,5 +150,46 @@ export class XferlogWriter {
     this.closed = true;
     await this.flushing;
     await this.fh.close();
+  }
+}
+
+/**
+ * The --xferlog file of the moment, or none: sessions write through it, so a reload can open
+ * another file (or stop writing one) under sessions that are running.
+ */
+export class XferlogTarget {
+  private constructor(
+    private writer: XferlogWriter | null,
+    private readonly logger: AppLogger,
+  ) {}
+
+  /** Rejects with the errno error when `file` cannot be opened. */
+  static async open(file: string | undefined, logger: AppLogger): Promise<XferlogTarget> {
+    return new XferlogTarget(file !== undefined ? await XferlogWriter.open(file, logger) : null, logger);
+  }
+
+  get file(): string | undefined {
+    return this.writer?.file;
+  }
+
+  write(r: TransferRecord): void {
+    this.writer?.write(r);
+  }
+
+  /** Opens the same path again (logrotate). */
+  async reopen(): Promise<void> {
+    await this.writer?.reopen();
+  }
+
+  /** Writes to `file` from now on (none: no xferlog); rejects, changing nothing, when it cannot be opened. */
+  async switchTo(file: string | undefined): Promise<void> {
+    const next = file !== undefined ? await XferlogWriter.open(file, this.logger) : null;
+    const old = this.writer;
+    this.writer = next;
+    await old?.close();
+  }
+
+  async close(): Promise<void> {
+    await this.switchTo(undefined);
   }
 }

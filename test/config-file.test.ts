@@ -3,7 +3,7 @@
 
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from '../src/cli.js';
@@ -12,6 +12,7 @@ import { ConfigError } from '../src/errors.js';
 import { CLI } from './lib/proxy.js';
 
 const dir = mkdtempSync(path.join(tmpdir(), 'fp-config-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
 let nfiles = 0;
 function file(text: string): string {
   const f = path.join(dir, `${++nfiles}.conf`);
