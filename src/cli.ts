@@ -8,6 +8,8 @@ import { DEFAULT_CONTROL_SOCKET } from './control/protocol.js';
 export interface RawOptions {
   ipv6?: boolean;
   anonymousOnly?: boolean;
+  readOnly?: boolean;
+  denyCommand: string[];
   proxyAddress?: string;
   bind?: string;
   debugLevel: string;
@@ -69,6 +71,8 @@ export function buildCommand(): Command {
     .helpOption('-h, --help', 'show this help and exit')
     .option('-6, --ipv6', 'default listen address is ::1 instead of 127.0.0.1')
     .option('-A, --anonymous-only', 'allow only anonymous logins (USER anonymous or ftp)')
+    .option('--read-only', 'refuse commands that change the server: STOR STOU APPE DELE RMD MKD XMKD XRMD RNFR RNTO SITE (550 from the proxy)')
+    .option('--deny-command <verbs>', 'refuse these commands at the proxy (502), e.g. DELE,SITE (repeat or comma-separate)', collect, [])
     .option('-a, --proxy-address <addr>', 'source address for connections to servers (default: chosen by routing)')
     .option('-b, --bind <addr>', 'listen address (default: 127.0.0.1, or ::1 with -6)')
     .option('-D, --debug-level <0-7>', 'syslog-style log level: 3 errors, 5 notices, 6 sessions, 7 debug', '5')

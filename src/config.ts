@@ -7,6 +7,7 @@ import { DEFAULT_CONTROL_SOCKET } from './control/protocol.js';
 import { ConfigError } from './errors.js';
 import type { Endpoint } from './dataplane/types.js';
 import { AddressList, parseCidr } from './net/policy.js';
+import { CommandPolicy, isVerb } from './session/policy.js';
 
 function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCidr>[] {
   return raw.flatMap((value, item) => {
@@ -43,6 +44,8 @@ export interface Config {
   /** Seconds a relayed data connection may carry nothing before it is cut. */
   readonly dataIdleTimeout: number;
   readonly anonymousOnly: boolean;
+  /** --deny-command and --read-only. */
+  readonly commandPolicy: CommandPolicy;
   /** syslog-style 0-7. */
   readonly debugLevel: number;
   readonly foreground: boolean;
@@ -171,6 +174,15 @@ function tlsMode(raw: string): 'refuse' | 'pass' {
   return v;
 }
 
+function verbs(flag: string, raw: readonly string[]): string[] {
+  return raw.flatMap((value, item) => {
+    const v = value.trim();
+    if (v === '') return [];
+    if (!isVerb(v)) fail(flag, `'${v}' is not an FTP command verb`, item);
+    return [v];
+  });
+}
+
 export function buildConfig(o: RawOptions): Config {
   const reverseAddr = o.reverse !== undefined ? unicast('-R/--reverse', o.reverse) : undefined;
   const serverPort = integer('-P/--server-port', o.serverPort, 1, 65535);
@@ -219,6 +231,7 @@ export function buildConfig(o: RawOptions): Config {
     dataTimeout: integer('--data-timeout', o.dataTimeout, 1, 3600),
     dataIdleTimeout: integer('--data-idle-timeout', o.dataIdleTimeout, 1, 86400),
     anonymousOnly: o.anonymousOnly === true,
+    commandPolicy: new CommandPolicy(verbs('--deny-command', o.denyCommand), o.readOnly === true),
     debugLevel: integer('-D/--debug-level', o.debugLevel, 0, 7),
     foreground: o.foreground === true,
     logRules: o.logRules === true,
@@ -244,6 +257,10 @@ export function buildConfig(o: RawOptions): Config {
   if (cfg.anonymousOnly && cfg.tls === 'pass') {
     // After AUTH the login is inside TLS: -A could not see USER, so it would promise nothing.
     fail('--tls', "'pass' cannot be combined with -A/--anonymous-only (the login would be encrypted and unchecked)");
+  }
+  if (!cfg.commandPolicy.empty && cfg.tls === 'pass') {
+    // Inside TLS the commands cannot be seen, so the policy could not hold.
+    fail('--tls', "'pass' cannot be combined with --read-only or --deny-command (the commands would be encrypted and unchecked)");
   }
   if (cfg.masqueradeAddress !== undefined && ipaddr.parse(cfg.masqueradeAddress).kind() !== 'ipv4') {
     fail('--masquerade-address', 'must be an IPv4 address (227 replies carry IPv4 only; EPSV needs no address)');

@@ -105,6 +105,7 @@ export class ProxyServer {
       ...(cfg.proxyAddress !== undefined ? { proxyAddress: cfg.proxyAddress } : {}),
       ...(cfg.masqueradeAddress !== undefined ? { masqueradeAddress: cfg.masqueradeAddress } : {}),
       anonymousOnly: cfg.anonymousOnly,
+      policy: cfg.commandPolicy,
       rewriteSourcePort: cfg.rewriteSourcePort,
       tls: cfg.tls,
       servers: cfg.servers,

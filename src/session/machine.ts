@@ -1,13 +1,14 @@
 // The pure FTP session state machine: client lines, server replies and data-plane results
 // in; lines to send, data paths to open or release, and log records out. No I/O, no timers.
 
-import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, type Command, type TransferVerb } from '../protocol/commands.js';
+import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, verbOf, type Command, type TransferVerb } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
 import type { DataPath, DataPathRequest, Endpoint } from '../dataplane/types.js';
 import { ProtocolError, type FtpProxyError } from '../errors.js';
 import { familyOf } from '../net/address.js';
 import { nextDirectory, typeAfter } from '../transfer.js';
+import type { CommandPolicy } from './policy.js';
 
 /** Where data paths listen, what they advertise and whose address the far end sees. */
 export interface Addressing {
@@ -42,6 +43,8 @@ export interface MachineOptions {
   readonly server: Endpoint;
   readonly addressing: Addressing;
   readonly anonymousOnly: boolean;
+  /** Verbs the proxy refuses itself (--deny-command, --read-only); absent: none. */
+  readonly policy?: CommandPolicy;
   readonly rewriteSourcePort: boolean;
   /**
    * AUTH TLS/SSL: 'refuse' answers 534 so the client goes on in plain FTP; 'pass' forwards it
@@ -381,6 +384,14 @@ export class SessionMachine {
       return this.refuse('bare CR', '500 Bare CR in command line', out, { msg: 'bare CR in a command refused' });
     }
     const cmd = classifyCommand(line);
+    // Before anything else looks at the command: a denied one never reaches the server.
+    const denied = this.o.policy?.refusal(verbOf(cmd));
+    if (denied) {
+      return this.refuse(`policy ${denied.verb}`, denied.reply, out, {
+        msg: 'command denied by policy',
+        fields: { verb: denied.verb, policy: denied.policy },
+      });
+    }
     switch (cmd.kind) {
       case 'PASV':
         return this.passive(227, out);

@@ -12,6 +12,7 @@ import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { CommandPolicy } from './policy.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -25,6 +26,7 @@ export interface SessionOptions {
   readonly proxyAddress?: string;
   readonly masqueradeAddress?: string;
   readonly anonymousOnly: boolean;
+  readonly policy: CommandPolicy;
   readonly rewriteSourcePort: boolean;
   readonly tls: 'refuse' | 'pass';
   /** Servers this proxy may connect to. */
@@ -202,6 +204,7 @@ export class Session {
       server,
       addressing,
       anonymousOnly: this.o.anonymousOnly,
+      policy: this.o.policy,
       rewriteSourcePort: this.o.rewriteSourcePort,
       tls: this.o.tls,
     });
