@@ -25,6 +25,7 @@ export interface RawOptions {
   timeout: string;
   logRules?: boolean;
   masqueradeAddress?: string;
+  masqueradeFor: string[];
   dataPorts: string;
   backend: string;
   connectTimeout: string;
@@ -89,6 +90,7 @@ export function buildCommand(): Command {
     .option('-v, --log-rules', 'log admitted data connections (nftables log statement, per-session prefix)')
     .option('--nflog-group <n>', 'nftables: NFLOG group through which the data connections\' bytes are counted, 1-65535; 0 = do not count', '2121')
     .option('--masquerade-address <addr>', 'address advertised to clients in 227 replies (reverse mode; default: the local address of the control connection)')
+    .option('--masquerade-for <cidr=addr>', 'reverse mode: clients in CIDR are told ADDR in 227 replies (most specific block wins, over --masquerade-address); repeatable', collect, [])
     .option('--data-ports <lo-hi>', 'ports used for data connections, 1024-65535', '49152-65535')
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')

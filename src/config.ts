@@ -8,6 +8,7 @@ import { ConfigError } from './errors.js';
 import type { Endpoint } from './dataplane/types.js';
 import { AddressList, parseCidr } from './net/policy.js';
 import { CommandPolicy, isVerb } from './session/policy.js';
+import { Masquerade, type MasqueradeRule } from './net/masquerade.js';
 
 function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCidr>[] {
   return raw.flatMap((value, item) => {
@@ -31,6 +32,8 @@ export interface Config {
   readonly reverse?: Endpoint;
   readonly proxyAddress?: string;
   readonly masqueradeAddress?: string;
+  /** Reverse mode: what 227 replies advertise to each client (--masquerade-for, --masquerade-address). */
+  readonly masquerade: Masquerade;
   readonly dataPorts: { readonly low: number; readonly high: number };
   readonly backend: Backend;
   readonly rewriteSourcePort: boolean;
@@ -174,6 +177,26 @@ function tlsMode(raw: string): 'refuse' | 'pass' {
   return v;
 }
 
+/** CIDR=ADDR: clients in CIDR (IPv4: 227 replies go to IPv4 clients only) are told ADDR. */
+function masqueradeRules(flag: string, raw: readonly string[]): MasqueradeRule[] {
+  return raw.flatMap((value, item) => {
+    const r = value.trim();
+    if (r === '') return [];
+    const m = /^([^=]+)=([^=]+)$/.exec(r);
+    if (!m) return fail(flag, `'${r}' is not CIDR=ADDR`, item);
+    let block: ReturnType<typeof parseCidr>;
+    try {
+      block = parseCidr(m[1]!);
+    } catch {
+      return fail(flag, `'${m[1]!.trim()}' is not an address or CIDR block`, item);
+    }
+    if (block[0].kind() !== 'ipv4') fail(flag, `'${m[1]!.trim()}' is not IPv4 (227 replies go to IPv4 clients only)`, item);
+    const address = unicast(flag, m[2]!);
+    if (ipaddr.parse(address).kind() !== 'ipv4') fail(flag, `'${m[2]!.trim()}' is not an IPv4 address (227 replies carry IPv4 only)`, item);
+    return [{ block, address }];
+  });
+}
+
 function verbs(flag: string, raw: readonly string[]): string[] {
   return raw.flatMap((value, item) => {
     const v = value.trim();
@@ -212,15 +235,18 @@ export function buildConfig(o: RawOptions): Config {
   if (o.reverse === undefined && o.masqueradeAddress !== undefined) {
     fail('--masquerade-address', 'only has a meaning with -R/--reverse');
   }
+  if (o.reverse === undefined && o.masqueradeFor.some((v) => v.trim() !== '')) {
+    fail('--masquerade-for', 'only has a meaning with -R/--reverse');
+  }
+  const masqueradeAddress = o.masqueradeAddress !== undefined ? unicast('--masquerade-address', o.masqueradeAddress) : undefined;
   const cfg: Config = {
     mode: reverseAddr !== undefined ? 'reverse' : 'outbound',
     bind,
     port: integer('-p/--port', o.port, 1, 65535),
     ...(reverseAddr !== undefined ? { reverse: { address: reverseAddr, port: serverPort } } : {}),
     ...(o.proxyAddress !== undefined ? { proxyAddress: unicast('-a/--proxy-address', o.proxyAddress) } : {}),
-    ...(o.masqueradeAddress !== undefined
-      ? { masqueradeAddress: unicast('--masquerade-address', o.masqueradeAddress) }
-      : {}),
+    ...(masqueradeAddress !== undefined ? { masqueradeAddress } : {}),
+    masquerade: new Masquerade(masqueradeRules('--masquerade-for', o.masqueradeFor), masqueradeAddress),
     dataPorts: portRange('--data-ports', o.dataPorts),
     backend: backend as Backend,
     rewriteSourcePort: o.rewriteSourcePort === true,

@@ -26,6 +26,8 @@ export const LIVE: ReadonlySet<keyof RawOptions> = new Set<keyof RawOptions>([
   'loginTimeout',
   'connectTimeout',
   'anonymousOnly',
+  'masqueradeAddress',
+  'masqueradeFor',
   'readOnly',
   'denyCommand',
   'maxLineLength',

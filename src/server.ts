@@ -103,7 +103,7 @@ export class ProxyServer {
       dataPlane: this.d.dataPlane,
       logger: this.d.logger,
       ...(cfg.proxyAddress !== undefined ? { proxyAddress: cfg.proxyAddress } : {}),
-      ...(cfg.masqueradeAddress !== undefined ? { masqueradeAddress: cfg.masqueradeAddress } : {}),
+      masquerade: cfg.masquerade,
       anonymousOnly: cfg.anonymousOnly,
       policy: cfg.commandPolicy,
       rewriteSourcePort: cfg.rewriteSourcePort,

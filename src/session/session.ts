@@ -2,6 +2,7 @@
 // timers, backpressure, and the one idempotent teardown that releases what the session holds.
 
 import net from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { LineFramer } from '../protocol/lines.js';
 import { ReplyAssembler } from '../protocol/replies.js';
 import { DataPlaneError, FtpProxyError, ProtocolError } from '../errors.js';
@@ -13,6 +14,7 @@ import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { CommandPolicy } from './policy.js';
+import type { Masquerade } from '../net/masquerade.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -24,7 +26,8 @@ export interface SessionOptions {
   readonly dataPlane: DataPlane;
   readonly logger: AppLogger;
   readonly proxyAddress?: string;
-  readonly masqueradeAddress?: string;
+  /** Reverse mode: the address 227 replies advertise to this client. */
+  readonly masquerade: Masquerade;
   readonly anonymousOnly: boolean;
   readonly policy: CommandPolicy;
   readonly rewriteSourcePort: boolean;
@@ -64,6 +67,11 @@ function finish(s: net.Socket): void {
   } else {
     s.destroy();
   }
+}
+
+/** Whether `address` (canonical text) is one of this host's own, in this network namespace. */
+function isLocalAddress(address: string): boolean {
+  return Object.values(networkInterfaces()).some((list) => list?.some((i) => canonical(i.address) === address));
 }
 
 /** Commands in flight past which the client is not read until replies catch up. */
@@ -254,9 +262,14 @@ export class Session {
 
   private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
     if (this.o.mode === 'reverse') {
+      const told = this.o.masquerade.advertisedTo(this.client.address);
+      const advertise = told !== undefined && familyOf(told) === familyOf(clientLocal) ? told : clientLocal;
       return {
-        passiveListen: clientLocal,
-        passiveAdvertise: this.o.masqueradeAddress ?? clientLocal,
+        // A client told another of this host's addresses connects there: the data path waits
+        // there too. An address that is not this host's is a NAT's in front of it, which
+        // forwards to the address the client reached us on.
+        passiveListen: advertise !== clientLocal && isLocalAddress(advertise) ? advertise : clientLocal,
+        passiveAdvertise: advertise,
         passiveSource: serverLocal,
         activeListen: serverLocal,
         activeSource: clientLocal,
