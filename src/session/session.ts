@@ -2,7 +2,6 @@
 // timers, backpressure, and the one idempotent teardown that releases what the session holds.
 
 import net from 'node:net';
-import { networkInterfaces } from 'node:os';
 import { LineFramer } from '../protocol/lines.js';
 import { ReplyAssembler } from '../protocol/replies.js';
 import { DataPlaneError, FtpProxyError, ProtocolError } from '../errors.js';
@@ -15,6 +14,7 @@ import { SessionMachine, type Action, type Addressing } from './machine.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { CommandPolicy } from './policy.js';
 import type { Masquerade } from '../net/masquerade.js';
+import { isLocalAddress } from '../net/transparent.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -67,11 +67,6 @@ function finish(s: net.Socket): void {
   } else {
     s.destroy();
   }
-}
-
-/** Whether `address` (canonical text) is one of this host's own, in this network namespace. */
-function isLocalAddress(address: string): boolean {
-  return Object.values(networkInterfaces()).some((list) => list?.some((i) => canonical(i.address) === address));
 }
 
 /** Commands in flight past which the client is not read until replies catch up. */
