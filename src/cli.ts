@@ -40,6 +40,7 @@ export interface RawOptions {
   cleanup?: boolean;
   loginTimeout: string;
   tls: string;
+  userAtHost?: boolean;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -96,6 +97,7 @@ export function buildCommand(): Command {
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
     .option('--login-timeout <seconds>', 'time from connect to a successful login, 1-3600', '120')
     .option('--tls <refuse|pass>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP) or pass (then opaque: no data connections are admitted)', 'refuse')
+    .option('--user-at-host', 'outbound mode: a client connecting to the proxy itself logs in as USER name@host[:port] (IPv6 in brackets); needs --allow-server')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])

@@ -68,6 +68,8 @@ export interface Config {
   readonly tls: 'refuse' | 'pass';
   readonly clients: AddressList;
   readonly servers: AddressList;
+  /** A client that connects to the proxy itself logs in as USER name@host (outbound mode). */
+  readonly userAtHost: boolean;
   /** Where GET /metrics is served; absent: no metrics listener. */
   readonly metrics?: Endpoint;
   /**
@@ -273,6 +275,7 @@ export function buildConfig(o: RawOptions): Config {
     tls: tlsMode(o.tls),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
+    userAtHost: o.userAtHost === true,
     ...(o.metrics !== undefined ? { metrics: listenAddress('--metrics', o.metrics) } : {}),
     controlSocket:
       o.controlSocket !== undefined
@@ -283,6 +286,11 @@ export function buildConfig(o: RawOptions): Config {
   if (cfg.anonymousOnly && cfg.tls === 'pass') {
     // After AUTH the login is inside TLS: -A could not see USER, so it would promise nothing.
     fail('--tls', "'pass' cannot be combined with -A/--anonymous-only (the login would be encrypted and unchecked)");
+  }
+  if (cfg.userAtHost && cfg.mode === 'reverse') fail('--user-at-host', 'only has a meaning in outbound mode (without -R/--reverse)');
+  if (cfg.userAtHost && cfg.servers.allow.length === 0) {
+    // Any host a client names would do: an open relay, a tool for FTP bounce and port scans.
+    fail('--user-at-host', 'needs --allow-server (without it the proxy would connect anywhere a client names)');
   }
   if (!cfg.commandPolicy.empty && cfg.tls === 'pass') {
     // Inside TLS the commands cannot be seen, so the policy could not hold.

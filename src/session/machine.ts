@@ -51,6 +51,12 @@ export interface MachineOptions {
    * and, once the server accepts (234), the session becomes an opaque byte relay.
    */
   readonly tls?: 'refuse' | 'pass';
+  /**
+   * --user-at-host: the client was greeted by the proxy and logged in as name@host. The server's
+   * greeting is not passed on; a 220 is answered with USER `loginAs` as if the client had sent
+   * it, and the reply to that goes to the client as the reply to its own USER.
+   */
+  readonly loginAs?: string;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -577,9 +583,11 @@ export class SessionMachine {
     this.skip(at, out);
     if (reply.partial) {
       // A long reply goes out as it comes; its command stays at the head (so that local
-      // answers queue behind it) until the last piece, and then ends as usual.
-      this.streaming = { drop: false, head: true };
-      out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+      // answers queue behind it) until the last piece, and then ends as usual. (A long
+      // greeting the client must not see goes nowhere.)
+      const drop = this.pending[0]?.kind === 'greeting' && this.o.loginAs !== undefined;
+      this.streaming = { drop, head: true };
+      if (!drop) out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
       return;
     }
     this.complete(this.pending.shift()!, reply, out);
@@ -587,6 +595,11 @@ export class SessionMachine {
 
   /** 1xx: forwarded; it starts a transfer, and the greeting (120) waits for its 220. */
   private preliminary(reply: Reply, out: Action[]): void {
+    // A server's "120 ready in n minutes" is part of the greeting the client never sees.
+    if (!this.greeted && this.o.loginAs !== undefined) {
+      if (reply.partial) this.streaming = { drop: true, head: false };
+      return;
+    }
     const head = this.pending.find((p) => p.kind !== 'local');
     if (head?.kind === 'transfer' && !this.transferring) {
       this.transferring = true;
@@ -646,7 +659,8 @@ export class SessionMachine {
     switch (head.kind) {
       case 'greeting':
         this.greeted = true;
-        send();
+        if (this.o.loginAs !== undefined && reply.code === 220) this.handleClient(`USER ${this.o.loginAs}`, out);
+        else send();
         break;
       case 'passive':
         if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);
