@@ -160,6 +160,8 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['--control-socket', ''], /--control-socket: is empty/],
     [['--control-socket', `/run/${'x'.repeat(110)}`], /--control-socket: .* longer than 107 bytes/],
     [['--xferlog', ' '], /--xferlog: is empty/],
+    [['--user-at-host'], /--user-at-host: needs --allow-server/],
+    [['--user-at-host', '--allow-server', '10.0.0.0/8', '-R', '10.0.0.1'], /--user-at-host: only has a meaning in outbound mode/],
     [['--deny-command', 'STOR,RE TR'], /--deny-command: 'RE TR' is not an FTP command verb/],
     [['--deny-command', 'ST0R'], /--deny-command: 'ST0R' is not an FTP command verb/],
     [['--read-only', '--tls', 'pass'], /--tls: 'pass' cannot be combined with --read-only or --deny-command/],

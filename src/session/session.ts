@@ -233,10 +233,11 @@ export class Session {
   }
 
   /**
-   * USER name@host: resolve the host, pick its first address --allow-server/--deny-server
-   * admit (connect() refuses, before connecting, when there is none), and connect. A name that
-   * does not resolve gets 530 and the client may try again; a resolver that fails or does not
-   * answer within --connect-timeout ends the session with 421.
+   * USER name@host: resolve the host, pick the first address --allow-server/--deny-server
+   * admit, of the client's family where there is one (connect() refuses, before connecting,
+   * when none is admitted), and connect. A name that does not resolve gets 530 and the client
+   * may try again; a resolver that fails or does not answer within --connect-timeout ends the
+   * session with 421.
    */
   private async loginTo(target: UserAtHost): Promise<void> {
     const where = { host: target.host, port: target.port, user: target.user };
@@ -256,7 +257,9 @@ export class Session {
       return this.teardown('cannot resolve the server', `421 Service not available: ${err.message}`);
     }
     if (this.closing) return;
-    const address = addresses.find((a) => this.o.servers.refusal(a) === null) ?? addresses[0]!;
+    // The client's own family first: a data path carries one family end to end.
+    const admitted = addresses.filter((a) => this.o.servers.refusal(a) === null);
+    const address = admitted.find((a) => familyOf(a) === familyOf(this.client.address)) ?? admitted[0] ?? addresses[0]!;
     this.log.info({ ...where, address, resolved: addresses.length }, 'user@host login');
     this.login = null;
     this.loginAs = target.user;
