@@ -117,6 +117,8 @@ export class Session {
   private serverEndpoint: Endpoint | null = null;
   /** --user-at-host, before the server is known; `busy` while a login's host is resolved. */
   private login: { busy: boolean } | null = null;
+  /** Kinds of bad name@host logins logged so far. */
+  private readonly loginRefusals = new Set<string>();
   /** The name a name@host login gives the server. */
   private loginAs: string | undefined;
   private readonly clientLines: LineFramer;
@@ -222,7 +224,11 @@ export class Session {
         void this.loginTo(step.target);
         break;
       }
-      if (step.refusal) this.log.notice(step.refusal, 'user@host login refused');
+      // Once per kind, as the machine logs its refusals: a client repeating one must not flood the log.
+      if (step.refusal && !this.loginRefusals.has(step.refusal.code)) {
+        this.loginRefusals.add(step.refusal.code);
+        this.log.notice(step.refusal, 'user@host login refused');
+      }
       c.write(step.text + '\r\n', 'latin1');
     }
     if (this.inboxAt === this.inbox.length) (this.inbox = []), (this.inboxAt = 0);

@@ -4,6 +4,7 @@ import t from 'tap';
 import { OrigDstError } from '../../src/errors.js';
 import { parseUserAtHost, resolveHost, type Lookup } from '../../src/net/user-at-host.js';
 import { DIRECT_GREETING, directLine } from '../../src/session/direct-login.js';
+import { createLogger } from '../../src/log.js';
 import { Control } from '../lib/scripted.js';
 import { config, rig, type Rig } from '../lib/session-rig.js';
 
@@ -200,4 +201,23 @@ t.test('a server greeting that is not 220 reaches the client; a 120 before it do
   b.send(`USER x@127.0.0.1:${serverPort(r)}`);
   t.equal(await b.line(), '421 too many users');
   b.end();
+});
+
+t.test('a refused login is logged once per kind in a session', async (t) => {
+  const lines: { msg: string; code?: string }[] = [];
+  const logger = createLogger({ debugLevel: 5, foreground: false, destination: { write: (s: string) => void lines.push(JSON.parse(s)) } });
+  const r = await rig(t, {
+    outbound: true,
+    flags: ['--user-at-host', '--allow-server', '127.0.0.0/8'],
+    resolve: () => Promise.reject(new OrigDstError('LOOP', 'connection was not redirected')),
+    logger,
+  });
+  const c = new Control(r.proxyPort);
+  await c.line();
+  for (let i = 0; i < 5; i++) c.send('USER alice');
+  c.send('USER @');
+  for (let i = 0; i < 6; i++) t.match(await c.line(), /^5\d\d /);
+  const refused = lines.filter((l) => l.msg === 'user@host login refused');
+  t.same(refused.map((l) => l.code), ['NO_HOST', 'BAD_USER_AT_HOST']);
+  c.end();
 });
