@@ -5,6 +5,7 @@ import { OrigDstError } from '../../src/errors.js';
 import { parseUserAtHost, resolveHost, type Lookup } from '../../src/net/user-at-host.js';
 import { DIRECT_GREETING, directLine } from '../../src/session/direct-login.js';
 import { createLogger } from '../../src/log.js';
+import { SessionMachine } from '../../src/session/machine.js';
 import { Control } from '../lib/scripted.js';
 import { config, rig, type Rig } from '../lib/session-rig.js';
 
@@ -220,4 +221,24 @@ t.test('a refused login is logged once per kind in a session', async (t) => {
   const refused = lines.filter((l) => l.msg === 'user@host login refused');
   t.same(refused.map((l) => l.code), ['NO_HOST', 'BAD_USER_AT_HOST']);
   c.end();
+});
+
+t.test('machine: a long greeting in pieces stays at the proxy, then USER name goes to the server', async (t) => {
+  const m = new SessionMachine({
+    sid: '1',
+    client: { address: '192.0.2.2', port: 40000 },
+    server: { address: '198.51.100.2', port: 21 },
+    addressing: { passiveListen: '192.0.2.1', passiveAdvertise: '192.0.2.1', passiveSource: '198.51.100.1', activeListen: '198.51.100.1', activeSource: '192.0.2.1' },
+    anonymousOnly: false,
+    rewriteSourcePort: false,
+    loginAs: 'alice',
+  });
+  const held = m.clientLine('PASS secret');
+  t.same(held, [], 'a line before the greeting waits');
+  const piece = m.serverReply({ code: 220, lines: ['220-welcome', ' '.repeat(100)], partial: true });
+  t.same(piece.filter((a) => a.type === 'toClient'), [], 'the first piece is not passed on');
+  const last = m.serverReply({ code: 220, lines: ['220 ready'], partial: false });
+  t.same(last.filter((a) => a.type === 'toClient'), []);
+  t.same(last.filter((a) => a.type === 'toServer').map((a) => (a as { text: string }).text), ['USER alice', 'PASS secret'], 'USER name, then what the client sent after its USER');
+  t.equal(m.user, 'alice');
 });
