@@ -8,6 +8,8 @@ import { DEFAULT_CONTROL_SOCKET } from './control/protocol.js';
 export interface RawOptions {
   ipv6?: boolean;
   anonymousOnly?: boolean;
+  readOnly?: boolean;
+  denyCommand: string[];
   proxyAddress?: string;
   bind?: string;
   debugLevel: string;
@@ -23,6 +25,7 @@ export interface RawOptions {
   timeout: string;
   logRules?: boolean;
   masqueradeAddress?: string;
+  masqueradeFor: string[];
   dataPorts: string;
   backend: string;
   connectTimeout: string;
@@ -37,6 +40,7 @@ export interface RawOptions {
   cleanup?: boolean;
   loginTimeout: string;
   tls: string;
+  userAtHost?: boolean;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -69,6 +73,8 @@ export function buildCommand(): Command {
     .helpOption('-h, --help', 'show this help and exit')
     .option('-6, --ipv6', 'default listen address is ::1 instead of 127.0.0.1')
     .option('-A, --anonymous-only', 'allow only anonymous logins (USER anonymous or ftp)')
+    .option('--read-only', 'refuse commands that change the server: STOR STOU APPE DELE RMD MKD XMKD XRMD RNFR RNTO SITE (550 from the proxy)')
+    .option('--deny-command <verbs>', 'refuse these commands at the proxy (502), e.g. DELE,SITE (repeat or comma-separate)', collect, [])
     .option('-a, --proxy-address <addr>', 'source address for connections to servers (default: chosen by routing)')
     .option('-b, --bind <addr>', 'listen address (default: 127.0.0.1, or ::1 with -6)')
     .option('-D, --debug-level <0-7>', 'syslog-style log level: 3 errors, 5 notices, 6 sessions, 7 debug', '5')
@@ -85,11 +91,13 @@ export function buildCommand(): Command {
     .option('-v, --log-rules', 'log admitted data connections (nftables log statement, per-session prefix)')
     .option('--nflog-group <n>', 'nftables: NFLOG group through which the data connections\' bytes are counted, 1-65535; 0 = do not count', '2121')
     .option('--masquerade-address <addr>', 'address advertised to clients in 227 replies (reverse mode; default: the local address of the control connection)')
+    .option('--masquerade-for <cidr=addr>', 'reverse mode: clients in CIDR are told ADDR in 227 replies (most specific block wins, over --masquerade-address); repeatable', collect, [])
     .option('--data-ports <lo-hi>', 'ports used for data connections, 1024-65535', '49152-65535')
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
     .option('--login-timeout <seconds>', 'time from connect to a successful login, 1-3600', '120')
     .option('--tls <refuse|pass>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP) or pass (then opaque: no data connections are admitted)', 'refuse')
+    .option('--user-at-host', 'outbound mode: a client connecting to the proxy itself logs in as USER name@host[:port] (IPv6 in brackets); needs --allow-server')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])

@@ -7,6 +7,8 @@ import { DEFAULT_CONTROL_SOCKET } from './control/protocol.js';
 import { ConfigError } from './errors.js';
 import type { Endpoint } from './dataplane/types.js';
 import { AddressList, parseCidr } from './net/policy.js';
+import { CommandPolicy, isVerb } from './session/policy.js';
+import { Masquerade, type MasqueradeRule } from './net/masquerade.js';
 
 function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCidr>[] {
   return raw.flatMap((value, item) => {
@@ -30,6 +32,8 @@ export interface Config {
   readonly reverse?: Endpoint;
   readonly proxyAddress?: string;
   readonly masqueradeAddress?: string;
+  /** Reverse mode: what 227 replies advertise to each client (--masquerade-for, --masquerade-address). */
+  readonly masquerade: Masquerade;
   readonly dataPorts: { readonly low: number; readonly high: number };
   readonly backend: Backend;
   readonly rewriteSourcePort: boolean;
@@ -43,6 +47,8 @@ export interface Config {
   /** Seconds a relayed data connection may carry nothing before it is cut. */
   readonly dataIdleTimeout: number;
   readonly anonymousOnly: boolean;
+  /** --deny-command and --read-only. */
+  readonly commandPolicy: CommandPolicy;
   /** syslog-style 0-7. */
   readonly debugLevel: number;
   readonly foreground: boolean;
@@ -62,6 +68,8 @@ export interface Config {
   readonly tls: 'refuse' | 'pass';
   readonly clients: AddressList;
   readonly servers: AddressList;
+  /** A client that connects to the proxy itself logs in as USER name@host (outbound mode). */
+  readonly userAtHost: boolean;
   /** Where GET /metrics is served; absent: no metrics listener. */
   readonly metrics?: Endpoint;
   /**
@@ -171,6 +179,35 @@ function tlsMode(raw: string): 'refuse' | 'pass' {
   return v;
 }
 
+/** CIDR=ADDR: clients in CIDR (IPv4: 227 replies go to IPv4 clients only) are told ADDR. */
+function masqueradeRules(flag: string, raw: readonly string[]): MasqueradeRule[] {
+  return raw.flatMap((value, item) => {
+    const r = value.trim();
+    if (r === '') return [];
+    const m = /^([^=]+)=([^=]+)$/.exec(r);
+    if (!m) return fail(flag, `'${r}' is not CIDR=ADDR`, item);
+    let block: ReturnType<typeof parseCidr>;
+    try {
+      block = parseCidr(m[1]!);
+    } catch {
+      return fail(flag, `'${m[1]!.trim()}' is not an address or CIDR block`, item);
+    }
+    if (block[0].kind() !== 'ipv4') fail(flag, `'${m[1]!.trim()}' is not IPv4 (227 replies go to IPv4 clients only)`, item);
+    const address = unicast(flag, m[2]!);
+    if (ipaddr.parse(address).kind() !== 'ipv4') fail(flag, `'${m[2]!.trim()}' is not an IPv4 address (227 replies carry IPv4 only)`, item);
+    return [{ block, address }];
+  });
+}
+
+function verbs(flag: string, raw: readonly string[]): string[] {
+  return raw.flatMap((value, item) => {
+    const v = value.trim();
+    if (v === '') return [];
+    if (!isVerb(v)) fail(flag, `'${v}' is not an FTP command verb`, item);
+    return [v];
+  });
+}
+
 export function buildConfig(o: RawOptions): Config {
   const reverseAddr = o.reverse !== undefined ? unicast('-R/--reverse', o.reverse) : undefined;
   const serverPort = integer('-P/--server-port', o.serverPort, 1, 65535);
@@ -200,15 +237,18 @@ export function buildConfig(o: RawOptions): Config {
   if (o.reverse === undefined && o.masqueradeAddress !== undefined) {
     fail('--masquerade-address', 'only has a meaning with -R/--reverse');
   }
+  if (o.reverse === undefined && o.masqueradeFor.some((v) => v.trim() !== '')) {
+    fail('--masquerade-for', 'only has a meaning with -R/--reverse');
+  }
+  const masqueradeAddress = o.masqueradeAddress !== undefined ? unicast('--masquerade-address', o.masqueradeAddress) : undefined;
   const cfg: Config = {
     mode: reverseAddr !== undefined ? 'reverse' : 'outbound',
     bind,
     port: integer('-p/--port', o.port, 1, 65535),
     ...(reverseAddr !== undefined ? { reverse: { address: reverseAddr, port: serverPort } } : {}),
     ...(o.proxyAddress !== undefined ? { proxyAddress: unicast('-a/--proxy-address', o.proxyAddress) } : {}),
-    ...(o.masqueradeAddress !== undefined
-      ? { masqueradeAddress: unicast('--masquerade-address', o.masqueradeAddress) }
-      : {}),
+    ...(masqueradeAddress !== undefined ? { masqueradeAddress } : {}),
+    masquerade: new Masquerade(masqueradeRules('--masquerade-for', o.masqueradeFor), masqueradeAddress),
     dataPorts: portRange('--data-ports', o.dataPorts),
     backend: backend as Backend,
     rewriteSourcePort: o.rewriteSourcePort === true,
@@ -219,6 +259,7 @@ export function buildConfig(o: RawOptions): Config {
     dataTimeout: integer('--data-timeout', o.dataTimeout, 1, 3600),
     dataIdleTimeout: integer('--data-idle-timeout', o.dataIdleTimeout, 1, 86400),
     anonymousOnly: o.anonymousOnly === true,
+    commandPolicy: new CommandPolicy(verbs('--deny-command', o.denyCommand), o.readOnly === true),
     debugLevel: integer('-D/--debug-level', o.debugLevel, 0, 7),
     foreground: o.foreground === true,
     logRules: o.logRules === true,
@@ -234,6 +275,7 @@ export function buildConfig(o: RawOptions): Config {
     tls: tlsMode(o.tls),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
+    userAtHost: o.userAtHost === true,
     ...(o.metrics !== undefined ? { metrics: listenAddress('--metrics', o.metrics) } : {}),
     controlSocket:
       o.controlSocket !== undefined
@@ -244,6 +286,15 @@ export function buildConfig(o: RawOptions): Config {
   if (cfg.anonymousOnly && cfg.tls === 'pass') {
     // After AUTH the login is inside TLS: -A could not see USER, so it would promise nothing.
     fail('--tls', "'pass' cannot be combined with -A/--anonymous-only (the login would be encrypted and unchecked)");
+  }
+  if (cfg.userAtHost && cfg.mode === 'reverse') fail('--user-at-host', 'only has a meaning in outbound mode (without -R/--reverse)');
+  if (cfg.userAtHost && cfg.servers.allow.length === 0) {
+    // Any host a client names would do: an open relay, a tool for FTP bounce and port scans.
+    fail('--user-at-host', 'needs --allow-server (without it the proxy would connect anywhere a client names)');
+  }
+  if (!cfg.commandPolicy.empty && cfg.tls === 'pass') {
+    // Inside TLS the commands cannot be seen, so the policy could not hold.
+    fail('--tls', "'pass' cannot be combined with --read-only or --deny-command (the commands would be encrypted and unchecked)");
   }
   if (cfg.masqueradeAddress !== undefined && ipaddr.parse(cfg.masqueradeAddress).kind() !== 'ipv4') {
     fail('--masquerade-address', 'must be an IPv4 address (227 replies carry IPv4 only; EPSV needs no address)');

@@ -18,8 +18,8 @@ import { MetricsListener } from './metrics/http.js';
 import { ControlServer, ControlSocketError } from './control/server.js';
 import type { SessionProvider } from './control/protocol.js';
 import { XferlogTarget } from './xferlog.js';
-import { Reloader } from './reload.js';
 import { cleanup } from './cleanup.js';
+import { Reloader } from './reload.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 

@@ -11,6 +11,7 @@ import { Session } from './session/session.js';
 import type { Metrics, RefusalReason } from './metrics/metrics.js';
 import type { SessionProvider } from './control/protocol.js';
 import type { TransferRecord } from './transfer.js';
+import type { Lookup } from './net/user-at-host.js';
 
 export interface ServerDeps {
   /** The start's configuration; reconfigure() replaces it for new connections. */
@@ -20,6 +21,8 @@ export interface ServerDeps {
   readonly resolveServer: (client: net.Socket) => Promise<Endpoint>;
   readonly metrics: Metrics;
   readonly xferlog: { write(r: TransferRecord): void } | null;
+  /** How name@host logins are resolved (tests); default: the system resolver. */
+  readonly lookup?: Lookup;
 }
 
 export class ProxyServer {
@@ -103,11 +106,14 @@ export class ProxyServer {
       dataPlane: this.d.dataPlane,
       logger: this.d.logger,
       ...(cfg.proxyAddress !== undefined ? { proxyAddress: cfg.proxyAddress } : {}),
-      ...(cfg.masqueradeAddress !== undefined ? { masqueradeAddress: cfg.masqueradeAddress } : {}),
+      masquerade: cfg.masquerade,
       anonymousOnly: cfg.anonymousOnly,
+      policy: cfg.commandPolicy,
       rewriteSourcePort: cfg.rewriteSourcePort,
       tls: cfg.tls,
       servers: cfg.servers,
+      userAtHost: cfg.userAtHost,
+      ...(this.d.lookup ? { lookup: this.d.lookup } : {}),
       connectTimeout: cfg.connectTimeout,
       loginTimeout: cfg.loginTimeout,
       idleTimeout: cfg.idleTimeout,

@@ -42,6 +42,13 @@ t.test('defaults match the documented contract', async (t) => {
   t.ok(Object.isFrozen(c));
 });
 
+t.test('--deny-command and --read-only make the command policy', async (t) => {
+  t.ok(run([]).config!.commandPolicy.empty, 'no policy by default');
+  const c = run(['--deny-command', 'dele,XMKD', '--deny-command', 'site']).config!.commandPolicy;
+  t.same(['DELE', 'MKD', 'SITE', 'STOR'].map((v) => c.refusal(v)?.policy ?? null), ['deny-command', 'deny-command', 'deny-command', null]);
+  t.equal(run(['--read-only']).config!.commandPolicy.refusal('APPE')?.policy, 'read-only');
+});
+
 t.test('every flag, short and long', async (t) => {
   const c = run([
     '-6', '-A', '-a', '198.51.100.1', '-b', '::', '-D', '7', '-d', '-m', '500', '-P', '2121', '-p', '21',
@@ -153,6 +160,12 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['--control-socket', ''], /--control-socket: is empty/],
     [['--control-socket', `/run/${'x'.repeat(110)}`], /--control-socket: .* longer than 107 bytes/],
     [['--xferlog', ' '], /--xferlog: is empty/],
+    [['--user-at-host'], /--user-at-host: needs --allow-server/],
+    [['--user-at-host', '--allow-server', '10.0.0.0/8', '-R', '10.0.0.1'], /--user-at-host: only has a meaning in outbound mode/],
+    [['--deny-command', 'STOR,RE TR'], /--deny-command: 'RE TR' is not an FTP command verb/],
+    [['--deny-command', 'ST0R'], /--deny-command: 'ST0R' is not an FTP command verb/],
+    [['--read-only', '--tls', 'pass'], /--tls: 'pass' cannot be combined with --read-only or --deny-command/],
+    [['--deny-command', 'DELE', '--tls', 'pass'], /--tls: 'pass' cannot be combined/],
   ];
   for (const [argv, re] of bad) {
     const r = run(argv);

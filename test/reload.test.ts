@@ -48,6 +48,19 @@ t.test('planReload: live options change, the others keep their running value and
   }
 });
 
+t.test('planReload: the command policy, the masquerade blocks and --user-at-host change live', async (t) => {
+  const plan = planReload(
+    loaded(['-R', '10.0.0.2']),
+    loaded(['-R', '10.0.0.2', '--read-only', '--deny-command', 'DELE', '--masquerade-for', '10.0.0.0/8=10.0.0.1', '--masquerade-address', '203.0.113.1']),
+  );
+  t.same(plan.changed, ['deny-command', 'masquerade-address', 'masquerade-for', 'read-only']);
+  t.same(plan.restart, []);
+  t.equal(plan.config.commandPolicy.refusal('STOR')?.policy, 'read-only');
+  t.equal(plan.config.masquerade.advertisedTo('10.1.1.1'), '10.0.0.1');
+  const direct = planReload(loaded(['--allow-server', '10.0.0.0/8']), loaded(['--allow-server', '10.0.0.0/8', '--user-at-host']));
+  t.same([direct.changed, direct.config.userAtHost], [['user-at-host'], true]);
+});
+
 /** A logger whose JSON lines land in `lines`. */
 function capture(): { lines: { level: number; msg: string; [k: string]: unknown }[]; logger: ReturnType<typeof createLogger> } {
   const lines: { level: number; msg: string }[] = [];

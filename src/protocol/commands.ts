@@ -136,6 +136,12 @@ export function parseEprt(arg: string): { family: 1 | 2; endpoint: Endpoint } {
   return bad('bad address family');
 }
 
+/** The verb a classified command was sent with, upper case (P@SW as PASV, EPSV ALL as EPSV). */
+export function verbOf(cmd: Command): string {
+  if ('verb' in cmd) return cmd.verb;
+  return cmd.kind === 'EPSV_ALL' ? 'EPSV' : cmd.kind;
+}
+
 function upperAscii(s: string): string {
   return s.replace(/[a-z]+/g, (m) => m.toUpperCase());
 }

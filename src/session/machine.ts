@@ -1,13 +1,14 @@
 // The pure FTP session state machine: client lines, server replies and data-plane results
 // in; lines to send, data paths to open or release, and log records out. No I/O, no timers.
 
-import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, type Command, type TransferVerb } from '../protocol/commands.js';
+import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, verbOf, type Command, type TransferVerb } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
 import type { DataPath, DataPathRequest, Endpoint } from '../dataplane/types.js';
 import { ProtocolError, type FtpProxyError } from '../errors.js';
 import { familyOf } from '../net/address.js';
 import { nextDirectory, typeAfter } from '../transfer.js';
+import type { CommandPolicy } from './policy.js';
 
 /** Where data paths listen, what they advertise and whose address the far end sees. */
 export interface Addressing {
@@ -42,12 +43,20 @@ export interface MachineOptions {
   readonly server: Endpoint;
   readonly addressing: Addressing;
   readonly anonymousOnly: boolean;
+  /** Verbs the proxy refuses itself (--deny-command, --read-only); absent: none. */
+  readonly policy?: CommandPolicy;
   readonly rewriteSourcePort: boolean;
   /**
    * AUTH TLS/SSL: 'refuse' answers 534 so the client goes on in plain FTP; 'pass' forwards it
    * and, once the server accepts (234), the session becomes an opaque byte relay.
    */
   readonly tls?: 'refuse' | 'pass';
+  /**
+   * --user-at-host: the client was greeted by the proxy and logged in as name@host. The server's
+   * greeting is not passed on; a 220 is answered with USER `loginAs` as if the client had sent
+   * it, and the reply to that goes to the client as the reply to its own USER.
+   */
+  readonly loginAs?: string;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -381,6 +390,14 @@ export class SessionMachine {
       return this.refuse('bare CR', '500 Bare CR in command line', out, { msg: 'bare CR in a command refused' });
     }
     const cmd = classifyCommand(line);
+    // Before anything else looks at the command: a denied one never reaches the server.
+    const denied = this.o.policy?.refusal(verbOf(cmd));
+    if (denied) {
+      return this.refuse(`policy ${denied.verb}`, denied.reply, out, {
+        msg: 'command denied by policy',
+        fields: { verb: denied.verb, policy: denied.policy },
+      });
+    }
     switch (cmd.kind) {
       case 'PASV':
         return this.passive(227, out);
@@ -566,9 +583,11 @@ export class SessionMachine {
     this.skip(at, out);
     if (reply.partial) {
       // A long reply goes out as it comes; its command stays at the head (so that local
-      // answers queue behind it) until the last piece, and then ends as usual.
-      this.streaming = { drop: false, head: true };
-      out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
+      // answers queue behind it) until the last piece, and then ends as usual. (A long
+      // greeting the client must not see goes nowhere.)
+      const drop = this.pending[0]?.kind === 'greeting' && this.o.loginAs !== undefined;
+      this.streaming = { drop, head: true };
+      if (!drop) out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
       return;
     }
     this.complete(this.pending.shift()!, reply, out);
@@ -576,6 +595,11 @@ export class SessionMachine {
 
   /** 1xx: forwarded; it starts a transfer, and the greeting (120) waits for its 220. */
   private preliminary(reply: Reply, out: Action[]): void {
+    // A server's "120 ready in n minutes" is part of the greeting the client never sees.
+    if (!this.greeted && this.o.loginAs !== undefined) {
+      if (reply.partial) this.streaming = { drop: true, head: false };
+      return;
+    }
     const head = this.pending.find((p) => p.kind !== 'local');
     if (head?.kind === 'transfer' && !this.transferring) {
       this.transferring = true;
@@ -635,7 +659,8 @@ export class SessionMachine {
     switch (head.kind) {
       case 'greeting':
         this.greeted = true;
-        send();
+        if (this.o.loginAs !== undefined && reply.code === 220) this.handleClient(`USER ${this.o.loginAs}`, out);
+        else send();
         break;
       case 'passive':
         if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);

@@ -4,7 +4,7 @@
 import net from 'node:net';
 import { LineFramer } from '../protocol/lines.js';
 import { ReplyAssembler } from '../protocol/replies.js';
-import { DataPlaneError, FtpProxyError, ProtocolError } from '../errors.js';
+import { DataPlaneError, FtpProxyError, OrigDstError, ProtocolError } from '../errors.js';
 import { canonical, familyOf } from '../net/address.js';
 import { KEEPALIVE, sendUrgent, setOobInline } from '../net/libc.js';
 import type { DataPlane, Endpoint } from '../dataplane/types.js';
@@ -12,6 +12,11 @@ import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { CommandPolicy } from './policy.js';
+import type { Masquerade } from '../net/masquerade.js';
+import { isLocalAddress } from '../net/transparent.js';
+import { resolveHost, type Lookup, type UserAtHost } from '../net/user-at-host.js';
+import { DIRECT_GREETING, directLine } from './direct-login.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -23,12 +28,18 @@ export interface SessionOptions {
   readonly dataPlane: DataPlane;
   readonly logger: AppLogger;
   readonly proxyAddress?: string;
-  readonly masqueradeAddress?: string;
+  /** Reverse mode: the address 227 replies advertise to this client. */
+  readonly masquerade: Masquerade;
   readonly anonymousOnly: boolean;
+  readonly policy: CommandPolicy;
   readonly rewriteSourcePort: boolean;
   readonly tls: 'refuse' | 'pass';
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
+  /** --user-at-host: a client that connected to the proxy itself logs in as USER name@host. */
+  readonly userAtHost: boolean;
+  /** How a name@host login's host is resolved (default: the system resolver). */
+  readonly lookup?: Lookup;
   /** Seconds. */
   readonly connectTimeout: number;
   /** Seconds from accept to a successful login (also catches a server that never greets). */
@@ -104,6 +115,13 @@ export class Session {
   private later: NodeJS.Immediate | null = null;
   private readonly startedAt = Date.now();
   private serverEndpoint: Endpoint | null = null;
+  /** --user-at-host, before the server is known; `busy` while a login's host is resolved. */
+  private login: { busy: boolean } | null = null;
+  /** Kinds of bad name@host logins logged so far. */
+  private readonly loginRefusals = new Set<string>();
+  /** The name a name@host login gives the server. */
+  private loginAs: string | undefined;
+  private readonly clientLines: LineFramer;
   /** Start times of transfer commands still outstanding, by the machine's sequence number. */
   private readonly transferStarts = new Map<number, number>();
   /** Data bytes of the transfers recorded so far. */
@@ -122,6 +140,7 @@ export class Session {
     this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.debug = this.log.isLevelEnabled('debug');
+    this.clientLines = new LineFramer(o.maxLineLength);
   }
 
   start(): void {
@@ -136,10 +155,24 @@ export class Session {
     c.on('error', (err) => this.teardown(`client error: ${err.message}`));
     c.on('close', () => this.teardown('client closed'));
     c.on('end', () => this.teardown('client closed'));
-    this.connectTimer = setTimeout(
-      () => this.teardown('server connect timeout', '421 Service not available: the server did not answer in time'),
-      this.o.connectTimeout * 1000,
-    );
+    c.on('data', (chunk: Buffer) => {
+      if (this.opaque) return;
+      let lines: string[];
+      try {
+        lines = this.clientLines.push(chunk);
+      } catch (e) {
+        return this.protocolFailure('client', e);
+      }
+      if (lines.length === 0) return;
+      // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
+      this.touch();
+      if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
+      else (this.inbox = lines), (this.inboxAt = 0);
+      this.flow();
+    });
+    // What stopped reading may go on once what was queued has gone out.
+    c.on('drain', () => this.flow());
+    this.armConnectTimer();
     this.loginTimer = setTimeout(
       () => this.teardown('login timeout', '421 Login timeout: closing control connection'),
       this.o.loginTimeout * 1000,
@@ -148,11 +181,96 @@ export class Session {
       .resolveServer(c)
       .then((server) => this.connect(server))
       .catch((err: unknown) => {
+        // Not redirected: with --user-at-host the client names its server in USER.
+        if (this.o.userAtHost && err instanceof OrigDstError && (err.code === 'LOOP' || err.code === 'NO_ORIGINAL_DST')) {
+          return this.startDirect();
+        }
         const e = err instanceof FtpProxyError ? err : null;
         this.log.warn({ code: e?.code, err: err instanceof Error ? err.message : String(err) }, 'cannot find the server for this session');
         if (!this.closing) this.o.metrics.refused('no_server');
         this.teardown('no server', `421 Service not available: ${err instanceof Error ? err.message : 'no server'}`);
       });
+  }
+
+  /** The connect phase: from the start of the session, or from a name@host login, to the server connected. */
+  private armConnectTimer(): void {
+    this.connectTimer = setTimeout(
+      () => this.teardown('server connect timeout', '421 Service not available: the server did not answer in time'),
+      this.o.connectTimeout * 1000,
+    );
+  }
+
+  /** A client of the proxy itself (--user-at-host): greeted here, it names its server in USER. */
+  private startDirect(): void {
+    if (this.closing) return;
+    if (this.connectTimer) clearTimeout(this.connectTimer);
+    this.connectTimer = null;
+    this.login = { busy: false };
+    this.log.info({}, 'direct connection: waiting for USER name@host');
+    this.sock.write(DIRECT_GREETING + '\r\n', 'latin1');
+    this.flow();
+  }
+
+  /** Client lines before a name@host login; the client is read while its replies go out. */
+  private loginFlow(login: { busy: boolean }): void {
+    const c = this.sock;
+    for (let n = 0; n < LINES_PER_TURN && !login.busy && this.inboxAt < this.inbox.length && c.writableLength <= HIGH_WATER; n++) {
+      const line = this.inbox[this.inboxAt++]!;
+      if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
+      const step = directLine(line);
+      if (step.kind === 'quit') return this.teardown('client quit before logging in', step.text);
+      if (step.kind === 'login') {
+        login.busy = true;
+        void this.loginTo(step.target);
+        break;
+      }
+      // Once per kind, as the machine logs its refusals: a client repeating one must not flood the log.
+      if (step.refusal && !this.loginRefusals.has(step.refusal.code)) {
+        this.loginRefusals.add(step.refusal.code);
+        this.log.notice(step.refusal, 'user@host login refused');
+      }
+      c.write(step.text + '\r\n', 'latin1');
+    }
+    if (this.inboxAt === this.inbox.length) (this.inbox = []), (this.inboxAt = 0);
+    const waitingLines = this.inbox.length > 0;
+    if (!login.busy && !waitingLines && c.writableLength <= HIGH_WATER) c.resume();
+    else c.pause();
+    if (waitingLines && !login.busy && c.writableLength <= HIGH_WATER) this.later ??= setImmediate(() => ((this.later = null), this.flow()));
+  }
+
+  /**
+   * USER name@host: resolve the host, pick the first address --allow-server/--deny-server
+   * admit, of the client's family where there is one (connect() refuses, before connecting,
+   * when none is admitted), and connect. A name that does not resolve gets 530 and the client
+   * may try again; a resolver that fails or does not answer within --connect-timeout ends the
+   * session with 421.
+   */
+  private async loginTo(target: UserAtHost): Promise<void> {
+    const where = { host: target.host, port: target.port, user: target.user };
+    let addresses: string[];
+    try {
+      addresses = await resolveHost(target, this.o.connectTimeout * 1000, this.o.lookup);
+    } catch (e) {
+      if (this.closing) return;
+      const err = e as FtpProxyError;
+      this.log.notice({ ...where, code: err.code, err: err.message }, 'user@host: cannot resolve the host');
+      if (err.code === 'NOT_FOUND') {
+        this.sock.write(`530 Cannot log in: ${err.message}\r\n`, 'latin1');
+        this.login = { busy: false };
+        return this.flow();
+      }
+      this.o.metrics.refused('no_server');
+      return this.teardown('cannot resolve the server', `421 Service not available: ${err.message}`);
+    }
+    if (this.closing) return;
+    // The client's own family first: a data path carries one family end to end.
+    const admitted = addresses.filter((a) => this.o.servers.refusal(a) === null);
+    const address = admitted.find((a) => familyOf(a) === familyOf(this.client.address)) ?? admitted[0] ?? addresses[0]!;
+    this.log.info({ ...where, address, resolved: addresses.length }, 'user@host login');
+    this.login = null;
+    this.loginAs = target.user;
+    this.armConnectTimer();
+    this.connect({ address, port: target.port });
   }
 
   private connect(server: Endpoint): void {
@@ -202,27 +320,13 @@ export class Session {
       server,
       addressing,
       anonymousOnly: this.o.anonymousOnly,
+      policy: this.o.policy,
+      ...(this.loginAs !== undefined ? { loginAs: this.loginAs } : {}),
       rewriteSourcePort: this.o.rewriteSourcePort,
       tls: this.o.tls,
     });
-    const clientLines = new LineFramer(this.o.maxLineLength);
     const serverLines = new LineFramer(this.o.maxLineLength);
     const replies = new ReplyAssembler();
-    this.sock.on('data', (chunk: Buffer) => {
-      if (this.opaque) return;
-      let lines: string[];
-      try {
-        lines = clientLines.push(chunk);
-      } catch (e) {
-        return this.protocolFailure('client', e);
-      }
-      if (lines.length === 0) return;
-      // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
-      this.touch();
-      if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
-      else (this.inbox = lines), (this.inboxAt = 0);
-      this.flow();
-    });
     s.on('data', (chunk: Buffer) => {
       if (this.opaque) return;
       try {
@@ -242,18 +346,23 @@ export class Session {
       }
       this.flow();
     });
-    // What stopped reading may go on once what was queued has gone out.
-    this.sock.on('drain', () => this.flow());
     s.on('drain', () => this.flow());
     this.touch();
     this.flow();
   }
 
   private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
-    if (this.o.mode === 'reverse') {
+    // A name@host login came to the proxy itself, not through it: like reverse mode, the data
+    // paths are the proxy's own addresses on each side.
+    if (this.o.mode === 'reverse' || this.loginAs !== undefined) {
+      const told = this.o.masquerade.advertisedTo(this.client.address);
+      const advertise = told !== undefined && familyOf(told) === familyOf(clientLocal) ? told : clientLocal;
       return {
-        passiveListen: clientLocal,
-        passiveAdvertise: this.o.masqueradeAddress ?? clientLocal,
+        // A client told another of this host's addresses connects there: the data path waits
+        // there too. An address that is not this host's is a NAT's in front of it, which
+        // forwards to the address the client reached us on.
+        passiveListen: advertise !== clientLocal && isLocalAddress(advertise) ? advertise : clientLocal,
+        passiveAdvertise: advertise,
         passiveSource: serverLocal,
         activeListen: serverLocal,
         activeSource: clientLocal,
@@ -322,7 +431,11 @@ export class Session {
   private flow(): void {
     const m = this.machine;
     const s = this.server;
-    if (!m || !s || this.closing || this.opaque) return;
+    if (this.closing || this.opaque) return;
+    if (!m || !s) {
+      if (this.login) this.loginFlow(this.login);
+      return;
+    }
     const c = this.sock;
     const clientMayRun = (): boolean =>
       m.outstanding <= PAUSE_OUTSTANDING && c.writableLength <= HIGH_WATER && s.writableLength <= HIGH_WATER;

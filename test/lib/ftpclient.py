@@ -1,7 +1,7 @@
 """A scriptable FTP client on Python's ftplib for the lab tests (run with /usr/bin/python3).
 
 usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|epsv|port|eprt]
-                    [--source ADDR] [--timeout S] [--skip-pasv-ip] OP ...
+                    [--source ADDR] [--timeout S] [--skip-pasv-ip] [--latin1] OP ...
   OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE | list [PATH] | nlst [PATH]
       | abor REMOTE [--after BYTES] [--style ftplib|rfc959]
       | session STEP... (one login: get=F, rest=F@OFFSET, put=LOCAL@REMOTE, list=DIR, abor=F,
@@ -193,6 +193,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--timeout", type=float, default=20)
     ap.add_argument("--skip-pasv-ip", action="store_true",
                     help="connect to the control peer instead of the 227 address")
+    ap.add_argument("--latin1", action="store_true",
+                    help="control lines in latin-1, one byte per character (raw Telnet or UTF-8 bytes)")
     sub = ap.add_subparsers(dest="op", required=True)
     sub.add_parser("login")
     g = sub.add_parser("get")
@@ -219,6 +221,8 @@ def main() -> int:
     result: dict = {"op": a.op, "mode": a.mode, "host": a.host, "port": a.port}
     ftp = LabFTP(a.mode, a.skip_pasv_ip, timeout=a.timeout,
                  source_address=(a.source, 0) if a.source else None)
+    if a.latin1:
+        ftp.encoding = "latin-1"
     try:
         result["welcome"] = ftp.connect(a.host, a.port)
         ftp.login(a.user, a.password)

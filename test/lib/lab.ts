@@ -89,6 +89,8 @@ export interface FtpTarget {
   trustPasvAddress?: boolean;
   /** Namespace the client runs in. Default: client. */
   ns?: NsName;
+  /** ftpclient.py: control lines in latin-1, one byte per character (to send raw bytes). */
+  latin1?: boolean;
   timeoutMs?: number;
 }
 
@@ -479,6 +481,7 @@ export class Lab {
     if (t.pass !== undefined) args.push('--password', t.pass);
     if (t.source) args.push('--source', t.source);
     if (t.trustPasvAddress === false) args.push('--skip-pasv-ip');
+    if (t.latin1) args.push('--latin1');
     const r = await this.exec(t.ns ?? 'client', SYSTEM_PYTHON, [...args, ...op], { timeoutMs });
     try {
       return JSON.parse(r.stdout) as PyFtpResult;

@@ -11,6 +11,8 @@ export class ScriptedServer {
   readonly server: net.Server;
   readonly received: string[] = [];
   readonly sockets = new Set<net.Socket>();
+  /** Connections accepted so far. */
+  accepted = 0;
 
   /** `greetAfterMs`: the greeting comes that long after the connection (a slow server). */
   constructor(
@@ -19,6 +21,7 @@ export class ScriptedServer {
     private greetAfterMs = 0,
   ) {
     this.server = net.createServer((sock) => {
+      this.accepted++;
       this.sockets.add(sock);
       sock.on('close', () => this.sockets.delete(sock));
       sock.on('error', () => undefined);

@@ -11,13 +11,14 @@ import { ProxyServer } from '../../src/server.js';
 import type { Endpoint } from '../../src/dataplane/types.js';
 import { NO_METRICS, type Metrics } from '../../src/metrics/metrics.js';
 import type { TransferRecord } from '../../src/transfer.js';
+import type { Lookup } from '../../src/net/user-at-host.js';
 import { Control, ScriptedServer, basicResponder, type Responder } from './scripted.js';
 
 export const quiet = createLogger({ debugLevel: 0, foreground: false, destination: { write: () => undefined } });
 
-/** A reverse-mode Config for 127.0.0.1 with `extra` flags, listening on any free port. */
-export function config(extra: string[] = []): Config {
-  const parsed = parseArgs(['-R', '127.0.0.1', ...extra], { out: () => undefined, err: (s) => { throw new Error(s); } });
+/** A reverse-mode (or outbound) Config for 127.0.0.1 with `extra` flags, listening on any free port. */
+export function config(extra: string[] = [], outbound = false): Config {
+  const parsed = parseArgs([...(outbound ? [] : ['-R', '127.0.0.1']), ...extra], { out: () => undefined, err: (s) => { throw new Error(s); } });
   if (parsed.kind !== 'run') throw new Error('bad test flags');
   return { ...buildConfig(parsed.options), port: 0 };
 }
@@ -42,6 +43,10 @@ export interface RigOptions {
   metrics?: Metrics;
   /** Collects the records the xferlog would get. */
   xferlog?: TransferRecord[];
+  /** Outbound mode instead of reverse mode (`resolve` then says where clients were going). */
+  outbound?: boolean;
+  /** Resolves name@host logins' hosts. */
+  lookup?: Lookup;
 }
 
 /** Scripted server, fake data plane and proxy, all closed in `t`'s teardown. */
@@ -51,12 +56,13 @@ export async function rig(t: Test, opts: RigOptions = {}): Promise<Rig> {
   const sport = await server.listen(serverHost);
   const dp = new FakeDataPlane(opts.ports);
   const proxy = new ProxyServer({
-    config: config(opts.flags),
+    config: config(opts.flags, opts.outbound),
     dataPlane: dp,
     logger: opts.logger ?? quiet,
     resolveServer: opts.resolve ?? (async () => ({ address: serverHost, port: sport })),
     metrics: opts.metrics ?? NO_METRICS,
     xferlog: opts.xferlog ? { write: (r) => void opts.xferlog!.push(r) } : null,
+    ...(opts.lookup ? { lookup: opts.lookup } : {}),
   });
   const addr = await proxy.listen();
   t.teardown(async () => {
