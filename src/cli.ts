@@ -36,6 +36,10 @@ export interface RawOptions {
   printRuleset?: boolean;
   loginTimeout: string;
   tls: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsRequired?: boolean;
+  tlsNoReuseCheck?: boolean;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -86,7 +90,11 @@ export function buildCommand(): Command {
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
     .option('--login-timeout <seconds>', 'time from connect to a successful login, 1-3600', '120')
-    .option('--tls <refuse|pass>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP) or pass (then opaque: no data connections are admitted)', 'refuse')
+    .option('--tls <refuse|pass|terminate>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP), pass (then opaque: no data connections are admitted), or terminate (reverse mode: the proxy holds the certificate, FTPS to clients, plain FTP to the server)', 'refuse')
+    .option('--tls-cert <file>', '--tls terminate: PEM certificate, then its chain')
+    .option('--tls-key <file>', '--tls terminate: PEM private key of --tls-cert')
+    .option('--tls-required', '--tls terminate: USER and PASS before AUTH TLS get 530')
+    .option('--tls-no-reuse-check', '--tls terminate: admit PROT P data connections that do not resume the control connection\'s TLS session (broken clients; anyone who reaches the data port first gets the data)')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])

@@ -23,6 +23,18 @@ function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCid
 
 export type Backend = 'nftables' | 'relay';
 
+export type TlsMode = 'refuse' | 'pass' | 'terminate';
+
+export interface TlsTerminateConfig {
+  /** PEM: the certificate, then its chain. Read (and checked against the key) by tls/context.ts. */
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** USER and PASS before AUTH get 530. */
+  readonly required: boolean;
+  /** PROT P data connections must resume their control connection's TLS session. */
+  readonly reuseCheck: boolean;
+}
+
 export interface Config {
   readonly mode: 'reverse' | 'outbound';
   readonly bind: string;
@@ -58,7 +70,9 @@ export interface Config {
   readonly shutdownGrace: number;
   readonly printRuleset: boolean;
   readonly loginTimeout: number;
-  readonly tls: 'refuse' | 'pass';
+  readonly tls: TlsMode;
+  /** --tls terminate: the certificate the proxy presents and what it asks of clients. */
+  readonly tlsTerminate?: TlsTerminateConfig;
   readonly clients: AddressList;
   readonly servers: AddressList;
   /** Where GET /metrics is served; absent: no metrics listener. */
@@ -163,10 +177,35 @@ function routeTable(raw: string): number {
   return n;
 }
 
-function tlsMode(raw: string): 'refuse' | 'pass' {
+function tlsMode(raw: string): TlsMode {
   const v = raw.trim().toLowerCase();
-  if (v !== 'refuse' && v !== 'pass') fail('--tls', `'${raw}' is not one of refuse, pass`);
+  if (v !== 'refuse' && v !== 'pass' && v !== 'terminate') fail('--tls', `'${raw}' is not one of refuse, pass, terminate`);
   return v;
+}
+
+/** The --tls-* flags: only with --tls terminate, which needs reverse mode and both files. */
+function tlsTerminate(o: RawOptions, mode: TlsMode, reverse: boolean): TlsTerminateConfig | undefined {
+  if (mode !== 'terminate') {
+    for (const [flag, given] of [
+      ['--tls-cert', o.tlsCert !== undefined],
+      ['--tls-key', o.tlsKey !== undefined],
+      ['--tls-required', o.tlsRequired === true],
+      ['--tls-no-reuse-check', o.tlsNoReuseCheck === true],
+    ] as const) {
+      if (given) fail(flag, 'only has a meaning with --tls terminate');
+    }
+    return undefined;
+  }
+  // Outbound mode fronts other people's servers: holding a certificate for them is interception.
+  if (!reverse) fail('--tls', "'terminate' needs reverse mode (-R): in outbound mode the servers are not this proxy's to speak for");
+  if (o.tlsCert === undefined) fail('--tls-cert', 'is needed with --tls terminate');
+  if (o.tlsKey === undefined) fail('--tls-key', 'is needed with --tls terminate');
+  return {
+    certFile: nonEmpty('--tls-cert', o.tlsCert),
+    keyFile: nonEmpty('--tls-key', o.tlsKey),
+    required: o.tlsRequired === true,
+    reuseCheck: o.tlsNoReuseCheck !== true,
+  };
 }
 
 export function buildConfig(o: RawOptions): Config {
@@ -196,6 +235,8 @@ export function buildConfig(o: RawOptions): Config {
   if (o.reverse === undefined && o.masqueradeAddress !== undefined) {
     fail('--masquerade-address', 'only has a meaning with -R/--reverse');
   }
+  const tls = tlsMode(o.tls);
+  const terminate = tlsTerminate(o, tls, reverseAddr !== undefined);
   const cfg: Config = {
     mode: reverseAddr !== undefined ? 'reverse' : 'outbound',
     bind,
@@ -226,7 +267,8 @@ export function buildConfig(o: RawOptions): Config {
     shutdownGrace: integer('--shutdown-grace', o.shutdownGrace, 0, 3600),
     printRuleset: o.printRuleset === true,
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
-    tls: tlsMode(o.tls),
+    tls,
+    ...(terminate ? { tlsTerminate: terminate } : {}),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
     ...(o.metrics !== undefined ? { metrics: listenAddress('--metrics', o.metrics) } : {}),

@@ -3,7 +3,7 @@
 
 import type net from 'node:net';
 import type { Config } from './config.js';
-import { FtpProxyError } from './errors.js';
+import { ConfigError, FtpProxyError } from './errors.js';
 import { createLogger, type AppLogger } from './log.js';
 import { PortAllocator } from './net/ports.js';
 import { originalDestination } from './net/origdst.js';
@@ -16,6 +16,8 @@ import { MetricsListener } from './metrics/http.js';
 import { ControlServer, ControlSocketError } from './control/server.js';
 import type { SessionProvider } from './control/protocol.js';
 import { XferlogWriter } from './xferlog.js';
+import { TlsTerminator } from './tls/context.js';
+import { TLS_PATH_PREFIX, TlsRoutedDataPlane } from './tls/data-relay.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 
@@ -31,7 +33,7 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
       logger,
     });
   }
-  return new NftablesDataPlane({
+  const nft = new NftablesDataPlane({
     table: cfg.nftTable,
     ports,
     entryTimeoutSec: cfg.dataTimeout,
@@ -40,6 +42,29 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
     ...countOption(cfg),
     logger,
   });
+  if (!cfg.tlsTerminate) return nft;
+  // The kernel cannot end TLS: PROT P data connections go through a relay beside it, on ports
+  // of the same range (splice cannot see into TLS records, so it copies through streams).
+  const relay = new RelayDataPlane({
+    ports,
+    dataTimeout: cfg.dataTimeout,
+    dataIdleTimeout: cfg.dataIdleTimeout,
+    splice: false,
+    idPrefix: TLS_PATH_PREFIX,
+    logger,
+  });
+  return new TlsRoutedDataPlane(nft, relay);
+}
+
+/** --tls terminate: the certificate and key, checked before anything starts. */
+function loadTls(cfg: Config): TlsTerminator | ConfigError | null {
+  if (!cfg.tlsTerminate) return null;
+  try {
+    return TlsTerminator.load(cfg.tlsTerminate);
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
 }
 
 /** The nftables table's byte counting (rules.ts TableOptions.count), unless --nflog-group 0. */
@@ -113,6 +138,11 @@ export async function main(cfg: Config): Promise<number> {
     );
     return 0;
   }
+  const terminator = loadTls(cfg);
+  if (terminator instanceof ConfigError) {
+    out.err(`ftp-proxy: ${terminator.message}\n`);
+    return 2;
+  }
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });
   const dataPlane = createDataPlane(cfg, logger);
   try {
@@ -142,6 +172,7 @@ export async function main(cfg: Config): Promise<number> {
     resolveServer: serverResolver(cfg),
     metrics: metrics ?? NO_METRICS,
     xferlog,
+    ...(terminator ? { terminator } : {}),
   });
   const obs = await startObservability(cfg, logger, xferlog, metrics, server.provider);
   if (typeof obs === 'string') {
@@ -171,9 +202,13 @@ export async function main(cfg: Config): Promise<number> {
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),
       ...(obs.control ? { controlSocket: obs.control.path } : {}),
       ...(obs.xferlog ? { xferlog: obs.xferlog.file } : {}),
+      ...(terminator ? { tls: 'terminate', certificateValidTo: terminator.validTo, tlsReuseCheck: terminator.reuseCheck } : {}),
     },
     'listening',
   );
+  if (terminator && !terminator.reuseCheck) {
+    logger.warn({}, '--tls-no-reuse-check: PROT P data connections are admitted without resuming their control connection\'s TLS session: whoever reaches a data port first from the client\'s address gets the data');
+  }
 
   return new Promise<number>((resolve) => {
     let stopping = false;

@@ -11,6 +11,7 @@ import { Session } from './session/session.js';
 import type { Metrics, RefusalReason } from './metrics/metrics.js';
 import type { SessionProvider } from './control/protocol.js';
 import type { TransferRecord } from './transfer.js';
+import type { TlsTerminator } from './tls/context.js';
 
 export interface ServerDeps {
   readonly config: Config;
@@ -19,6 +20,8 @@ export interface ServerDeps {
   readonly resolveServer: (client: net.Socket) => Promise<Endpoint>;
   readonly metrics: Metrics;
   readonly xferlog: { write(r: TransferRecord): void } | null;
+  /** --tls terminate: the proxy's certificate. */
+  readonly terminator?: TlsTerminator;
 }
 
 export class ProxyServer {
@@ -96,6 +99,7 @@ export class ProxyServer {
       anonymousOnly: cfg.anonymousOnly,
       rewriteSourcePort: cfg.rewriteSourcePort,
       tls: cfg.tls,
+      ...(this.d.terminator ? { terminator: this.d.terminator, tlsRequired: cfg.tlsTerminate?.required === true } : {}),
       servers: cfg.servers,
       connectTimeout: cfg.connectTimeout,
       loginTimeout: cfg.loginTimeout,

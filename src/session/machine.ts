@@ -45,9 +45,13 @@ export interface MachineOptions {
   readonly rewriteSourcePort: boolean;
   /**
    * AUTH TLS/SSL: 'refuse' answers 534 so the client goes on in plain FTP; 'pass' forwards it
-   * and, once the server accepts (234), the session becomes an opaque byte relay.
+   * and, once the server accepts (234), the session becomes an opaque byte relay; 'terminate'
+   * answers 234 itself (the shell then does the handshake), and PBSZ, PROT and CCC too: the
+   * server never sees them and stays plain FTP.
    */
-  readonly tls?: 'refuse' | 'pass';
+  readonly tls?: 'refuse' | 'pass' | 'terminate';
+  /** 'terminate': USER and PASS before AUTH get 530. */
+  readonly tlsRequired?: boolean;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -58,7 +62,8 @@ export type Action =
   | { readonly type: 'toClient'; readonly text: string }
   /** `urgent`: an ABOR, to be sent with the Telnet Synch (TCP urgent data). */
   | { readonly type: 'toServer'; readonly text: string; readonly urgent?: boolean }
-  | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
+  /** `protect`: PROT P is in force: the client's side of this data connection is TLS. */
+  | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest; readonly protect?: true }
   /**
    * `urgent`: applied before the next reply goes out where the data plane can (a refused
    * transfer's path: its client must not be able to race the reply to the port).
@@ -88,6 +93,11 @@ export type Action =
   | { readonly type: 'loggedIn' }
   /** TLS starts now: from here on the shell relays bytes without reading them. */
   | { readonly type: 'opaque' }
+  /**
+   * 'terminate': the 234 is out; the shell turns the client's socket into a TLS server socket
+   * now, and drops whatever it read after AUTH (plaintext a client may not send there).
+   */
+  | { readonly type: 'startTls' }
   | { readonly type: 'close'; readonly reason: string; readonly reply?: string }
   | { readonly type: 'log'; readonly level: LogLevel; readonly msg: string; readonly fields?: Record<string, unknown> };
 
@@ -154,6 +164,10 @@ export class SessionMachine {
   private negMode: 'passive' | 'active' = 'passive';
   private transferring = false;
   private epsvAll = false;
+  /** 'terminate': the client's control connection is TLS; PBSZ was accepted; PROT in force. */
+  private secured = false;
+  private pbsz = false;
+  private prot: 'C' | 'P' = 'C';
   private greeted = false;
   private loggedIn = false;
   private closed = false;
@@ -406,6 +420,7 @@ export class SessionMachine {
           fields: { verb: cmd.verb, code: cmd.error.code },
         });
       case 'USER':
+        if (this.o.tlsRequired && !this.secured) return this.refuseCleartextLogin(out);
         if (this.o.anonymousOnly && !isAnonymous(cmd.name)) {
           return this.refuse('non-anonymous login', '530 Only anonymous logins are allowed through this proxy', out, {
             msg: 'non-anonymous login refused',
@@ -417,6 +432,7 @@ export class SessionMachine {
         this.cwd = null;
         return this.forward(line, { kind: 'other', verb: 'USER', arg: cmd.name }, out);
       case 'AUTH':
+        if (this.o.tls === 'terminate') return this.auth(cmd.mechanism, out);
         if (this.o.tls === 'pass') {
           this.once(
             'AUTH passed',
@@ -446,13 +462,64 @@ export class SessionMachine {
         this.pending.push({ kind: 'abor' });
         out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') });
         return;
-      case 'QUIT':
       case 'CCC':
+        if (this.o.tls === 'terminate') {
+          // The server never saw AUTH: it has no TLS to clear. Back to plaintext is also what
+          // this mode exists to prevent.
+          return this.refuse('CCC', '534 CCC refused: the control connection stays protected', out);
+        }
+        return this.forward(line, { kind: 'other', verb: cmd.kind, arg: '' }, out);
+      case 'QUIT':
         return this.forward(line, { kind: 'other', verb: cmd.kind, arg: '' }, out);
       case 'OTHER':
+        if (this.o.tls === 'terminate' && (cmd.verb === 'PBSZ' || cmd.verb === 'PROT')) return this.protection(cmd.verb, cmd.arg, out);
+        if (cmd.verb === 'PASS' && this.o.tlsRequired && !this.secured) return this.refuseCleartextLogin(out);
         if (cmd.verb === 'REIN') (this.userName = null), (this.cwd = null);
         return this.forward(line, { kind: 'other', verb: cmd.verb, arg: cmd.arg }, out);
     }
+  }
+
+  /**
+   * AUTH with --tls terminate: 234 and the shell's handshake. Refused while replies are still
+   * owed (they would come after the 234 in plaintext the client no longer reads).
+   */
+  private auth(mechanism: string, out: Action[]): void {
+    if (this.secured) return this.answerLocally('503 Already using TLS', out);
+    if (!['TLS', 'TLS-C', 'SSL', 'TLS-P'].includes(mechanism)) {
+      return this.refuse('AUTH mechanism', '504 AUTH mechanism not supported, use AUTH TLS', out, { msg: 'AUTH mechanism refused', fields: { mechanism } });
+    }
+    if (this.pending.length > 0 || this.streaming) {
+      return this.refuse('AUTH pipelined', '503 AUTH while other commands are outstanding', out);
+    }
+    this.secured = true;
+    // Lines the client sent after AUTH without waiting for 234 are plaintext that must not be
+    // taken as commands of the protected session (STARTTLS command injection).
+    this.heldClient.length = 0;
+    out.push({ type: 'log', level: 'info', msg: 'AUTH: TLS handshake with the client', fields: { mechanism } });
+    out.push({ type: 'toClient', text: '234 Proceed with TLS negotiation' });
+    out.push({ type: 'startTls' });
+  }
+
+  /** PBSZ and PROT (RFC 4217 section 9), answered by the proxy after its own AUTH. */
+  private protection(verb: 'PBSZ' | 'PROT', arg: string, out: Action[]): void {
+    if (!this.secured) return this.answerLocally(`503 ${verb} needs AUTH TLS first`, out);
+    if (verb === 'PBSZ') {
+      if (!/^\d+$/.test(arg)) return this.answerLocally('501 PBSZ needs a number', out);
+      this.pbsz = true;
+      return this.answerLocally('200 PBSZ=0', out);
+    }
+    if (!this.pbsz) return this.answerLocally('503 PROT needs PBSZ first', out);
+    const level = arg.toUpperCase();
+    if (level === 'P' || level === 'C') {
+      this.prot = level;
+      return this.answerLocally(`200 Protection level set to ${level}`, out);
+    }
+    if (level === 'S' || level === 'E') return this.answerLocally(`536 PROT ${level} not supported, use P or C`, out);
+    return this.answerLocally('504 PROT takes C, S, E or P', out);
+  }
+
+  private refuseCleartextLogin(out: Action[]): void {
+    this.refuse('login before AUTH', '530 TLS required: send AUTH TLS first', out, { msg: 'login without TLS refused' });
   }
 
   private forward(line: string, pending: Pending, out: Action[]): void {
@@ -535,7 +602,7 @@ export class SessionMachine {
   ): void {
     const token = this.nextToken++;
     this.waiting = { ...w, token };
-    out.push({ type: 'open', token, request });
+    out.push({ type: 'open', token, request, ...(this.secured && this.prot === 'P' ? { protect: true as const } : {}) });
   }
 
   private replacePath(path: SessionMachine['path'], out: Action[], urgent = false): void {
@@ -627,7 +694,8 @@ export class SessionMachine {
    * `head` has its final reply: forward it (no lines: already forwarded, or skipped by the
    * server; code 0: skipped) and do what the end of that command means.
    */
-  private complete(head: Pending, reply: Reply, out: Action[]): void {
+  private complete(head: Pending, answer: Reply, out: Action[]): void {
+    const reply = head.kind === 'other' && head.verb === 'FEAT' && this.o.tls === 'terminate' ? withTlsFeatures(answer) : answer;
     const text = reply.lines.join('\r\n');
     const send = (): void => {
       if (reply.lines.length > 0) out.push({ type: 'toClient', text });
@@ -755,6 +823,19 @@ export class SessionMachine {
       out,
     );
   }
+}
+
+/** FEAT features that are the proxy's own with --tls terminate (RFC 4217 section 6). */
+const TLS_FEATURES = [' AUTH TLS', ' PBSZ', ' PROT'];
+
+/**
+ * A multi-line 211 FEAT reply with the proxy's TLS features in place of any the server named
+ * (clients such as lftp look there before they send AUTH). Other replies are left alone.
+ */
+function withTlsFeatures(reply: Reply): Reply {
+  if (reply.code !== 211 || reply.lines.length < 2) return reply;
+  const features = reply.lines.slice(1, -1).filter((l) => !/^\s*(AUTH|PBSZ|PROT)\b/i.test(l));
+  return { ...reply, lines: [reply.lines[0]!, ...features, ...TLS_FEATURES, reply.lines.at(-1)!] };
 }
 
 /**

@@ -12,6 +12,8 @@ import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
 import type { Metrics } from '../metrics/metrics.js';
+import type { TlsMode } from '../config.js';
+import type { SessionTls, TlsTerminator } from '../tls/context.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -26,7 +28,10 @@ export interface SessionOptions {
   readonly masqueradeAddress?: string;
   readonly anonymousOnly: boolean;
   readonly rewriteSourcePort: boolean;
-  readonly tls: 'refuse' | 'pass';
+  readonly tls: TlsMode;
+  /** --tls terminate: the proxy's certificate, and whether USER/PASS need AUTH first. */
+  readonly terminator?: TlsTerminator;
+  readonly tlsRequired?: boolean;
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** Seconds. */
@@ -94,6 +99,13 @@ export class Session {
   private connectTimer: NodeJS.Timeout | null = null;
   private loginTimer: NodeJS.Timeout | null = null;
   private opaque = false;
+  /** --tls terminate: the client's TLS handshake is under way; nothing is read or run meanwhile. */
+  private handshaking = false;
+  /** --tls terminate: this control connection's TLS, which its PROT P data connections resume. */
+  private clientTls: SessionTls | null = null;
+  /** The client's side: the accepted socket, or its TLS socket after AUTH. */
+  private sock: net.Socket;
+  private clientLines: LineFramer;
   private idleTimer: NodeJS.Timeout | null = null;
   private lastActivity = 0;
   private closing: string | null = null;
@@ -114,9 +126,11 @@ export class Session {
   private resolveClosed!: () => void;
 
   constructor(
-    private readonly sock: net.Socket,
+    sock: net.Socket,
     private readonly o: SessionOptions,
   ) {
+    this.sock = sock;
+    this.clientLines = new LineFramer(o.maxLineLength);
     this.sid = o.sid;
     this.client = { address: canonical(sock.remoteAddress ?? '0.0.0.0'), port: sock.remotePort ?? 0 };
     this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
@@ -204,25 +218,11 @@ export class Session {
       anonymousOnly: this.o.anonymousOnly,
       rewriteSourcePort: this.o.rewriteSourcePort,
       tls: this.o.tls,
+      tlsRequired: this.o.tlsRequired === true,
     });
-    const clientLines = new LineFramer(this.o.maxLineLength);
     const serverLines = new LineFramer(this.o.maxLineLength);
     const replies = new ReplyAssembler();
-    this.sock.on('data', (chunk: Buffer) => {
-      if (this.opaque) return;
-      let lines: string[];
-      try {
-        lines = clientLines.push(chunk);
-      } catch (e) {
-        return this.protocolFailure('client', e);
-      }
-      if (lines.length === 0) return;
-      // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
-      this.touch();
-      if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
-      else (this.inbox = lines), (this.inboxAt = 0);
-      this.flow();
-    });
+    this.sock.on('data', this.clientData);
     s.on('data', (chunk: Buffer) => {
       if (this.opaque) return;
       try {
@@ -243,10 +243,64 @@ export class Session {
       this.flow();
     });
     // What stopped reading may go on once what was queued has gone out.
-    this.sock.on('drain', () => this.flow());
-    s.on('drain', () => this.flow());
+    this.sock.on('drain', this.drained);
+    s.on('drain', this.drained);
     this.touch();
     this.flow();
+  }
+
+  private readonly clientData = (chunk: Buffer): void => {
+    if (this.opaque) return;
+    let lines: string[];
+    try {
+      lines = this.clientLines.push(chunk);
+    } catch (e) {
+      return this.protocolFailure('client', e);
+    }
+    if (lines.length === 0) return;
+    // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
+    this.touch();
+    if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
+    else (this.inbox = lines), (this.inboxAt = 0);
+    this.flow();
+  };
+
+  private readonly drained = (): void => this.flow();
+
+  /**
+   * --tls terminate, the 234 is written: the client's socket becomes a TLS server socket. What
+   * was read after AUTH is dropped (the machine drops its own held lines): a client may send
+   * nothing but its handshake there. Both sides wait until the handshake is over.
+   */
+  private startTls(): void {
+    const raw = this.sock;
+    raw.off('data', this.clientData);
+    raw.off('drain', this.drained);
+    raw.pause();
+    this.server?.pause();
+    this.handshaking = true;
+    (this.inbox = []), (this.inboxAt = 0);
+    this.clientLines = new LineFramer(this.o.maxLineLength);
+    const clientTls = this.o.terminator!.forSession();
+    this.clientTls = clientTls;
+    // After the batch that wrote the 234 is uncorked: the 234 goes out in plaintext first.
+    queueMicrotask(() => {
+      if (this.closing) return;
+      const secure = clientTls.wrap(raw);
+      this.sock = secure;
+      secure.on('error', (err) => {
+        if (this.handshaking) this.log.notice({ err: err.message }, 'TLS handshake with the client failed');
+        this.teardown(`client TLS error: ${err.message}`);
+      });
+      secure.on('close', () => this.teardown('client closed'));
+      secure.once('secure', () => {
+        this.handshaking = false;
+        this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'client control connection secured');
+        secure.on('data', this.clientData);
+        secure.on('drain', this.drained);
+        this.flow();
+      });
+    });
   }
 
   private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
@@ -322,7 +376,7 @@ export class Session {
   private flow(): void {
     const m = this.machine;
     const s = this.server;
-    if (!m || !s || this.closing || this.opaque) return;
+    if (!m || !s || this.closing || this.opaque || this.handshaking) return;
     const c = this.sock;
     const clientMayRun = (): boolean =>
       m.outstanding <= PAUSE_OUTSTANDING && c.writableLength <= HIGH_WATER && s.writableLength <= HIGH_WATER;
@@ -331,10 +385,10 @@ export class Session {
         const line = this.inbox[this.inboxAt++]!;
         if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
         this.run(m.clientLine(line));
-        if (this.closing) return;
+        if (this.closing || this.handshaking) return;
       }
     });
-    if (this.closing) return;
+    if (this.closing || this.handshaking) return;
     if (this.inboxAt === this.inbox.length) (this.inbox = []), (this.inboxAt = 0);
     if (c.writableLength > MAX_BACKLOG) return this.teardown('client does not read its replies');
     const waitingLines = this.inbox.length > 0;
@@ -374,7 +428,7 @@ export class Session {
           this.server!.write(a.text + '\r\n', 'latin1');
           break;
         case 'open':
-          this.open(a.token, a.request);
+          this.open(a.token, a.protect && this.clientTls ? { ...a.request, tls: this.clientTls } : a.request);
           break;
         case 'release':
           this.release(a.id, false, a.urgent);
@@ -398,6 +452,9 @@ export class Session {
           break;
         case 'opaque':
           this.goOpaque();
+          break;
+        case 'startTls':
+          this.startTls();
           break;
         case 'log':
           this.log[a.level](a.fields ?? {}, a.msg);
