@@ -72,6 +72,12 @@ interface RelayPath {
   pair: Pair | null;
   /** TLS handshakes under way on this passive PROT P path (each one a candidate). */
   handshakes: number;
+  /**
+   * Passive PROT P: the connection to the target, made when the first candidate arrived; the
+   * first candidate that passes the TLS check takes it, and it is reset if none does (so that
+   * the server sees a failed transfer, not an empty file).
+   */
+  early: net.Socket | null;
   /** Settles what transferred() answers: the pair's bytes when it ends, zeros when none came. */
   readonly settle: (m: Moved) => void;
 }
@@ -161,7 +167,7 @@ export class RelayDataPlane implements DataPlane {
     const id = `${this.o.idPrefix ?? 'relay'}-${++this.seq}`;
     let settle!: (m: Moved) => void;
     this.results.set(id, { sid: req.sid, moved: new Promise<Moved>((r) => (settle = r)) });
-    const path: RelayPath = { req, port, listener, timer: null, pair: null, handshakes: 0, settle };
+    const path: RelayPath = { req, port, listener, timer: null, pair: null, handshakes: 0, early: null, settle };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -187,22 +193,32 @@ export class RelayDataPlane implements DataPlane {
     if (tls && path.req.kind === 'passive') {
       // The client proves in its TLS handshake that it is the session's own (tls/context.ts):
       // the port stays open until one does, so that another connection from its address
-      // (a host behind the same NAT) cannot take the path by arriving first.
+      // (a host behind the same NAT) cannot take the path by arriving first. The server's
+      // side is connected at once: vsftpd sends its 150 only when the data connection is
+      // there, and Python's ftplib starts TLS only after that 150.
       if (path.handshakes >= MAX_HANDSHAKES) {
         peer.destroy();
         return;
       }
       path.handshakes++;
+      path.early ??= this.connectTarget(path, log);
       tls.secure(peer).then(
         (secured) => {
           path.handshakes--;
-          if (path.listener === null) return void secured.destroy();
+          // Taken by an earlier candidate, or the path was aborted: nothing left to carry.
+          const target = path.early;
+          if (target === null) {
+            secured.destroy();
+            return this.forget(id, path);
+          }
+          path.early = null;
           this.stopListening(path);
-          this.carry(id, path, peer, secured, log);
+          this.carry(id, path, peer, secured, log, target);
         },
         (err: unknown) => {
           path.handshakes--;
           log.notice({ from, code: (err as DataPlaneError).code, err: (err as Error).message }, 'protected data connection refused');
+          this.forget(id, path);
         },
       );
       return;
@@ -217,14 +233,9 @@ export class RelayDataPlane implements DataPlane {
    * PROT P: the client) is secured once connected. TLS pairs go through streams: splice cannot
    * see into TLS records.
    */
-  private carry(id: string, path: RelayPath, peer: net.Socket, peerIo: net.Socket, log: AppLogger): void {
-    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
+  private carry(id: string, path: RelayPath, peer: net.Socket, peerIo: net.Socket, log: AppLogger, target = this.connectTarget(path, log)): void {
     let targetIo = target;
-    // Nothing is read from either side before both are connected: the first bytes go to
-    // whichever carrier (splice or streams) takes the pair.
-    target.pause();
     peer.setNoDelay(true);
-    target.setNoDelay(true);
     let closed = 0;
     let over = false;
     /** While the splice worker holds the pair, its descriptors must stay open. */
@@ -275,7 +286,7 @@ export class RelayDataPlane implements DataPlane {
       peerIo.resume();
       targetIo.resume();
     };
-    target.once('connect', () => {
+    const connected = (): void => {
       if (over) return;
       const tls = path.req.tls;
       if (tls && path.req.kind === 'active') {
@@ -306,7 +317,24 @@ export class RelayDataPlane implements DataPlane {
         if (cutWhile) done(cutWhile.why, cutWhile.err, r);
         else done(r.error ?? 'both sides closed', failed ? new Error(r.error) : undefined, r);
       });
-    });
+    };
+    // A target connected early (passive PROT P) may be connected, or have failed, already.
+    if (target.destroyed) done('target error', new Error('the connection to the target failed'));
+    else if (target.connecting) target.once('connect', connected);
+    else connected();
+  }
+
+  /**
+   * The connection to `path`'s target. Nothing is read from it before the pair is complete: the
+   * first bytes go to whichever carrier (splice or streams) takes the pair.
+   */
+  private connectTarget(path: RelayPath, log: AppLogger): net.Socket {
+    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
+    target.pause();
+    target.setNoDelay(true);
+    // Errors before the pair owns it (an early target) show as a destroyed socket there.
+    target.on('error', () => undefined);
+    return target;
   }
 
   /** Count `pair` in; beyond its session's bound, the session's oldest pairs go. */
@@ -366,10 +394,19 @@ export class RelayDataPlane implements DataPlane {
 
   /** Drop the path once it neither listens nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener !== null || path.pair !== null) return;
+    // A candidate still in its handshake may yet take the path: the server may have sent a
+    // whole listing, and its 226 released the path, before the client's TLS was up.
+    if (path.listener !== null || path.pair !== null || path.handshakes > 0) return;
+    this.dropEarly(path);
     this.paths.delete(id);
     // No-op when the pair has settled it with its bytes.
     path.settle({ fromPeer: 0, toPeer: 0 });
+  }
+
+  /** Reset the early target no candidate took (the server then sees a failed transfer). */
+  private dropEarly(path: RelayPath): void {
+    path.early?.resetAndDestroy();
+    path.early = null;
   }
 
   /**
@@ -387,7 +424,10 @@ export class RelayDataPlane implements DataPlane {
     const path = this.paths.get(id);
     if (!path) return;
     this.stopListening(path);
-    if (abort) path.pair?.cut('aborted');
+    if (abort) {
+      path.pair?.cut('aborted');
+      this.dropEarly(path);
+    }
     this.forget(id, path);
   }
 
@@ -404,6 +444,7 @@ export class RelayDataPlane implements DataPlane {
       const pair = path.pair;
       if (pair && this.look(pair, now) === 'flushing') pair.deadline ??= now + SESSION_END_LINGER_MS;
       else pair?.cut('session ended');
+      this.dropEarly(path);
       this.forget(id, path);
     }
     for (const [id, r] of this.results) if (r.sid === sid) this.results.delete(id);
