@@ -40,6 +40,7 @@ export interface RawOptions {
   tlsKey?: string;
   tlsRequired?: boolean;
   tlsNoReuseCheck?: boolean;
+  implicitTls?: boolean;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -94,6 +95,7 @@ export function buildCommand(): Command {
     .option('--tls-cert <file>', '--tls terminate: PEM certificate, then its chain')
     .option('--tls-key <file>', '--tls terminate: PEM private key of --tls-cert')
     .option('--tls-required', '--tls terminate: USER and PASS before AUTH TLS get 530')
+    .option('--implicit-tls', '--tls terminate: clients speak TLS from the first byte (implicit FTPS, port 990 style); data is PROT P from the start')
     .option('--tls-no-reuse-check', '--tls terminate: admit PROT P data connections that do not resume the control connection\'s TLS session (broken clients; anyone who reaches the data port first gets the data)')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])

@@ -33,6 +33,8 @@ export interface TlsTerminateConfig {
   readonly required: boolean;
   /** PROT P data connections must resume their control connection's TLS session. */
   readonly reuseCheck: boolean;
+  /** The listener speaks TLS from the first byte (implicit FTPS); data is PROT P from the start. */
+  readonly implicit: boolean;
 }
 
 export interface Config {
@@ -191,6 +193,7 @@ function tlsTerminate(o: RawOptions, mode: TlsMode, reverse: boolean): TlsTermin
       ['--tls-key', o.tlsKey !== undefined],
       ['--tls-required', o.tlsRequired === true],
       ['--tls-no-reuse-check', o.tlsNoReuseCheck === true],
+      ['--implicit-tls', o.implicitTls === true],
     ] as const) {
       if (given) fail(flag, 'only has a meaning with --tls terminate');
     }
@@ -205,6 +208,7 @@ function tlsTerminate(o: RawOptions, mode: TlsMode, reverse: boolean): TlsTermin
     keyFile: nonEmpty('--tls-key', o.tlsKey),
     required: o.tlsRequired === true,
     reuseCheck: o.tlsNoReuseCheck !== true,
+    implicit: o.implicitTls === true,
   };
 }
 

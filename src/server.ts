@@ -99,7 +99,9 @@ export class ProxyServer {
       anonymousOnly: cfg.anonymousOnly,
       rewriteSourcePort: cfg.rewriteSourcePort,
       tls: cfg.tls,
-      ...(this.d.terminator ? { terminator: this.d.terminator, tlsRequired: cfg.tlsTerminate?.required === true } : {}),
+      ...(this.d.terminator
+        ? { terminator: this.d.terminator, tlsRequired: cfg.tlsTerminate?.required === true, implicitTls: cfg.tlsTerminate?.implicit === true }
+        : {}),
       servers: cfg.servers,
       connectTimeout: cfg.connectTimeout,
       loginTimeout: cfg.loginTimeout,

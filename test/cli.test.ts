@@ -88,6 +88,7 @@ t.test('every flag, short and long', async (t) => {
     keyFile: 'k.pem',
     required: false,
     reuseCheck: true,
+    implicit: false,
   });
   t.match(run(['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k', '--tls-required', '--tls-no-reuse-check']).config!.tlsTerminate, {
     required: true,
@@ -151,6 +152,7 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['-R', '192.0.2.1', '--tls-cert', 'c'], /--tls-cert: only has a meaning with --tls terminate/],
     [['-R', '192.0.2.1', '--tls', 'pass', '--tls-required'], /--tls-required: only has a meaning with --tls terminate/],
     [['-R', '192.0.2.1', '--tls-no-reuse-check'], /--tls-no-reuse-check: only has a meaning with --tls terminate/],
+    [['-R', '192.0.2.1', '--implicit-tls'], /--implicit-tls: only has a meaning with --tls terminate/],
     [['-A', '--tls', 'pass'], /--tls: 'pass' cannot be combined with -A\/--anonymous-only/],
     [['--data-idle-timeout', '0'], /--data-idle-timeout/],
     [['--allow-client', '192.0.2.0/33'], /--allow-client: '192.0.2.0\/33' is not an address or CIDR block/],

@@ -37,6 +37,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     },
   };
   const relaxed = await startProxy(lab, [...common, '-p', '8023', '--backend', 'relay', '--data-ports', '53000-53999', '--tls-no-reuse-check']);
+  const implicit = await startProxy(lab, [...common, '-p', '8990', '--backend', 'nftables', '--nft-table', 'ftp_proxy_ftps', '--data-ports', '54000-54999', '--implicit-tls']);
 
   const curl = (port: number, mode: 'pasv' | 'epsv', args: string[], path: string) =>
     lab.exec('client', 'curl', [
@@ -151,8 +152,23 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     t.equal(after.sha256, small, 'the next session works');
   });
 
+  await t.test('--implicit-tls: curl ftps:// 5 MiB up and down, lftp ftps:// LIST', async (t) => {
+    const url = (path: string) => `ftps://${env.gwLan4}:8990/${path}`;
+    const up = await lab.exec('client', 'curl', ['-sS', '-k', '--max-time', '60', ...user, '-T', five, url('implicit.bin')], { timeoutMs: 70_000 });
+    t.equal(up.code, 0, `upload: ${up.stderr}`);
+    t.equal(await sha256File(join(env.upload.vsftpd, 'implicit.bin')), fiveSum, 'upload checksum');
+    const out = lab.tmpPath('implicit.bin');
+    const down = await lab.exec('client', 'curl', ['-sS', '-k', '--max-time', '60', ...user, '-o', out, url('implicit.bin')], { timeoutMs: 70_000 });
+    t.equal(down.code, 0, `download: ${down.stderr}`);
+    t.equal(await sha256File(out), fiveSum, 'download checksum');
+    const ls = await lab.exec('client', 'lftp', ['-c', `set cmd:fail-exit yes; set net:max-retries 1; set ssl:verify-certificate no; open -p 8990 ftps://${env.gwLan4}; cls -1 /dir1000`]);
+    t.equal(ls.code, 0, `lftp: ${ls.stderr}`);
+    t.equal(ls.stdout.trim().split('\n').length, 1000, 'LIST of 1000 over PROT P');
+    t.ok(implicit.find('transfer').some((r) => r.command === 'RETR' && r.bytes === FIVE_MIB), 'counted by the TLS relay');
+  });
+
   await t.test('no error-level log lines; the proxies stop cleanly', async (t) => {
-    for (const p of [proxies.relay.proc, proxies.nftables.proc, relaxed]) {
+    for (const p of [proxies.relay.proc, proxies.nftables.proc, relaxed, implicit]) {
       t.same(p.logs.filter((l) => l.level >= 50), []);
       t.equal((await p.stop()).code, 0);
     }

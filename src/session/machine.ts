@@ -52,6 +52,8 @@ export interface MachineOptions {
   readonly tls?: 'refuse' | 'pass' | 'terminate';
   /** 'terminate': USER and PASS before AUTH get 530. */
   readonly tlsRequired?: boolean;
+  /** 'terminate', implicit FTPS: the control connection is TLS from the start, data PROT P. */
+  readonly implicitTls?: boolean;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -191,6 +193,7 @@ export class SessionMachine {
     this.clientFamily = familyOf(o.client.address);
     this.serverFamily = familyOf(o.server.address);
     this.maxQueued = o.maxQueued ?? DEFAULT_MAX_QUEUED;
+    if (o.implicitTls) (this.secured = true), (this.pbsz = true), (this.prot = 'P');
   }
 
   /** Commands forwarded or answered but not yet replied to: the shell pauses the client above a bound. */

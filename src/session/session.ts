@@ -32,6 +32,8 @@ export interface SessionOptions {
   /** --tls terminate: the proxy's certificate, and whether USER/PASS need AUTH first. */
   readonly terminator?: TlsTerminator;
   readonly tlsRequired?: boolean;
+  /** --implicit-tls: the client's connection is TLS from its first byte. */
+  readonly implicitTls?: boolean;
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** Seconds. */
@@ -147,6 +149,7 @@ export class Session {
     }
     // Nothing is read from the client until its server is connected.
     c.pause();
+    if (this.o.implicitTls) this.secureClient(c, false);
     c.on('error', (err) => this.teardown(`client error: ${err.message}`));
     c.on('close', () => this.teardown('client closed'));
     c.on('end', () => this.teardown('client closed'));
@@ -219,6 +222,7 @@ export class Session {
       rewriteSourcePort: this.o.rewriteSourcePort,
       tls: this.o.tls,
       tlsRequired: this.o.tlsRequired === true,
+      implicitTls: this.o.implicitTls === true,
     });
     const serverLines = new LineFramer(this.o.maxLineLength);
     const replies = new ReplyAssembler();
@@ -281,25 +285,38 @@ export class Session {
     this.handshaking = true;
     (this.inbox = []), (this.inboxAt = 0);
     this.clientLines = new LineFramer(this.o.maxLineLength);
-    const clientTls = this.o.terminator!.forSession();
-    this.clientTls = clientTls;
     // After the batch that wrote the 234 is uncorked: the 234 goes out in plaintext first.
     queueMicrotask(() => {
-      if (this.closing) return;
-      const secure = clientTls.wrap(raw);
-      this.sock = secure;
-      secure.on('error', (err) => {
-        if (this.handshaking) this.log.notice({ err: err.message }, 'TLS handshake with the client failed');
-        this.teardown(`client TLS error: ${err.message}`);
-      });
-      secure.on('close', () => this.teardown('client closed'));
-      secure.once('secure', () => {
-        this.handshaking = false;
-        this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'client control connection secured');
+      if (!this.closing) this.secureClient(raw, true);
+    });
+  }
+
+  /**
+   * The TLS server side over the client's socket: after AUTH, or from the first byte
+   * (--implicit-tls, where connected() attaches the line reader itself: `attach` false).
+   * Nothing is run while the handshake is under way; a failed one ends the session, logged.
+   */
+  private secureClient(raw: net.Socket, attach: boolean): void {
+    const clientTls = this.o.terminator!.forSession();
+    this.clientTls = clientTls;
+    this.handshaking = true;
+    const secure = clientTls.wrap(raw);
+    this.sock = secure;
+    secure.on('error', (err) => {
+      if (this.handshaking) this.log.notice({ err: err.message }, 'TLS handshake with the client failed');
+      this.teardown(`client TLS error: ${err.message}`);
+    });
+    secure.on('close', () => this.teardown('client closed'));
+    secure.once('secure', () => {
+      this.handshaking = false;
+      this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'client control connection secured');
+      if (attach) {
         secure.on('data', this.clientData);
         secure.on('drain', this.drained);
-        this.flow();
-      });
+      }
+      // Read again when flow() says so (not before the server is connected).
+      secure.pause();
+      this.flow();
     });
   }
 

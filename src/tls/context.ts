@@ -68,19 +68,22 @@ function loadCredentials(certFile: string, keyFile: string): Credentials {
   return { cert, key, validTo: x509.validTo };
 }
 
+/** What the certificate holder needs of --tls terminate's settings. */
+type TerminatorConfig = Pick<TlsTerminateConfig, 'certFile' | 'keyFile' | 'reuseCheck'>;
+
 /** The proxy's certificate and key, shared by every session; reload() swaps them. */
 export class TlsTerminator {
   private creds: Credentials;
 
   private constructor(
-    private readonly cfg: TlsTerminateConfig,
+    private readonly cfg: TerminatorConfig,
     creds: Credentials,
   ) {
     this.creds = creds;
   }
 
   /** Throws ConfigError (one line) when the files are missing, unreadable or do not match. */
-  static load(cfg: TlsTerminateConfig): TlsTerminator {
+  static load(cfg: TerminatorConfig): TlsTerminator {
     return new TlsTerminator(cfg, loadCredentials(cfg.certFile, cfg.keyFile));
   }
 

@@ -6,7 +6,7 @@ import type { Reply } from '../../src/protocol/replies.js';
 
 const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
 
-function machine(tlsRequired = false): SessionMachine {
+function machine(tlsRequired = false, implicitTls = false): SessionMachine {
   const m = new SessionMachine({
     sid: '7',
     client: { address: '192.0.2.2', port: 40000 },
@@ -22,6 +22,7 @@ function machine(tlsRequired = false): SessionMachine {
     rewriteSourcePort: false,
     tls: 'terminate',
     tlsRequired,
+    implicitTls,
   });
   m.serverReply(reply('220 ready'));
   return m;
@@ -115,4 +116,13 @@ t.test('FEAT lists the proxy\'s AUTH TLS, PBSZ and PROT in place of the server\'
   t.same(out, ['211-Features:\r\n EPRT\r\n PASV\r\n AUTH TLS\r\n PBSZ\r\n PROT\r\n211 End']);
   m.clientLine('FEAT');
   t.same(sent(m.serverReply(reply('500 no FEAT')), 'toClient'), ['500 no FEAT'], 'an error is left alone');
+});
+
+t.test('implicit TLS: secured from the start, data PROT P until PROT C; AUTH gets 503', async (t) => {
+  const m = machine(true, true);
+  t.same(sent(m.clientLine('USER alice'), 'toServer'), ['USER alice'], '--tls-required is met');
+  m.serverReply(reply('331 pw'));
+  t.match(sent(m.clientLine('AUTH TLS'), 'toClient')[0], /^503 /);
+  m.clientLine('PASV');
+  t.equal(opens(m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,19,137).')))[0]!.protect, true);
 });
