@@ -41,6 +41,9 @@ export interface RawOptions {
   tlsRequired?: boolean;
   tlsNoReuseCheck?: boolean;
   implicitTls?: boolean;
+  serverTls: string;
+  serverCa?: string;
+  serverTlsInsecure?: boolean;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -96,6 +99,9 @@ export function buildCommand(): Command {
     .option('--tls-key <file>', '--tls terminate: PEM private key of --tls-cert')
     .option('--tls-required', '--tls terminate: USER and PASS before AUTH TLS get 530')
     .option('--implicit-tls', '--tls terminate: clients speak TLS from the first byte (implicit FTPS, port 990 style); data is PROT P from the start')
+    .option('--server-tls <off|explicit>', '--tls terminate: toward the server, plain FTP (off) or AUTH TLS, PBSZ 0, PROT P, with data connections resuming the control session (explicit)', 'off')
+    .option('--server-ca <file>', '--server-tls explicit: PEM CA certificates the server\'s certificate must chain to (default: the system\'s); its name must match the -R address')
+    .option('--server-tls-insecure', '--server-tls explicit: do not check the server\'s certificate (logged as a warning)')
     .option('--tls-no-reuse-check', '--tls terminate: admit PROT P data connections that do not resume the control connection\'s TLS session (broken clients; anyone who reaches the data port first gets the data)')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])

@@ -35,6 +35,15 @@ export interface TlsTerminateConfig {
   readonly reuseCheck: boolean;
   /** The listener speaks TLS from the first byte (implicit FTPS); data is PROT P from the start. */
   readonly implicit: boolean;
+  /** Toward the server: AUTH TLS, PBSZ 0, PROT P (explicit); absent: plain FTP. */
+  readonly server?: ServerTlsConfig;
+}
+
+export interface ServerTlsConfig {
+  /** PEM CA certificates for the server's certificate; absent: the system's. */
+  readonly caFile?: string;
+  /** The server's certificate is not checked at all. */
+  readonly insecure: boolean;
 }
 
 export interface Config {
@@ -194,6 +203,9 @@ function tlsTerminate(o: RawOptions, mode: TlsMode, reverse: boolean): TlsTermin
       ['--tls-required', o.tlsRequired === true],
       ['--tls-no-reuse-check', o.tlsNoReuseCheck === true],
       ['--implicit-tls', o.implicitTls === true],
+      ['--server-tls', o.serverTls !== 'off'],
+      ['--server-ca', o.serverCa !== undefined],
+      ['--server-tls-insecure', o.serverTlsInsecure === true],
     ] as const) {
       if (given) fail(flag, 'only has a meaning with --tls terminate');
     }
@@ -209,7 +221,20 @@ function tlsTerminate(o: RawOptions, mode: TlsMode, reverse: boolean): TlsTermin
     required: o.tlsRequired === true,
     reuseCheck: o.tlsNoReuseCheck !== true,
     implicit: o.implicitTls === true,
+    ...serverTls(o),
   };
+}
+
+function serverTls(o: RawOptions): { server?: ServerTlsConfig } {
+  const mode = o.serverTls.trim().toLowerCase();
+  if (mode !== 'off' && mode !== 'explicit') fail('--server-tls', `'${o.serverTls}' is not one of off, explicit`);
+  if (mode === 'off') {
+    if (o.serverCa !== undefined) fail('--server-ca', 'only has a meaning with --server-tls explicit');
+    if (o.serverTlsInsecure) fail('--server-tls-insecure', 'only has a meaning with --server-tls explicit');
+    return {};
+  }
+  if (o.serverCa !== undefined && o.serverTlsInsecure) fail('--server-tls-insecure', 'give either --server-ca or --server-tls-insecure, not both');
+  return { server: { ...(o.serverCa !== undefined ? { caFile: nonEmpty('--server-ca', o.serverCa) } : {}), insecure: o.serverTlsInsecure === true } };
 }
 
 export function buildConfig(o: RawOptions): Config {

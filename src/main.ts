@@ -17,6 +17,7 @@ import { ControlServer, ControlSocketError } from './control/server.js';
 import type { SessionProvider } from './control/protocol.js';
 import { XferlogWriter } from './xferlog.js';
 import { TlsTerminator } from './tls/context.js';
+import { ServerTlsClient } from './tls/server-side.js';
 import { TLS_PATH_PREFIX, TlsRoutedDataPlane } from './tls/data-relay.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
@@ -56,11 +57,12 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
   return new TlsRoutedDataPlane(nft, relay);
 }
 
-/** --tls terminate: the certificate and key, checked before anything starts. */
-function loadTls(cfg: Config): TlsTerminator | ConfigError | null {
+/** --tls terminate: the certificate and key (and --server-ca), checked before anything starts. */
+function loadTls(cfg: Config): { terminator: TlsTerminator; serverTls: ServerTlsClient | null } | ConfigError | null {
   if (!cfg.tlsTerminate) return null;
   try {
-    return TlsTerminator.load(cfg.tlsTerminate);
+    const server = cfg.tlsTerminate.server;
+    return { terminator: TlsTerminator.load(cfg.tlsTerminate), serverTls: server ? ServerTlsClient.load(server) : null };
   } catch (e) {
     if (e instanceof ConfigError) return e;
     throw e;
@@ -138,11 +140,13 @@ export async function main(cfg: Config): Promise<number> {
     );
     return 0;
   }
-  const terminator = loadTls(cfg);
-  if (terminator instanceof ConfigError) {
-    out.err(`ftp-proxy: ${terminator.message}\n`);
+  const tls = loadTls(cfg);
+  if (tls instanceof ConfigError) {
+    out.err(`ftp-proxy: ${tls.message}\n`);
     return 2;
   }
+  const terminator = tls?.terminator ?? null;
+  const serverTls = tls?.serverTls ?? null;
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });
   const dataPlane = createDataPlane(cfg, logger);
   try {
@@ -173,6 +177,7 @@ export async function main(cfg: Config): Promise<number> {
     metrics: metrics ?? NO_METRICS,
     xferlog,
     ...(terminator ? { terminator } : {}),
+    ...(serverTls ? { serverTls } : {}),
   });
   const obs = await startObservability(cfg, logger, xferlog, metrics, server.provider);
   if (typeof obs === 'string') {
@@ -202,10 +207,13 @@ export async function main(cfg: Config): Promise<number> {
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),
       ...(obs.control ? { controlSocket: obs.control.path } : {}),
       ...(obs.xferlog ? { xferlog: obs.xferlog.file } : {}),
-      ...(terminator ? { tls: 'terminate', certificateValidTo: terminator.validTo, tlsReuseCheck: terminator.reuseCheck } : {}),
+      ...(terminator ? { tls: 'terminate', certificateValidTo: terminator.validTo, tlsReuseCheck: terminator.reuseCheck, serverTls: serverTls ? 'explicit' : 'off' } : {}),
     },
     'listening',
   );
+  if (serverTls?.insecure) {
+    logger.warn({}, "--server-tls-insecure: the server's certificate is NOT checked: anyone who can take the server's address between proxy and server can read and change every session");
+  }
   if (terminator && !terminator.reuseCheck) {
     logger.warn({}, '--tls-no-reuse-check: PROT P data connections are admitted without resuming their control connection\'s TLS session: whoever reaches a data port first from the client\'s address gets the data');
   }

@@ -12,6 +12,7 @@ import type { Metrics, RefusalReason } from './metrics/metrics.js';
 import type { SessionProvider } from './control/protocol.js';
 import type { TransferRecord } from './transfer.js';
 import type { TlsTerminator } from './tls/context.js';
+import type { ServerTlsClient } from './tls/server-side.js';
 
 export interface ServerDeps {
   readonly config: Config;
@@ -22,6 +23,8 @@ export interface ServerDeps {
   readonly xferlog: { write(r: TransferRecord): void } | null;
   /** --tls terminate: the proxy's certificate. */
   readonly terminator?: TlsTerminator;
+  /** --server-tls explicit: how TLS toward the server is checked. */
+  readonly serverTls?: ServerTlsClient;
 }
 
 export class ProxyServer {
@@ -102,6 +105,7 @@ export class ProxyServer {
       ...(this.d.terminator
         ? { terminator: this.d.terminator, tlsRequired: cfg.tlsTerminate?.required === true, implicitTls: cfg.tlsTerminate?.implicit === true }
         : {}),
+      ...(this.d.serverTls ? { serverTls: this.d.serverTls } : {}),
       servers: cfg.servers,
       connectTimeout: cfg.connectTimeout,
       loginTimeout: cfg.loginTimeout,

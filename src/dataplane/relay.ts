@@ -78,6 +78,8 @@ interface RelayPath {
    * the server sees a failed transfer, not an empty file).
    */
   early: net.Socket | null;
+  /** Released with abort (or its session ended): a handshake finishing later carries nothing. */
+  aborted: boolean;
   /** Settles what transferred() answers: the pair's bytes when it ends, zeros when none came. */
   readonly settle: (m: Moved) => void;
 }
@@ -167,7 +169,7 @@ export class RelayDataPlane implements DataPlane {
     const id = `${this.o.idPrefix ?? 'relay'}-${++this.seq}`;
     let settle!: (m: Moved) => void;
     this.results.set(id, { sid: req.sid, moved: new Promise<Moved>((r) => (settle = r)) });
-    const path: RelayPath = { req, port, listener, timer: null, pair: null, handshakes: 0, early: null, settle };
+    const path: RelayPath = { req, port, listener, timer: null, pair: null, handshakes: 0, early: null, aborted: false, settle };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -224,6 +226,27 @@ export class RelayDataPlane implements DataPlane {
       return;
     }
     this.stopListening(path);
+    const serverTls = path.req.serverTls;
+    if (serverTls && path.req.kind === 'active') {
+      // The server connected; it is the TLS server all the same (RFC 4217).
+      path.handshakes++;
+      serverTls.secure(peer).then(
+        (secured) => {
+          path.handshakes--;
+          if (path.aborted) {
+            secured.destroy();
+            return this.forget(id, path);
+          }
+          this.carry(id, path, peer, secured, log);
+        },
+        (err: unknown) => {
+          path.handshakes--;
+          log.warn({ code: (err as DataPlaneError).code, err: (err as Error).message }, "TLS with the server's data connection failed");
+          this.forget(id, path);
+        },
+      );
+      return;
+    }
     this.carry(id, path, peer, peer, log);
   }
 
@@ -288,8 +311,9 @@ export class RelayDataPlane implements DataPlane {
     };
     const connected = (): void => {
       if (over) return;
-      const tls = path.req.tls;
-      if (tls && path.req.kind === 'active') {
+      // The target's side of TLS: the server's in passive mode, the client's in active mode.
+      const tls = path.req.kind === 'passive' ? path.req.serverTls : path.req.tls;
+      if (tls) {
         tls.secure(target).then(
           (secured) => {
             if (over) return void secured.destroy();
@@ -425,6 +449,7 @@ export class RelayDataPlane implements DataPlane {
     if (!path) return;
     this.stopListening(path);
     if (abort) {
+      path.aborted = true;
       path.pair?.cut('aborted');
       this.dropEarly(path);
     }
@@ -444,6 +469,7 @@ export class RelayDataPlane implements DataPlane {
       const pair = path.pair;
       if (pair && this.look(pair, now) === 'flushing') pair.deadline ??= now + SESSION_END_LINGER_MS;
       else pair?.cut('session ended');
+      path.aborted = true;
       this.dropEarly(path);
       this.forget(id, path);
     }

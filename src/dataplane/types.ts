@@ -37,12 +37,17 @@ export interface DataPathRequest {
    * itself (the relay) can; the session sends such requests there whatever --backend says.
    */
   readonly tls?: DataTls;
+  /**
+   * --server-tls explicit: the server's side is TLS too (the target's in passive mode, the
+   * peer's in active mode), the proxy being the TLS client.
+   */
+  readonly serverTls?: DataTls;
 }
 
 /** The TLS of a protected data connection, as the session's control connection set it up. */
 export interface DataTls {
   /**
-   * Handshakes as TLS server over `sock`; resolves with the socket that carries the plaintext
+   * Handshakes over `sock` (as TLS server toward a client, as TLS client toward a server); resolves with the socket that carries the plaintext
    * once the handshake passed the session's checks, else destroys `sock` and rejects.
    */
   secure(sock: net.Socket): Promise<net.Socket>;

@@ -54,6 +54,11 @@ export interface MachineOptions {
   readonly tlsRequired?: boolean;
   /** 'terminate', implicit FTPS: the control connection is TLS from the start, data PROT P. */
   readonly implicitTls?: boolean;
+  /**
+   * --server-tls explicit: after the server's greeting the proxy sends it AUTH TLS (the shell
+   * then does the handshake), PBSZ 0 and PROT P; the client's lines wait until then.
+   */
+  readonly serverTls?: boolean;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -100,6 +105,8 @@ export type Action =
    * now, and drops whatever it read after AUTH (plaintext a client may not send there).
    */
   | { readonly type: 'startTls' }
+  /** --server-tls explicit: the server said 234; the shell starts TLS toward it, then calls serverSecured(). */
+  | { readonly type: 'startServerTls' }
   | { readonly type: 'close'; readonly reason: string; readonly reply?: string }
   | { readonly type: 'log'; readonly level: LogLevel; readonly msg: string; readonly fields?: Record<string, unknown> };
 
@@ -127,7 +134,9 @@ type Pending =
   | { readonly kind: 'other'; readonly verb: string; readonly arg: string }
   | { readonly kind: 'auth' }
   /** Answered by the proxy itself; emitted in turn so replies stay in command order. */
-  | { readonly kind: 'local'; readonly text: string };
+  | { readonly kind: 'local'; readonly text: string }
+  /** --server-tls explicit: the proxy's own AUTH, PBSZ and PROT toward the server; never seen by the client. */
+  | { readonly kind: 'internal'; readonly verb: 'AUTH' | 'PBSZ' | 'PROT' };
 
 type Waiting =
   | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
@@ -170,6 +179,8 @@ export class SessionMachine {
   private secured = false;
   private pbsz = false;
   private prot: 'C' | 'P' = 'C';
+  /** --server-tls explicit: the server's side is not yet protected; client lines wait. */
+  private serverPending: boolean;
   private greeted = false;
   private loggedIn = false;
   private closed = false;
@@ -194,6 +205,7 @@ export class SessionMachine {
     this.serverFamily = familyOf(o.server.address);
     this.maxQueued = o.maxQueued ?? DEFAULT_MAX_QUEUED;
     if (o.implicitTls) (this.secured = true), (this.pbsz = true), (this.prot = 'P');
+    this.serverPending = o.serverTls === true;
   }
 
   /** Commands forwarded or answered but not yet replied to: the shell pauses the client above a bound. */
@@ -259,7 +271,7 @@ export class SessionMachine {
   clientLine(line: string): Action[] {
     const out: Action[] = [];
     if (this.closed) return out;
-    if (this.waiting || !this.greeted) {
+    if (this.waiting || !this.greeted || this.serverPending) {
       this.hold(this.heldClient, line, out);
       return out;
     }
@@ -367,7 +379,7 @@ export class SessionMachine {
         this.handleServer(reply, out);
         continue;
       }
-      if (!this.greeted) break;
+      if (!this.greeted || this.serverPending) break;
       const line = this.heldClient.shift();
       if (line === undefined) break;
       this.handleClient(line, out);
@@ -463,7 +475,8 @@ export class SessionMachine {
         // loses ABORs; a server that needs them mid-transfer gets them from such clients.)
         for (const p of this.pending) if (p.kind === 'transfer') p.aborted = true;
         this.pending.push({ kind: 'abor' });
-        out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') });
+        // Never urgent inside TLS: out-of-band bytes would corrupt the record stream.
+        out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') && !this.o.serverTls });
         return;
       case 'CCC':
         if (this.o.tls === 'terminate') {
@@ -707,6 +720,10 @@ export class SessionMachine {
       case 'greeting':
         this.greeted = true;
         send();
+        if (this.serverPending && reply.code === 220) this.internal('AUTH', 'AUTH TLS', out);
+        break;
+      case 'internal':
+        this.internalReply(head.verb, reply, out);
         break;
       case 'passive':
         if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);
@@ -758,6 +775,33 @@ export class SessionMachine {
         break;
     }
     this.flushLocal(out);
+  }
+
+  /** --server-tls explicit: the server's TLS is up; its data connections are protected next. */
+  serverSecured(): Action[] {
+    const out: Action[] = [];
+    if (!this.closed) this.internal('PBSZ', 'PBSZ 0', out);
+    return out;
+  }
+
+  private internal(verb: 'AUTH' | 'PBSZ' | 'PROT', line: string, out: Action[]): void {
+    this.forward(line, { kind: 'internal', verb }, out);
+  }
+
+  /** AUTH 234, then (after serverSecured) PBSZ 200, PROT 200: only then do client lines run. */
+  private internalReply(verb: 'AUTH' | 'PBSZ' | 'PROT', reply: Reply, out: Action[]): void {
+    const ok = verb === 'AUTH' ? reply.code === 234 : reply.code >= 200 && reply.code < 300;
+    if (!ok) {
+      // The administrator asked for TLS toward the server: no falling back to plain FTP.
+      this.closed = true;
+      out.push({ type: 'log', level: 'error', msg: 'the server refused TLS', fields: { command: verb, reply: stripTelnet(reply.lines[0] ?? '').slice(0, 120) } });
+      out.push({ type: 'close', reason: 'server refused TLS', reply: '421 Service not available: the server refused TLS' });
+      return;
+    }
+    if (verb === 'AUTH') return void out.push({ type: 'startServerTls' });
+    if (verb === 'PBSZ') return this.internal('PROT', 'PROT P', out);
+    this.serverPending = false;
+    out.push({ type: 'log', level: 'info', msg: 'server control connection secured, its data protected', fields: {} });
   }
 
   private transferEnded(head: Extract<Pending, { kind: 'transfer' }>, code: number | null, out: Action[]): void {

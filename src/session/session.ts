@@ -14,6 +14,7 @@ import { SessionMachine, type Action, type Addressing } from './machine.js';
 import type { Metrics } from '../metrics/metrics.js';
 import type { TlsMode } from '../config.js';
 import type { SessionTls, TlsTerminator } from '../tls/context.js';
+import type { ServerSessionTls, ServerTlsClient } from '../tls/server-side.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -34,6 +35,8 @@ export interface SessionOptions {
   readonly tlsRequired?: boolean;
   /** --implicit-tls: the client's connection is TLS from its first byte. */
   readonly implicitTls?: boolean;
+  /** --server-tls explicit: how TLS toward the server is checked. */
+  readonly serverTls?: ServerTlsClient;
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** Seconds. */
@@ -105,6 +108,11 @@ export class Session {
   private handshaking = false;
   /** --tls terminate: this control connection's TLS, which its PROT P data connections resume. */
   private clientTls: SessionTls | null = null;
+  /** --server-tls explicit: the handshake with the server is under way; then its TLS, for data. */
+  private serverHandshaking = false;
+  private serverTls: ServerSessionTls | null = null;
+  private serverLines: LineFramer;
+  private replies = new ReplyAssembler();
   /** The client's side: the accepted socket, or its TLS socket after AUTH. */
   private sock: net.Socket;
   private clientLines: LineFramer;
@@ -133,6 +141,7 @@ export class Session {
   ) {
     this.sock = sock;
     this.clientLines = new LineFramer(o.maxLineLength);
+    this.serverLines = new LineFramer(o.maxLineLength);
     this.sid = o.sid;
     this.client = { address: canonical(sock.remoteAddress ?? '0.0.0.0'), port: sock.remotePort ?? 0 };
     this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
@@ -223,29 +232,10 @@ export class Session {
       tls: this.o.tls,
       tlsRequired: this.o.tlsRequired === true,
       implicitTls: this.o.implicitTls === true,
+      serverTls: this.o.serverTls !== undefined,
     });
-    const serverLines = new LineFramer(this.o.maxLineLength);
-    const replies = new ReplyAssembler();
     this.sock.on('data', this.clientData);
-    s.on('data', (chunk: Buffer) => {
-      if (this.opaque) return;
-      try {
-        this.batch(() => {
-          for (const line of serverLines.push(chunk)) {
-            const reply = replies.push(line);
-            if (reply) {
-              this.touch();
-              if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
-              this.run(this.machine!.serverReply(reply));
-            }
-            if (this.closing) return;
-          }
-        });
-      } catch (e) {
-        return this.protocolFailure('server', e);
-      }
-      this.flow();
-    });
+    s.on('data', this.serverData);
     // What stopped reading may go on once what was queued has gone out.
     this.sock.on('drain', this.drained);
     s.on('drain', this.drained);
@@ -269,7 +259,64 @@ export class Session {
     this.flow();
   };
 
+  private readonly serverData = (chunk: Buffer): void => {
+    if (this.opaque) return;
+    try {
+      this.batch(() => {
+        for (const line of this.serverLines.push(chunk)) {
+          const reply = this.replies.push(line);
+          if (reply) {
+            this.touch();
+            if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
+            this.run(this.machine!.serverReply(reply));
+          }
+          // After the server's 234 only its handshake may follow.
+          if (this.closing || this.serverHandshaking) return;
+        }
+      });
+    } catch (e) {
+      return this.protocolFailure('server', e);
+    }
+    this.flow();
+  };
+
   private readonly drained = (): void => this.flow();
+
+  /**
+   * --server-tls explicit, the server said 234 to the proxy's AUTH TLS: the server's socket
+   * becomes a TLS client socket; the machine sends PBSZ and PROT once it is up. A failed
+   * handshake (or certificate check) ends the session with 421.
+   */
+  private startServerTls(): void {
+    const raw = this.server!;
+    raw.off('data', this.serverData);
+    raw.off('drain', this.drained);
+    raw.pause();
+    this.serverHandshaking = true;
+    this.serverLines = new LineFramer(this.o.maxLineLength);
+    this.replies = new ReplyAssembler();
+    // After the batch that wrote AUTH TLS is uncorked.
+    queueMicrotask(() => {
+      if (this.closing) return;
+      const serverTls = this.o.serverTls!.forSession(this.serverEndpoint!.address);
+      this.serverTls = serverTls;
+      const secure = serverTls.connect(raw);
+      this.server = secure;
+      secure.on('error', (err) => {
+        if (this.serverHandshaking) this.log.warn({ err: err.message }, 'TLS handshake with the server failed');
+        this.teardown(`server TLS error: ${err.message}`, '421 Service not available: TLS to the server failed');
+      });
+      secure.on('close', () => this.teardown('server closed'));
+      secure.once('secureConnect', () => {
+        this.serverHandshaking = false;
+        this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name, verified: secure.authorized }, 'server control connection secured');
+        secure.on('data', this.serverData);
+        secure.on('drain', this.drained);
+        this.batch(() => this.run(this.machine!.serverSecured()));
+        this.flow();
+      });
+    });
+  }
 
   /**
    * --tls terminate, the 234 is written: the client's socket becomes a TLS server socket. What
@@ -393,7 +440,7 @@ export class Session {
   private flow(): void {
     const m = this.machine;
     const s = this.server;
-    if (!m || !s || this.closing || this.opaque || this.handshaking) return;
+    if (!m || !s || this.closing || this.opaque || this.handshaking || this.serverHandshaking) return;
     const c = this.sock;
     const clientMayRun = (): boolean =>
       m.outstanding <= PAUSE_OUTSTANDING && c.writableLength <= HIGH_WATER && s.writableLength <= HIGH_WATER;
@@ -445,7 +492,11 @@ export class Session {
           this.server!.write(a.text + '\r\n', 'latin1');
           break;
         case 'open':
-          this.open(a.token, a.protect && this.clientTls ? { ...a.request, tls: this.clientTls } : a.request);
+          this.open(a.token, {
+            ...a.request,
+            ...(a.protect && this.clientTls ? { tls: this.clientTls } : {}),
+            ...(this.serverTls ? { serverTls: this.serverTls } : {}),
+          });
           break;
         case 'release':
           this.release(a.id, false, a.urgent);
@@ -472,6 +523,9 @@ export class Session {
           break;
         case 'startTls':
           this.startTls();
+          break;
+        case 'startServerTls':
+          this.startServerTls();
           break;
         case 'log':
           this.log[a.level](a.fields ?? {}, a.msg);

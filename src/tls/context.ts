@@ -20,7 +20,7 @@ import { ConfigError, DataPlaneError } from '../errors.js';
 /** TLS 1.0 and 1.1 are deprecated (RFC 8996); ciphers are Node's defaults. */
 export const MIN_TLS_VERSION = 'TLSv1.2';
 /** A data connection's TLS handshake must be over within this long. */
-const DATA_HANDSHAKE_MS = 10_000;
+export const DATA_HANDSHAKE_MS = 10_000;
 
 interface Credentials {
   readonly cert: Buffer;

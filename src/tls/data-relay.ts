@@ -1,5 +1,5 @@
-// The data plane of --tls terminate beside a kernel plane: PROT P data connections (requests
-// that carry `tls`) go to a userspace relay that ends their TLS, every other one to the base plane.
+// The data plane of --tls terminate beside a kernel plane: data connections with a TLS side
+// (requests that carry `tls` or `serverTls`) go to a userspace relay, every other one to the base plane.
 //
 // Why: the kernel can translate a TCP connection but cannot decrypt it; the relay's listener
 // does the handshake (tls/context.ts) and carries plaintext to the server's data port. Both
@@ -32,7 +32,7 @@ export class TlsRoutedDataPlane implements DataPlane {
   }
 
   open(req: DataPathRequest): Promise<DataPath> {
-    return (req.tls ? this.relay : this.base).open(req);
+    return (req.tls || req.serverTls ? this.relay : this.base).open(req);
   }
 
   release(id: string, abort: boolean, urgent?: boolean): Promise<void> {
