@@ -8,6 +8,7 @@ import { randomBytes, createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpMode, type FtpTarget } from './lib/lab.js';
+import { ftpsSession, viaProxy } from './lib/ftps.js';
 import { startProxy } from './lib/proxy.js';
 
 const FIVE_MIB = 5 * 1024 * 1024;
@@ -65,31 +66,12 @@ rsa_private_key_file=${server.key}
   await writeFile(five, bytes);
   const fiveSum = createHash('sha256').update(bytes).digest('hex');
   const small = await lab.expectedSha256('1MiB.bin');
-  const via = (port: number, mode: FtpMode, login = false): FtpTarget => ({
-    host: env.gwLan4,
-    port,
-    mode,
-    timeoutMs: 60_000,
-    ...(login ? { user: env.user, pass: env.pass } : {}),
-  });
+  const via = (port: number, mode: FtpMode, login = false): FtpTarget => viaProxy(lab, port, mode, login);
 
   for (const [name, port] of [['relay', 8021], ['nftables', 8022]] as const) {
     for (const mode of ['pasv', 'epsv', 'port', 'eprt'] as const) {
       await t.test(`${name}: Python FTP_TLS ${mode}: RETR, REST, ABOR, LIST; 5 MiB up and down`, async (t) => {
-        const r = await lab.pyftp(via(port, mode), ['--tls', 'session', 'get=1MiB.bin', 'rest=1MiB.bin@500000', 'abor=100MiB.bin', 'list=dir1000', 'get=1MiB.bin']);
-        t.ok(r.ok, `session: ${r.error}`);
-        const [get, rest, abor, list, again] = r.steps ?? [];
-        t.equal(get?.sha256, small, 'RETR');
-        t.equal(rest?.bytes, 1024 * 1024 - 500000, 'REST');
-        t.ok(abor?.noop_ok, `ABOR: ${JSON.stringify(abor?.abort_replies)}`);
-        t.equal(list?.count, 1000, 'LIST');
-        t.equal(again?.sha256, small, 'a transfer after ABOR');
-        const file = `stls-${name}-${mode}.bin`;
-        const put = await lab.pyftp(via(port, mode, true), ['--tls', 'put', five, file]);
-        t.ok(put.ok, `put: ${put.error}`);
-        t.equal(await sha256File(join(env.upload.vsftpd, file)), fiveSum, 'upload checksum');
-        const got = await lab.pyftp(via(port, mode, true), ['--tls', 'get', file]);
-        t.equal(got.sha256, fiveSum, 'download checksum');
+        await ftpsSession(t, lab, via(port, mode), via(port, mode, true), `stls-${name}-${mode}.bin`, { small, five, fiveSum });
       });
     }
     await t.test(`${name}: curl --ssl-reqd and lftp with clear data (PROT C) to the client, TLS to the server`, async (t) => {

@@ -9,6 +9,7 @@ import { randomBytes, createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, SYSTEM_PYTHON, type FtpMode, type FtpTarget } from './lib/lab.js';
+import { ftpsSession, viaProxy } from './lib/ftps.js';
 import { startProxy, type ProxyProcess } from './lib/proxy.js';
 
 const FIVE_MIB = 5 * 1024 * 1024;
@@ -46,13 +47,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     ], { timeoutMs: 70_000 });
   const user = ['--user', `${env.user}:${env.pass}`];
   const lftpTls = { 'ftp:ssl-allow': 'yes', 'ftp:ssl-force': 'true', 'ftp:ssl-protect-data': 'true', 'ssl:verify-certificate': 'no' };
-  const via = (port: number, mode: FtpMode, login = false): FtpTarget => ({
-    host: env.gwLan4,
-    port,
-    mode,
-    timeoutMs: 60_000,
-    ...(login ? { user: env.user, pass: env.pass } : {}),
-  });
+  const via = (port: number, mode: FtpMode, login = false): FtpTarget => viaProxy(lab, port, mode, login);
 
   for (const backend of ['relay', 'nftables'] as const) {
     const { proc, port } = proxies[backend];
@@ -85,22 +80,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     }
     for (const mode of ['pasv', 'epsv', 'port', 'eprt'] as const) {
       await t.test(`${backend}: Python FTP_TLS prot_p ${mode}: RETR, REST, ABOR, LIST on one session; 5 MiB up and down`, async (t) => {
-        const r = await lab.pyftp(via(port, mode), ['--tls', 'session', 'get=1MiB.bin', 'rest=1MiB.bin@500000', 'abor=100MiB.bin', 'list=dir1000', 'get=1MiB.bin']);
-        t.ok(r.ok, `session: ${r.error}`);
-        t.ok(r.replies.includes('< 234 Proceed with TLS negotiation'), 'AUTH TLS answered by the proxy');
-        const [get, rest, abor, list, again] = r.steps ?? [];
-        t.equal(get?.sha256, small, 'RETR');
-        t.equal(rest?.bytes, 1024 * 1024 - 500000, 'REST 500000: the rest of the file');
-        t.ok(abor?.noop_ok, `ABOR, then NOOP works: ${JSON.stringify(abor?.abort_replies)}`);
-        t.match(abor?.abort_replies?.[0], /^(426|226) /, 'the transfer ended by ABOR');
-        t.equal(list?.count, 1000, 'LIST');
-        t.equal(again?.sha256, small, 'a transfer after ABOR');
-        const name = `py-${backend}-${mode}.bin`;
-        const put = await lab.pyftp(via(port, mode, true), ['--tls', 'put', five, name]);
-        t.ok(put.ok, `put: ${put.error}`);
-        t.equal(await sha256File(join(env.upload.vsftpd, name)), fiveSum, 'upload checksum');
-        const got = await lab.pyftp(via(port, mode, true), ['--tls', 'get', name]);
-        t.equal(got.sha256, fiveSum, 'download checksum');
+        await ftpsSession(t, lab, via(port, mode), via(port, mode, true), `py-${backend}-${mode}.bin`, { small, five, fiveSum });
       });
     }
     await t.test(`${backend}: third parties racing to the advertised port get nothing; the client gets its file`, async (t) => {
@@ -118,6 +98,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     const refusedBefore = proxies.relay.proc.find('protected data connection refused').length;
     const r = await lab.pyftp({ ...via(proxies.relay.port, 'pasv'), timeoutMs: 30_000 }, ['--tls', '--no-reuse', 'get', '1MiB.bin']);
     t.notOk(r.ok, 'stock ftplib behaviour: no transfer');
+    t.match(r.error, /522 Data connection refused/, 'told why, not a 226 for nothing');
     t.notOk(r.bytes, 'no bytes');
     t.ok(proxies.relay.proc.find('protected data connection refused').length > refusedBefore, 'the proxy refused it');
     const ok = await lab.pyftp(via(8023, 'pasv'), ['--tls', '--no-reuse', 'get', '1MiB.bin']);

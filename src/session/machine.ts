@@ -181,6 +181,10 @@ export class SessionMachine {
   private prot: 'C' | 'P' = 'C';
   /** --server-tls explicit: the server's side is not yet protected; client lines wait. */
   private serverPending: boolean;
+  /** PROT P handshakes on the path of negotiation `neg`: under way, and whether any passed or failed. */
+  private readonly protectedData = { neg: 0, handshakes: 0, admitted: false, refused: false };
+  /** Server replies are held until those handshakes are over (awaitsHandshake). */
+  private tlsHeld = false;
   private greeted = false;
   private loggedIn = false;
   private closed = false;
@@ -282,13 +286,46 @@ export class SessionMachine {
   serverReply(reply: Reply): Action[] {
     const out: Action[] = [];
     if (this.closed) return out;
-    if (this.waiting) {
+    if (this.waiting || this.tlsHeld || this.awaitsHandshake(reply)) {
+      if (!this.waiting) this.tlsHeld = true;
       this.hold(this.heldServer, reply, out);
       return out;
     }
     this.handleServer(reply, out);
     this.drain(out);
     return out;
+  }
+
+  /**
+   * A PROT P data connection of the current path started its TLS handshake, or passed or failed
+   * the check (the shell hears it from the session's TLS). A transfer's final reply waits while
+   * a handshake is under way: the server may have sent a whole file into a connection the
+   * client will not get, and then its 226 (or 426) becomes 522, which says why.
+   */
+  protectedHandshake(event: 'start' | 'admitted' | 'refused'): Action[] {
+    const out: Action[] = [];
+    if (this.closed) return out;
+    const p = this.protectedData;
+    const neg = this.path?.neg ?? 0;
+    if (p.neg !== neg) Object.assign(p, { neg, handshakes: 0, admitted: false, refused: false });
+    if (event === 'start') {
+      p.handshakes++;
+      return out;
+    }
+    p.handshakes = Math.max(0, p.handshakes - 1);
+    if (event === 'admitted') p.admitted = true;
+    else p.refused = true;
+    if (p.handshakes === 0 && this.tlsHeld) {
+      this.tlsHeld = false;
+      this.drain(out);
+    }
+    return out;
+  }
+
+  /** A final reply to a transfer while one of its PROT P data connections is in its handshake. */
+  private awaitsHandshake(reply: Reply): boolean {
+    if (reply.code < 200 || this.streaming || this.protectedData.handshakes === 0) return false;
+    return this.pending.find((p) => p.kind !== 'local')?.kind === 'transfer';
   }
 
   dataOpened(token: number, path: DataPath): Action[] {
@@ -373,9 +410,14 @@ export class SessionMachine {
 
   /** Run what was held while a data-plane operation was under way, until the next one starts. */
   private drain(out: Action[]): void {
-    while (!this.waiting && !this.closed) {
-      const reply = this.heldServer.shift();
+    while (!this.waiting && !this.tlsHeld && !this.closed) {
+      const reply = this.heldServer[0];
       if (reply) {
+        if (this.awaitsHandshake(reply)) {
+          this.tlsHeld = true;
+          break;
+        }
+        this.heldServer.shift();
         this.handleServer(reply, out);
         continue;
       }
@@ -711,7 +753,12 @@ export class SessionMachine {
    * server; code 0: skipped) and do what the end of that command means.
    */
   private complete(head: Pending, answer: Reply, out: Action[]): void {
-    const reply = head.kind === 'other' && head.verb === 'FEAT' && this.o.tls === 'terminate' ? withTlsFeatures(answer) : answer;
+    const reply =
+      head.kind === 'other' && head.verb === 'FEAT' && this.o.tls === 'terminate'
+        ? withTlsFeatures(answer)
+        : head.kind === 'transfer' && answer.code >= 200 && this.dataRefused(head.neg)
+          ? NOT_RESUMED
+          : answer;
     const text = reply.lines.join('\r\n');
     const send = (): void => {
       if (reply.lines.length > 0) out.push({ type: 'toClient', text });
@@ -804,6 +851,12 @@ export class SessionMachine {
     out.push({ type: 'log', level: 'info', msg: 'server control connection secured, its data protected', fields: {} });
   }
 
+  /** Every PROT P data connection of negotiation `neg` was refused: the client got nothing. */
+  private dataRefused(neg: number): boolean {
+    const p = this.protectedData;
+    return neg > 0 && p.neg === neg && p.refused && !p.admitted;
+  }
+
   private transferEnded(head: Extract<Pending, { kind: 'transfer' }>, code: number | null, out: Action[]): void {
     this.ended++;
     const p = this.path?.neg === head.neg && head.neg > 0 ? this.path : null;
@@ -871,6 +924,12 @@ export class SessionMachine {
     );
   }
 }
+
+/** The final reply to a transfer whose data connections all failed the TLS check. */
+const NOT_RESUMED: Reply = {
+  code: 522,
+  lines: ["522 Data connection refused: its TLS session is not this control connection's (session reuse required)"],
+};
 
 /** FEAT features that are the proxy's own with --tls terminate (RFC 4217 section 6). */
 const TLS_FEATURES = [' AUTH TLS', ' PBSZ', ' PROT'];

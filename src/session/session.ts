@@ -346,6 +346,11 @@ export class Session {
   private secureClient(raw: net.Socket, attach: boolean): void {
     const clientTls = this.o.terminator!.forSession();
     this.clientTls = clientTls;
+    clientTls.onHandshake = (event) => {
+      if (this.closing || !this.machine) return;
+      this.batch(() => this.run(this.machine!.protectedHandshake(event)));
+      this.flow();
+    };
     this.handshaking = true;
     const secure = clientTls.wrap(raw);
     this.sock = secure;

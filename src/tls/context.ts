@@ -117,6 +117,8 @@ export class TlsTerminator {
 
 export class SessionTls implements DataTls {
   private readonly context: tls.SecureContext;
+  /** Told when a data connection's handshake starts and how it ends (the session holds replies meanwhile). */
+  onHandshake: ((event: 'start' | 'admitted' | 'refused') => void) | null = null;
 
   constructor(
     creds: Credentials,
@@ -144,11 +146,16 @@ export class SessionTls implements DataTls {
    */
   secure(sock: net.Socket): Promise<net.Socket> {
     const t = this.wrap(sock);
+    this.onHandshake?.('start');
     return new Promise((resolve, reject) => {
+      let settled = false;
       const fail = (code: string, message: string): void => {
+        if (settled) return;
+        settled = true;
         clearTimeout(timer);
         t.destroy();
         sock.destroy();
+        this.onHandshake?.('refused');
         reject(new DataPlaneError(code, message));
       };
       const timer = setTimeout(() => fail('TLS_HANDSHAKE', 'TLS handshake timed out'), DATA_HANDSHAKE_MS);
@@ -157,8 +164,10 @@ export class SessionTls implements DataTls {
         if (this.reuseCheck && !t.isSessionReused()) {
           return fail('TLS_NOT_RESUMED', "the data connection's TLS session is not the control connection's");
         }
+        settled = true;
         clearTimeout(timer);
         t.removeAllListeners('error');
+        this.onHandshake?.('admitted');
         resolve(t);
       });
     });

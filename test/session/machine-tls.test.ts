@@ -126,3 +126,44 @@ t.test('implicit TLS: secured from the start, data PROT P until PROT C; AUTH get
   m.clientLine('PASV');
   t.equal(opens(m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,19,137).')))[0]!.protect, true);
 });
+
+/** A session with PROT P and a passive path p1, RETR sent and its 150 forwarded. */
+function retrOnProtectedPath(): SessionMachine {
+  const m = machine();
+  for (const l of ['AUTH TLS', 'PBSZ 0', 'PROT P', 'PASV']) m.clientLine(l);
+  m.dataOpened(opens(m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,19,137).')))[0]!.token, { id: 'p1', port: 50001 });
+  m.clientLine('RETR f');
+  m.serverReply(reply('150 here it comes'));
+  return m;
+}
+
+t.test('a transfer whose protected data connections were all refused gets 522, not the server\'s 226', async (t) => {
+  const m = retrOnProtectedPath();
+  m.protectedHandshake('start');
+  t.same(sent(m.serverReply(reply('226 done')), 'toClient'), [], 'the 226 waits for the handshake');
+  const a = m.protectedHandshake('refused');
+  t.match(sent(a, 'toClient'), [/^522 Data connection refused/]);
+  t.match(a.find((x) => x.type === 'transferEnded'), { code: 522 });
+  t.same(sent(m.clientLine('NOOP'), 'toServer'), ['NOOP'], 'the session goes on');
+  m.serverReply(reply('200 ok'));
+  const late = retrOnProtectedPath();
+  late.protectedHandshake('start');
+  late.protectedHandshake('refused');
+  t.match(sent(late.serverReply(reply('426 reset')), 'toClient'), [/^522 /], 'a failure the server reports later says why too');
+});
+
+t.test('a refused third party, then the client itself: the server\'s 226 stands', async (t) => {
+  const m = retrOnProtectedPath();
+  m.protectedHandshake('start');
+  m.protectedHandshake('refused');
+  m.protectedHandshake('start');
+  t.same(sent(m.serverReply(reply('226 done')), 'toClient'), []);
+  t.same(sent(m.protectedHandshake('admitted'), 'toClient'), ['226 done']);
+});
+
+t.test('with no handshake under way, replies are not held', async (t) => {
+  const m = retrOnProtectedPath();
+  m.protectedHandshake('start');
+  m.protectedHandshake('admitted');
+  t.same(sent(m.serverReply(reply('226 done')), 'toClient'), ['226 done']);
+});
