@@ -195,13 +195,14 @@ export async function main(cfg: Config): Promise<number> {
     await dataPlane.close().catch(() => undefined);
     return 1;
   }
+  const kernel = dataPlane instanceof TlsRoutedDataPlane ? dataPlane.base : dataPlane;
   logger.notice(
     {
       listen: `${addr.address}:${addr.port}`,
       mode: cfg.mode,
       ...(cfg.reverse ? { server: `${cfg.reverse.address}:${cfg.reverse.port}` } : {}),
       dataPlane: dataPlane.name,
-      ...(dataPlane instanceof NftablesDataPlane ? { nftRunner: dataPlane.runnerName, nftTable: cfg.nftTable } : {}),
+      ...(kernel instanceof NftablesDataPlane ? { nftRunner: kernel.runnerName, nftTable: cfg.nftTable } : {}),
       dataPorts: `${cfg.dataPorts.low}-${cfg.dataPorts.high}`,
       maxSessions: cfg.maxSessions,
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),

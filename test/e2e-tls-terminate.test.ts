@@ -94,6 +94,19 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     });
   }
 
+  await t.test('nftables: PROT C data takes the kernel plane, not the TLS relay', async (t) => {
+    const { proc, port } = proxies.nftables;
+    const relayed = (): number => proc.logs.filter((l) => typeof l.dataPath === 'string' && l.dataPath.startsWith('tls-')).length;
+    const before = relayed();
+    t.ok(before > 0, 'the PROT P transfers before went through the TLS relay');
+    const out = lab.tmpPath('protc.bin');
+    const r = await lab.lftp(via(port, 'pasv', true), [`get ${`curl-nftables-pasv.bin`} -o ${out}`], { ...lftpTls, 'ftp:ssl-protect-data': 'false' });
+    t.equal(r.code, 0, `lftp: ${r.stderr}`);
+    t.equal(await sha256File(out), fiveSum);
+    t.equal(relayed(), before, 'no TLS relay log line for it');
+    t.ok(proc.find('passive data path').length > 0);
+  });
+
   await t.test('a data connection that does not resume the control session is refused (--tls-no-reuse-check admits it)', async (t) => {
     const refusedBefore = proxies.relay.proc.find('protected data connection refused').length;
     const r = await lab.pyftp({ ...via(proxies.relay.port, 'pasv'), timeoutMs: 30_000 }, ['--tls', '--no-reuse', 'get', '1MiB.bin']);

@@ -14,7 +14,8 @@ export const TLS_PATH_PREFIX = 'tls';
 
 export class TlsRoutedDataPlane implements DataPlane {
   constructor(
-    private readonly base: DataPlane,
+    /** The plane everything without TLS goes to (the nftables plane). */
+    readonly base: DataPlane,
     private readonly relay: DataPlane,
   ) {}
 
