@@ -755,7 +755,7 @@ export class SessionMachine {
   private complete(head: Pending, answer: Reply, out: Action[]): void {
     const reply =
       head.kind === 'other' && head.verb === 'FEAT' && this.o.tls === 'terminate'
-        ? withTlsFeatures(answer)
+        ? withTlsFeatures(answer, this.o.implicitTls === true)
         : head.kind === 'transfer' && answer.code >= 200 && this.dataRefused(head.neg)
           ? NOT_RESUMED
           : answer;
@@ -931,17 +931,16 @@ const NOT_RESUMED: Reply = {
   lines: ["522 Data connection refused: its TLS session is not this control connection's (session reuse required)"],
 };
 
-/** FEAT features that are the proxy's own with --tls terminate (RFC 4217 section 6). */
-const TLS_FEATURES = [' AUTH TLS', ' PBSZ', ' PROT'];
-
 /**
- * A multi-line 211 FEAT reply with the proxy's TLS features in place of any the server named
- * (clients such as lftp look there before they send AUTH). Other replies are left alone.
+ * A multi-line 211 FEAT reply with the proxy's TLS features (RFC 4217 section 6) in place of any
+ * the server named (clients such as lftp look there before they send AUTH); no AUTH where the
+ * connection is TLS from the start. Other replies are left alone.
  */
-function withTlsFeatures(reply: Reply): Reply {
+function withTlsFeatures(reply: Reply, implicit: boolean): Reply {
   if (reply.code !== 211 || reply.lines.length < 2) return reply;
   const features = reply.lines.slice(1, -1).filter((l) => !/^\s*(AUTH|PBSZ|PROT)\b/i.test(l));
-  return { ...reply, lines: [reply.lines[0]!, ...features, ...TLS_FEATURES, reply.lines.at(-1)!] };
+  const ours = [...(implicit ? [] : [' AUTH TLS']), ' PBSZ', ' PROT'];
+  return { ...reply, lines: [reply.lines[0]!, ...features, ...ours, reply.lines.at(-1)!] };
 }
 
 /**

@@ -123,6 +123,9 @@ t.test('implicit TLS: secured from the start, data PROT P until PROT C; AUTH get
   t.same(sent(m.clientLine('USER alice'), 'toServer'), ['USER alice'], '--tls-required is met');
   m.serverReply(reply('331 pw'));
   t.match(sent(m.clientLine('AUTH TLS'), 'toClient')[0], /^503 /);
+  m.serverReply(reply('230 in'));
+  m.clientLine('FEAT');
+  t.same(sent(m.serverReply(reply('211-Features:', ' PASV', '211 End')), 'toClient'), ['211-Features:\r\n PASV\r\n PBSZ\r\n PROT\r\n211 End'], 'FEAT: no AUTH');
   m.clientLine('PASV');
   t.equal(opens(m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,19,137).')))[0]!.protect, true);
 });
