@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpMode, type FtpTarget } from './lib/lab.js';
 import { ftpsSession, viaProxy } from './lib/ftps.js';
 import { startProxy } from './lib/proxy.js';
+import { eventually } from './lib/session-rig.js';
 
 const FIVE_MIB = 5 * 1024 * 1024;
 const TLS_PORT = 2990;
@@ -93,7 +94,7 @@ rsa_private_key_file=${server.key}
     const r = await lab.pyftp(via(8023, 'pasv'), ['--tls', 'login']);
     t.notOk(r.ok);
     t.ok(r.replies.some((l) => l.startsWith('< 421 Service not available: TLS to the server failed')), JSON.stringify(r.replies));
-    t.ok(wrongCa.find('TLS handshake with the server failed').length > 0);
+    t.ok(await eventually(() => wrongCa.find('TLS handshake with the server failed').length > 0), 'logged');
     const ok = await lab.pyftp(via(8024, 'pasv'), ['--tls', 'get', '1MiB.bin']);
     t.equal(ok.sha256, small);
     t.ok(insecure.logs.some((l) => l.level === 40 && /--server-tls-insecure/.test(l.msg)), 'the warning at start');

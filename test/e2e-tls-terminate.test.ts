@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { isRoot, sha256File, startLab, SYSTEM_PYTHON, type FtpMode, type FtpTarget } from './lib/lab.js';
 import { ftpsSession, viaProxy } from './lib/ftps.js';
 import { startProxy, type ProxyProcess } from './lib/proxy.js';
+import { eventually } from './lib/session-rig.js';
 
 const FIVE_MIB = 5 * 1024 * 1024;
 
@@ -61,8 +62,9 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
         const down = await curl(port, mode, [...user, '-o', out], name);
         t.equal(down.code, 0, `download: ${down.stderr}`);
         t.equal(await sha256File(out), fiveSum, 'download checksum');
-        const record = proc.find('transfer').find((r) => r.command === 'RETR' && r.path === name);
-        t.equal(record?.bytes, FIVE_MIB, 'the transfer record counts the plaintext bytes');
+        const record = () => proc.find('transfer').find((r) => r.command === 'RETR' && r.path === name);
+        await eventually(() => record() !== undefined);
+        t.equal(record()?.bytes, FIVE_MIB, 'the transfer record counts the plaintext bytes');
       });
     }
     for (const mode of ['pasv', 'port'] as const) {
@@ -89,8 +91,8 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
       const thieves = (r as unknown as { thieves: { source: string; bytes: number }[] }).thieves;
       t.same(thieves.map((x) => [x.source, x.bytes]), [[env.client4Alt, 0], [env.client4, 0]], 'another host, and a connection from the client\'s address without its TLS session');
       t.equal(r.sha256, small, 'the client\'s own transfer is intact');
-      t.ok(proc.find('data connection from unexpected source refused').length > 0, 'the other host was refused by address');
-      t.ok(proc.find('protected data connection refused').some((l) => l.code === 'TLS_NOT_RESUMED'), 'the same-address thief by its TLS session');
+      t.ok(await eventually(() => proc.find('data connection from unexpected source refused').length > 0), 'the other host was refused by address');
+      t.ok(await eventually(() => proc.find('protected data connection refused').some((l) => l.code === 'TLS_NOT_RESUMED')), 'the same-address thief by its TLS session');
     });
   }
 
@@ -113,7 +115,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     t.notOk(r.ok, 'stock ftplib behaviour: no transfer');
     t.match(r.error, /522 Data connection refused/, 'told why, not a 226 for nothing');
     t.notOk(r.bytes, 'no bytes');
-    t.ok(proxies.relay.proc.find('protected data connection refused').length > refusedBefore, 'the proxy refused it');
+    t.ok(await eventually(() => proxies.relay.proc.find('protected data connection refused').length > refusedBefore), 'the proxy refused it');
     const ok = await lab.pyftp(via(8023, 'pasv'), ['--tls', '--no-reuse', 'get', '1MiB.bin']);
     t.equal(ok.sha256, small, '--tls-no-reuse-check');
     t.ok(relaxed.find('listening').length === 1);
@@ -141,7 +143,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     ].join('\n');
     const r = await lab.exec('client', SYSTEM_PYTHON, ['-c', script]);
     t.match(r.stdout, /^234 /);
-    t.ok(proxies.relay.proc.find('TLS handshake with the client failed').length > 0, 'logged');
+    t.ok(await eventually(() => proxies.relay.proc.find('TLS handshake with the client failed').length > 0), 'logged');
     const after = await lab.pyftp(via(proxies.relay.port, 'pasv'), ['--tls', 'get', '1MiB.bin']);
     t.equal(after.sha256, small, 'the next session works');
   });
@@ -158,7 +160,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     const ls = await lab.exec('client', 'lftp', ['-c', `set cmd:fail-exit yes; set net:max-retries 1; set ssl:verify-certificate no; open -p 8990 ftps://${env.gwLan4}; cls -1 /dir1000`]);
     t.equal(ls.code, 0, `lftp: ${ls.stderr}`);
     t.equal(ls.stdout.trim().split('\n').length, 1000, 'LIST of 1000 over PROT P');
-    t.ok(implicit.find('transfer').some((r) => r.command === 'RETR' && r.bytes === FIVE_MIB), 'counted by the TLS relay');
+    t.ok(await eventually(() => implicit.find('transfer').some((r) => r.command === 'RETR' && r.bytes === FIVE_MIB)), 'counted by the TLS relay');
   });
 
   await t.test('no error-level log lines; the proxies stop cleanly', async (t) => {
