@@ -41,6 +41,14 @@ export interface RawOptions {
   loginTimeout: string;
   tls: string;
   userAtHost?: boolean;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsRequired?: boolean;
+  tlsNoReuseCheck?: boolean;
+  implicitTls?: boolean;
+  serverTls: string;
+  serverCa?: string;
+  serverTlsInsecure?: boolean;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -96,7 +104,15 @@ export function buildCommand(): Command {
     .option('--backend <name>', 'data plane: nftables or relay', 'nftables')
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
     .option('--login-timeout <seconds>', 'time from connect to a successful login, 1-3600', '120')
-    .option('--tls <refuse|pass>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP) or pass (then opaque: no data connections are admitted)', 'refuse')
+    .option('--tls <refuse|pass|terminate>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP), pass (then opaque: no data connections are admitted), or terminate (reverse mode: the proxy holds the certificate, FTPS to clients, plain FTP to the server)', 'refuse')
+    .option('--tls-cert <file>', '--tls terminate: PEM certificate, then its chain')
+    .option('--tls-key <file>', '--tls terminate: PEM private key of --tls-cert')
+    .option('--tls-required', '--tls terminate: USER and PASS before AUTH TLS get 530')
+    .option('--implicit-tls', '--tls terminate: clients speak TLS from the first byte (implicit FTPS, port 990 style); data is PROT P from the start')
+    .option('--server-tls <off|explicit>', '--tls terminate: toward the server, plain FTP (off) or AUTH TLS, PBSZ 0, PROT P, with data connections resuming the control session (explicit)', 'off')
+    .option('--server-ca <file>', '--server-tls explicit: PEM CA certificates the server\'s certificate must chain to (default: the system\'s); its name must match the -R address')
+    .option('--server-tls-insecure', '--server-tls explicit: do not check the server\'s certificate (logged as a warning)')
+    .option('--tls-no-reuse-check', '--tls terminate: admit PROT P data connections that do not resume the control connection\'s TLS session (broken clients; anyone who reaches the data port first gets the data)')
     .option('--user-at-host', 'outbound mode: a client connecting to the proxy itself logs in as USER name@host[:port] (IPv6 in brackets); needs --allow-server')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])

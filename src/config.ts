@@ -24,6 +24,29 @@ function cidrs(flag: string, raw: readonly string[]): ReturnType<typeof parseCid
 
 export type Backend = 'nftables' | 'relay';
 
+export type TlsMode = 'refuse' | 'pass' | 'terminate';
+
+export interface TlsTerminateConfig {
+  /** PEM: the certificate, then its chain. Read (and checked against the key) by tls/context.ts. */
+  readonly certFile: string;
+  readonly keyFile: string;
+  /** USER and PASS before AUTH get 530. */
+  readonly required: boolean;
+  /** PROT P data connections must resume their control connection's TLS session. */
+  readonly reuseCheck: boolean;
+  /** The listener speaks TLS from the first byte (implicit FTPS); data is PROT P from the start. */
+  readonly implicit: boolean;
+  /** Toward the server: AUTH TLS, PBSZ 0, PROT P (explicit); absent: plain FTP. */
+  readonly server?: ServerTlsConfig;
+}
+
+export interface ServerTlsConfig {
+  /** PEM CA certificates for the server's certificate; absent: the system's. */
+  readonly caFile?: string;
+  /** The server's certificate is not checked at all. */
+  readonly insecure: boolean;
+}
+
 export interface Config {
   readonly mode: 'reverse' | 'outbound';
   readonly bind: string;
@@ -65,7 +88,9 @@ export interface Config {
   /** Remove what a proxy with this configuration left in the kernel, and exit (cleanup.ts). */
   readonly cleanup: boolean;
   readonly loginTimeout: number;
-  readonly tls: 'refuse' | 'pass';
+  readonly tls: TlsMode;
+  /** --tls terminate: the certificate the proxy presents and what it asks of clients. */
+  readonly tlsTerminate?: TlsTerminateConfig;
   readonly clients: AddressList;
   readonly servers: AddressList;
   /** A client that connects to the proxy itself logs in as USER name@host (outbound mode). */
@@ -173,9 +198,9 @@ function routeTable(raw: string): number {
   return n;
 }
 
-function tlsMode(raw: string): 'refuse' | 'pass' {
+function tlsMode(raw: string): TlsMode {
   const v = raw.trim().toLowerCase();
-  if (v !== 'refuse' && v !== 'pass') fail('--tls', `'${raw}' is not one of refuse, pass`);
+  if (v !== 'refuse' && v !== 'pass' && v !== 'terminate') fail('--tls', `'${raw}' is not one of refuse, pass, terminate`);
   return v;
 }
 
@@ -206,6 +231,49 @@ function verbs(flag: string, raw: readonly string[]): string[] {
     if (!isVerb(v)) fail(flag, `'${v}' is not an FTP command verb`, item);
     return [v];
   });
+}
+
+/** The --tls-* flags: only with --tls terminate, which needs reverse mode and both files. */
+function tlsTerminate(o: RawOptions, mode: TlsMode, reverse: boolean): TlsTerminateConfig | undefined {
+  if (mode !== 'terminate') {
+    for (const [flag, given] of [
+      ['--tls-cert', o.tlsCert !== undefined],
+      ['--tls-key', o.tlsKey !== undefined],
+      ['--tls-required', o.tlsRequired === true],
+      ['--tls-no-reuse-check', o.tlsNoReuseCheck === true],
+      ['--implicit-tls', o.implicitTls === true],
+      ['--server-tls', o.serverTls !== 'off'],
+      ['--server-ca', o.serverCa !== undefined],
+      ['--server-tls-insecure', o.serverTlsInsecure === true],
+    ] as const) {
+      if (given) fail(flag, 'only has a meaning with --tls terminate');
+    }
+    return undefined;
+  }
+  // Outbound mode fronts other people's servers: holding a certificate for them is interception.
+  if (!reverse) fail('--tls', "'terminate' needs reverse mode (-R): in outbound mode the servers are not this proxy's to speak for");
+  if (o.tlsCert === undefined) fail('--tls-cert', 'is needed with --tls terminate');
+  if (o.tlsKey === undefined) fail('--tls-key', 'is needed with --tls terminate');
+  return {
+    certFile: nonEmpty('--tls-cert', o.tlsCert),
+    keyFile: nonEmpty('--tls-key', o.tlsKey),
+    required: o.tlsRequired === true,
+    reuseCheck: o.tlsNoReuseCheck !== true,
+    implicit: o.implicitTls === true,
+    ...serverTls(o),
+  };
+}
+
+function serverTls(o: RawOptions): { server?: ServerTlsConfig } {
+  const mode = o.serverTls.trim().toLowerCase();
+  if (mode !== 'off' && mode !== 'explicit') fail('--server-tls', `'${o.serverTls}' is not one of off, explicit`);
+  if (mode === 'off') {
+    if (o.serverCa !== undefined) fail('--server-ca', 'only has a meaning with --server-tls explicit');
+    if (o.serverTlsInsecure) fail('--server-tls-insecure', 'only has a meaning with --server-tls explicit');
+    return {};
+  }
+  if (o.serverCa !== undefined && o.serverTlsInsecure) fail('--server-tls-insecure', 'give either --server-ca or --server-tls-insecure, not both');
+  return { server: { ...(o.serverCa !== undefined ? { caFile: nonEmpty('--server-ca', o.serverCa) } : {}), insecure: o.serverTlsInsecure === true } };
 }
 
 export function buildConfig(o: RawOptions): Config {
@@ -241,6 +309,8 @@ export function buildConfig(o: RawOptions): Config {
     fail('--masquerade-for', 'only has a meaning with -R/--reverse');
   }
   const masqueradeAddress = o.masqueradeAddress !== undefined ? unicast('--masquerade-address', o.masqueradeAddress) : undefined;
+  const tls = tlsMode(o.tls);
+  const terminate = tlsTerminate(o, tls, reverseAddr !== undefined);
   const cfg: Config = {
     mode: reverseAddr !== undefined ? 'reverse' : 'outbound',
     bind,
@@ -272,7 +342,8 @@ export function buildConfig(o: RawOptions): Config {
     printRuleset: o.printRuleset === true,
     cleanup: o.cleanup === true,
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
-    tls: tlsMode(o.tls),
+    tls,
+    ...(terminate ? { tlsTerminate: terminate } : {}),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
     userAtHost: o.userAtHost === true,

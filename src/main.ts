@@ -5,7 +5,7 @@
 import type net from 'node:net';
 import type { Config } from './config.js';
 import type { Loaded } from './configfile.js';
-import { FtpProxyError } from './errors.js';
+import { ConfigError, FtpProxyError } from './errors.js';
 import { createLogger, type AppLogger } from './log.js';
 import { PortAllocator } from './net/ports.js';
 import { originalDestination } from './net/origdst.js';
@@ -20,6 +20,9 @@ import type { SessionProvider } from './control/protocol.js';
 import { XferlogTarget } from './xferlog.js';
 import { cleanup } from './cleanup.js';
 import { Reloader } from './reload.js';
+import { TlsTerminator } from './tls/context.js';
+import { ServerTlsClient } from './tls/server-side.js';
+import { TLS_PATH_PREFIX, TlsRoutedDataPlane } from './tls/data-relay.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 
@@ -35,7 +38,7 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
       logger,
     });
   }
-  return new NftablesDataPlane({
+  const nft = new NftablesDataPlane({
     table: cfg.nftTable,
     ports,
     entryTimeoutSec: cfg.dataTimeout,
@@ -44,6 +47,30 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
     ...countOption(cfg),
     logger,
   });
+  if (!cfg.tlsTerminate) return nft;
+  // The kernel cannot end TLS: PROT P data connections go through a relay beside it, on ports
+  // of the same range (splice cannot see into TLS records, so it copies through streams).
+  const relay = new RelayDataPlane({
+    ports,
+    dataTimeout: cfg.dataTimeout,
+    dataIdleTimeout: cfg.dataIdleTimeout,
+    splice: false,
+    idPrefix: TLS_PATH_PREFIX,
+    logger,
+  });
+  return new TlsRoutedDataPlane(nft, relay);
+}
+
+/** --tls terminate: the certificate and key (and --server-ca), checked before anything starts. */
+function loadTls(cfg: Config): { terminator: TlsTerminator; serverTls: ServerTlsClient | null } | ConfigError | null {
+  if (!cfg.tlsTerminate) return null;
+  try {
+    const server = cfg.tlsTerminate.server;
+    return { terminator: TlsTerminator.load(cfg.tlsTerminate), serverTls: server ? ServerTlsClient.load(server) : null };
+  } catch (e) {
+    if (e instanceof ConfigError) return e;
+    throw e;
+  }
 }
 
 /** The nftables table's byte counting (rules.ts TableOptions.count), unless --nflog-group 0. */
@@ -121,6 +148,13 @@ export async function main(loaded: Loaded, reread: () => Loaded): Promise<number
     );
     return 0;
   }
+  const tls = loadTls(cfg);
+  if (tls instanceof ConfigError) {
+    out.err(`ftp-proxy: ${tls.message}\n`);
+    return 2;
+  }
+  const terminator = tls?.terminator ?? null;
+  const serverTls = tls?.serverTls ?? null;
   const logger = createLogger({ debugLevel: cfg.debugLevel, foreground: cfg.foreground });
   if (cfg.cleanup) {
     const status = await cleanup(cfg, logger, out.err);
@@ -163,6 +197,8 @@ export async function main(loaded: Loaded, reread: () => Loaded): Promise<number
     resolveServer: serverResolver(cfg),
     metrics: metrics ?? NO_METRICS,
     xferlog,
+    ...(terminator ? { terminator } : {}),
+    ...(serverTls ? { serverTls } : {}),
   });
   const obs = await startObservability(cfg, logger, xferlog, metrics, server.provider);
   if (typeof obs === 'string') {
@@ -180,23 +216,36 @@ export async function main(loaded: Loaded, reread: () => Loaded): Promise<number
     await dataPlane.close().catch(() => undefined);
     return 1;
   }
+  const kernel = dataPlane instanceof TlsRoutedDataPlane ? dataPlane.base : dataPlane;
   logger.notice(
     {
       listen: `${addr.address}:${addr.port}`,
       mode: cfg.mode,
       ...(cfg.reverse ? { server: `${cfg.reverse.address}:${cfg.reverse.port}` } : {}),
       dataPlane: dataPlane.name,
-      ...(dataPlane instanceof NftablesDataPlane ? { nftRunner: dataPlane.runnerName, nftTable: cfg.nftTable } : {}),
+      ...(kernel instanceof NftablesDataPlane ? { nftRunner: kernel.runnerName, nftTable: cfg.nftTable } : {}),
       dataPorts: `${cfg.dataPorts.low}-${cfg.dataPorts.high}`,
       maxSessions: cfg.maxSessions,
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),
       ...(obs.control ? { controlSocket: obs.control.path } : {}),
       ...(obs.xferlog.file !== undefined ? { xferlog: obs.xferlog.file } : {}),
+      ...(terminator ? { tls: 'terminate', certificateValidTo: terminator.validTo, tlsReuseCheck: terminator.reuseCheck, serverTls: serverTls ? 'explicit' : 'off' } : {}),
     },
     'listening',
   );
+  if (serverTls?.insecure) {
+    logger.warn({}, "--server-tls-insecure: the server's certificate is NOT checked: anyone who can take the server's address between proxy and server can read and change every session");
+  }
+  if (terminator && !terminator.reuseCheck) {
+    logger.warn({}, '--tls-no-reuse-check: PROT P data connections are admitted without resuming their control connection\'s TLS session: whoever reaches a data port first from the client\'s address gets the data');
+  }
 
-  const running = new Reloader(loaded, reread, { logger, xferlog, reconfigure: (c) => server.reconfigure(c) });
+  const running = new Reloader(loaded, reread, {
+    logger,
+    xferlog,
+    reconfigure: (c) => server.reconfigure(c),
+    ...(terminator ? { certificates: terminator } : {}),
+  });
   reloader = running;
 
   return new Promise<number>((resolve) => {

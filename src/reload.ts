@@ -80,12 +80,16 @@ export interface ReloadTargets {
   /** Where new sessions get their configuration. */
   reconfigure(config: Config): void;
   readonly xferlog: XferlogTarget;
+  /** --tls terminate: re-reads the certificate and key; the one-line reason when it cannot. */
+  readonly certificates?: { reload(): string | null };
 }
 
 /**
  * Runs reloads one after another (a second SIGHUP waits for the first). Each re-reads the
  * configuration; a file that fails validation, or an xferlog that cannot be opened, changes
- * nothing and logs one error line. The xferlog is reopened either way (logrotate).
+ * nothing and logs one error line. The xferlog is reopened either way (logrotate). With
+ * --tls terminate the certificate and key are re-read too (a renewed certificate); when they
+ * cannot be, the pair in use stays, one error line says why, and the rest of the reload applies.
  */
 export class Reloader {
   private chain: Promise<void> = Promise.resolve();
@@ -135,6 +139,8 @@ export class Reloader {
     this.current = plan;
     this.t.reconfigure(config);
     log.level = pinoLevel(config.debugLevel);
+    const certificates = this.t.certificates?.reload();
+    if (certificates) log.error({ err: certificates }, 'reload: TLS certificate and key unchanged');
     for (const option of plan.restart) log.warn({ option }, 'changed option needs a restart: running value kept');
     log.notice({ changed: plan.changed, needsRestart: plan.restart }, 'reloaded: new sessions use the new configuration');
   }

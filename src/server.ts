@@ -12,6 +12,8 @@ import type { Metrics, RefusalReason } from './metrics/metrics.js';
 import type { SessionProvider } from './control/protocol.js';
 import type { TransferRecord } from './transfer.js';
 import type { Lookup } from './net/user-at-host.js';
+import type { TlsTerminator } from './tls/context.js';
+import type { ServerTlsClient } from './tls/server-side.js';
 
 export interface ServerDeps {
   /** The start's configuration; reconfigure() replaces it for new connections. */
@@ -23,6 +25,10 @@ export interface ServerDeps {
   readonly xferlog: { write(r: TransferRecord): void } | null;
   /** How name@host logins are resolved (tests); default: the system resolver. */
   readonly lookup?: Lookup;
+  /** --tls terminate: the proxy's certificate. */
+  readonly terminator?: TlsTerminator;
+  /** --server-tls explicit: how TLS toward the server is checked. */
+  readonly serverTls?: ServerTlsClient;
 }
 
 export class ProxyServer {
@@ -111,6 +117,10 @@ export class ProxyServer {
       policy: cfg.commandPolicy,
       rewriteSourcePort: cfg.rewriteSourcePort,
       tls: cfg.tls,
+      ...(this.d.terminator
+        ? { terminator: this.d.terminator, tlsRequired: cfg.tlsTerminate?.required === true, implicitTls: cfg.tlsTerminate?.implicit === true }
+        : {}),
+      ...(this.d.serverTls ? { serverTls: this.d.serverTls } : {}),
       servers: cfg.servers,
       userAtHost: cfg.userAtHost,
       ...(this.d.lookup ? { lookup: this.d.lookup } : {}),

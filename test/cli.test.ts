@@ -90,6 +90,22 @@ t.test('every flag, short and long', async (t) => {
   t.equal(p.servers.refusal('10.1.2.3'), 'denied', 'IPv4-mapped blocks match IPv4 servers');
   t.equal(p.servers.refusal('198.51.100.2'), null, 'no allow list: everything else passes');
   t.equal(run([]).config!.tls, 'refuse');
+  t.same(run(['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c.pem', '--tls-key', 'k.pem']).config!.tlsTerminate, {
+    certFile: 'c.pem',
+    keyFile: 'k.pem',
+    required: false,
+    reuseCheck: true,
+    implicit: false,
+  });
+  t.match(run(['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k', '--tls-required', '--tls-no-reuse-check']).config!.tlsTerminate, {
+    required: true,
+    reuseCheck: false,
+  });
+  t.equal(run([]).config!.tlsTerminate, undefined);
+  const terminate = ['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k'];
+  t.same(run([...terminate, '--server-tls', 'explicit', '--server-ca', 'ca.pem']).config!.tlsTerminate?.server, { caFile: 'ca.pem', insecure: false });
+  t.same(run([...terminate, '--server-tls', 'explicit', '--server-tls-insecure']).config!.tlsTerminate?.server, { insecure: true });
+  t.equal(run(terminate).config!.tlsTerminate?.server, undefined, '--server-tls off: plain FTP to the server');
   t.equal(run([]).config!.dataIdleTimeout, 300);
   const mapped = run(['-R', '::ffff:10.0.0.21', '-a', '::FFFF:198.51.100.1', '-b', '::ffff:127.0.0.1']).config!;
   t.same([mapped.reverse?.address, mapped.proxyAddress, mapped.bind], ['10.0.0.21', '198.51.100.1', '127.0.0.1'], 'IPv4-mapped addresses are IPv4');
@@ -140,7 +156,18 @@ t.test('every invalid value: exit 2 and one line naming the flag', async (t) => 
     [['--route-table', '254'], /--route-table: 254 is one of the kernel's own tables/],
     [['--shutdown-grace', 'x'], /--shutdown-grace/],
     [['--login-timeout', '0'], /--login-timeout/],
-    [['--tls', 'starttls'], /--tls: 'starttls' is not one of refuse, pass/],
+    [['--tls', 'starttls'], /--tls: 'starttls' is not one of refuse, pass, terminate/],
+    [['--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k'], /--tls: 'terminate' needs reverse mode \(-R\)/],
+    [['-R', '192.0.2.1', '--tls', 'terminate', '--tls-key', 'k'], /--tls-cert: is needed with --tls terminate/],
+    [['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c'], /--tls-key: is needed with --tls terminate/],
+    [['-R', '192.0.2.1', '--tls-cert', 'c'], /--tls-cert: only has a meaning with --tls terminate/],
+    [['-R', '192.0.2.1', '--tls', 'pass', '--tls-required'], /--tls-required: only has a meaning with --tls terminate/],
+    [['-R', '192.0.2.1', '--tls-no-reuse-check'], /--tls-no-reuse-check: only has a meaning with --tls terminate/],
+    [['-R', '192.0.2.1', '--implicit-tls'], /--implicit-tls: only has a meaning with --tls terminate/],
+    [['-R', '192.0.2.1', '--server-tls', 'explicit'], /--server-tls: only has a meaning with --tls terminate/],
+    [['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k', '--server-tls', 'implicit'], /--server-tls: 'implicit' is not one of off, explicit/],
+    [['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k', '--server-ca', 'ca.pem'], /--server-ca: only has a meaning with --server-tls explicit/],
+    [['-R', '192.0.2.1', '--tls', 'terminate', '--tls-cert', 'c', '--tls-key', 'k', '--server-tls', 'explicit', '--server-ca', 'ca', '--server-tls-insecure'], /--server-tls-insecure: give either --server-ca or --server-tls-insecure/],
     [['-A', '--tls', 'pass'], /--tls: 'pass' cannot be combined with -A\/--anonymous-only/],
     [['--data-idle-timeout', '0'], /--data-idle-timeout/],
     [['--allow-client', '192.0.2.0/33'], /--allow-client: '192.0.2.0\/33' is not an address or CIDR block/],

@@ -151,6 +151,32 @@ t.test('Reloader without --config: nothing changes, the xferlog is reopened', as
   t.match(lines.at(-1), { msg: /^reloaded/, changed: [], needsRestart: [] });
 });
 
+t.test('Reloader with --tls terminate: the certificate is re-read; a pair that fails keeps the old one, the rest applies', async (t) => {
+  const file = path.join(dir, 'tls.log');
+  const conf = path.join(dir, 'tls.conf');
+  fs.writeFileSync(conf, 'max-sessions 10\n');
+  const src = source(['--config', conf, '--xferlog', file]);
+  const { lines, logger } = capture();
+  const xferlog = await XferlogTarget.open(file, logger);
+  t.teardown(() => xferlog.close());
+  const answers: (string | null)[] = [null, 'cannot read /etc/ftp-proxy/cert.pem: ENOENT'];
+  let reads = 0;
+  const certificates = { reload: () => answers[reads++] ?? null };
+  const applied: Config[] = [];
+  const r = new Reloader(loadConfig(src), () => loadConfig(src), { logger, xferlog, reconfigure: (c) => void applied.push(c), certificates });
+  await r.reload();
+  t.equal(reads, 1, 'a reload re-reads the certificate and key');
+  t.equal(lines.filter((l) => l.level >= 50).length, 0, 'a pair that loads logs no error');
+  fs.writeFileSync(conf, 'max-sessions 20\n');
+  await r.reload();
+  t.equal(reads, 2);
+  t.match(lines.filter((l) => l.level >= 50), [{ msg: 'reload: TLS certificate and key unchanged', err: /ENOENT/ }], 'one error line naming why');
+  t.equal(applied.at(-1)!.maxSessions, 20, 'the rest of the reload applies');
+  fs.writeFileSync(conf, 'max-sessions 0\n');
+  await r.reload();
+  t.equal(reads, 2, 'a configuration that fails validation changes nothing, the certificate included');
+});
+
 t.test('a listener reconfigured: new connections get the new policy, a running session goes on', async (t) => {
   const r = await rig(t);
   const running = new Control(r.proxyPort);

@@ -21,6 +21,8 @@ const CARRYING_MS = 2 * TICK_MS;
 export const HALF_CLOSED_LINGER_MS = 2000;
 /** After its session has ended, a pair still flushing what a finished side sent gets this long. */
 export const SESSION_END_LINGER_MS = 5000;
+/** TLS handshakes one passive PROT P path runs at once: connections beyond are closed. */
+const MAX_HANDSHAKES = 4;
 /** Pairs one session may hold: a new one beyond this cuts the session's oldest. */
 export const MAX_PAIRS_PER_SESSION = 4;
 
@@ -42,13 +44,16 @@ export interface RelayOptions {
    * it); 0: they cannot. Unset in reverse mode, where nothing needs it.
    */
   readonly routeTable?: number;
+  /** Paths are named `<idPrefix>-N` (default 'relay'), so a plane beside another can tell its own. */
+  readonly idPrefix?: string;
 }
 
 /** One relayed connection: the accepted peer and the connection to the target. */
 interface Pair {
   readonly sid: string;
+  /** The sockets that carry the plaintext (a TLS side's TLS socket, on the same descriptor). */
   readonly peer: net.Socket;
-  readonly target: net.Socket;
+  target: net.Socket;
   /** Ends it now (idempotent); `why` goes to the log. */
   readonly cut: (why: string) => void;
   /** Both sockets' kernel byte counters at the last look, and when they last changed. */
@@ -65,6 +70,16 @@ interface RelayPath {
   timer: NodeJS.Timeout | null;
   /** The one connection it relays, once accepted. */
   pair: Pair | null;
+  /** TLS handshakes under way on this passive PROT P path (each one a candidate). */
+  handshakes: number;
+  /**
+   * Passive PROT P: the connection to the target, made when the first candidate arrived; the
+   * first candidate that passes the TLS check takes it, and it is reset if none does (so that
+   * the server sees a failed transfer, not an empty file).
+   */
+  early: net.Socket | null;
+  /** Released with abort (or its session ended): a handshake finishing later carries nothing. */
+  aborted: boolean;
   /** Settles what transferred() answers: the pair's bytes when it ends, zeros when none came. */
   readonly settle: (m: Moved) => void;
 }
@@ -151,10 +166,10 @@ export class RelayDataPlane implements DataPlane {
         ? e
         : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
     });
-    const id = `relay-${++this.seq}`;
+    const id = `${this.o.idPrefix ?? 'relay'}-${++this.seq}`;
     let settle!: (m: Moved) => void;
     this.results.set(id, { sid: req.sid, moved: new Promise<Moved>((r) => (settle = r)) });
-    const path: RelayPath = { req, port, listener, timer: null, pair: null, settle };
+    const path: RelayPath = { req, port, listener, timer: null, pair: null, handshakes: 0, early: null, aborted: false, settle };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
     path.timer = setTimeout(() => {
@@ -176,13 +191,74 @@ export class RelayDataPlane implements DataPlane {
       peer.destroy();
       return;
     }
+    const tls = path.req.tls;
+    if (tls && path.req.kind === 'passive') {
+      // The client proves in its TLS handshake that it is the session's own (tls/context.ts):
+      // the port stays open until one does, so that another connection from its address
+      // (a host behind the same NAT) cannot take the path by arriving first. The server's
+      // side is connected at once: vsftpd sends its 150 only when the data connection is
+      // there, and Python's ftplib starts TLS only after that 150.
+      if (path.handshakes >= MAX_HANDSHAKES) {
+        peer.destroy();
+        return;
+      }
+      path.handshakes++;
+      path.early ??= this.connectTarget(path, log);
+      tls.secure(peer).then(
+        (secured) => {
+          path.handshakes--;
+          // Taken by an earlier candidate, or the path was aborted: nothing left to carry.
+          const target = path.early;
+          if (target === null) {
+            secured.destroy();
+            return this.forget(id, path);
+          }
+          path.early = null;
+          this.stopListening(path);
+          this.carry(id, path, peer, secured, log, target);
+        },
+        (err: unknown) => {
+          path.handshakes--;
+          log.notice({ from, code: (err as DataPlaneError).code, err: (err as Error).message }, 'protected data connection refused');
+          this.forget(id, path);
+        },
+      );
+      return;
+    }
     this.stopListening(path);
-    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
-    // Nothing is read from either side before both are connected: the first bytes go to
-    // whichever carrier (splice or streams) takes the pair.
-    target.pause();
+    const serverTls = path.req.serverTls;
+    if (serverTls && path.req.kind === 'active') {
+      // The server connected; it is the TLS server all the same (RFC 4217).
+      path.handshakes++;
+      serverTls.secure(peer).then(
+        (secured) => {
+          path.handshakes--;
+          if (path.aborted) {
+            secured.destroy();
+            return this.forget(id, path);
+          }
+          this.carry(id, path, peer, secured, log);
+        },
+        (err: unknown) => {
+          path.handshakes--;
+          log.warn({ code: (err as DataPlaneError).code, err: (err as Error).message }, "TLS with the server's data connection failed");
+          this.forget(id, path);
+        },
+      );
+      return;
+    }
+    this.carry(id, path, peer, peer, log);
+  }
+
+  /**
+   * Connects `path`'s target and relays between it and the accepted `peer`. `peerIo` carries the
+   * peer's plaintext: `peer` itself, or its TLS socket. A target that must speak TLS (active
+   * PROT P: the client) is secured once connected. TLS pairs go through streams: splice cannot
+   * see into TLS records.
+   */
+  private carry(id: string, path: RelayPath, peer: net.Socket, peerIo: net.Socket, log: AppLogger, target = this.connectTarget(path, log)): void {
+    let targetIo = target;
     peer.setNoDelay(true);
-    target.setNoDelay(true);
     let closed = 0;
     let over = false;
     /** While the splice worker holds the pair, its descriptors must stay open. */
@@ -204,37 +280,52 @@ export class RelayDataPlane implements DataPlane {
         clearInterval(this.ticker);
         this.ticker = null;
       }
-      peer.destroy();
-      target.destroy();
-      // Bytes counted by the sockets (or the worker): no per-chunk listener on the hot path.
+      for (const s of [peerIo, targetIo, peer, target]) s.destroy();
+      // Bytes counted by the sockets (or the worker), as plaintext on a TLS side: no per-chunk
+      // listener on the hot path.
       const bytes = result
         ? { toTarget: result.aToB, toPeer: result.bToA, copy: 'splice' }
-        : { toTarget: target.bytesWritten, toPeer: peer.bytesWritten };
+        : { toTarget: targetIo.bytesWritten, toPeer: peerIo.bytesWritten };
       log[err ? 'warn' : 'debug']({ ...bytes, ...(err ? { err: err.message } : {}) }, `data relay ended: ${why}`);
       path.settle({ fromPeer: bytes.toTarget, toPeer: bytes.toPeer });
       this.forget(id, path);
     };
-    const pair: Pair = { sid: path.req.sid, peer, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
+    const pair: Pair = { sid: path.req.sid, peer: peerIo, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
     path.pair = pair;
     this.admit(pair, log);
     peer.on('error', (err) => done('peer error', err));
     target.on('error', (err) => done('target error', err));
+    if (peerIo !== peer) peerIo.on('error', (err) => done('peer error', err));
     // Streams: pipe() gives backpressure both ways and passes each side's FIN on to the
     // other once its data is written; a side is only gone when it has closed both ways.
     const closedOne = (): void => {
       if (++closed === 2) done('both sides closed');
     };
-    peer.on('close', closedOne);
+    peerIo.on('close', closedOne);
     target.on('close', closedOne);
     const stream = (): void => {
-      peer.pipe(target);
-      target.pipe(peer);
-      peer.resume();
-      target.resume();
+      peerIo.pipe(targetIo);
+      targetIo.pipe(peerIo);
+      peerIo.resume();
+      targetIo.resume();
     };
-    target.once('connect', () => {
+    const connected = (): void => {
       if (over) return;
-      const splicer = this.splicer?.usable ? this.splicer : null;
+      // The target's side of TLS: the server's in passive mode, the client's in active mode.
+      const tls = path.req.kind === 'passive' ? path.req.serverTls : path.req.tls;
+      if (tls) {
+        tls.secure(target).then(
+          (secured) => {
+            if (over) return void secured.destroy();
+            targetIo = pair.target = secured;
+            secured.on('error', (err) => done('target error', err));
+            stream();
+          },
+          (err: Error) => done('protected data connection refused', err),
+        );
+        return;
+      }
+      const splicer = this.splicer?.usable && peerIo === peer ? this.splicer : null;
       if (!splicer) return stream();
       const handle = splicer.relay(peer, target);
       spliced = handle.id;
@@ -250,7 +341,24 @@ export class RelayDataPlane implements DataPlane {
         if (cutWhile) done(cutWhile.why, cutWhile.err, r);
         else done(r.error ?? 'both sides closed', failed ? new Error(r.error) : undefined, r);
       });
-    });
+    };
+    // A target connected early (passive PROT P) may be connected, or have failed, already.
+    if (target.destroyed) done('target error', new Error('the connection to the target failed'));
+    else if (target.connecting) target.once('connect', connected);
+    else connected();
+  }
+
+  /**
+   * The connection to `path`'s target. Nothing is read from it before the pair is complete: the
+   * first bytes go to whichever carrier (splice or streams) takes the pair.
+   */
+  private connectTarget(path: RelayPath, log: AppLogger): net.Socket {
+    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
+    target.pause();
+    target.setNoDelay(true);
+    // Errors before the pair owns it (an early target) show as a destroyed socket there.
+    target.on('error', () => undefined);
+    return target;
   }
 
   /** Count `pair` in; beyond its session's bound, the session's oldest pairs go. */
@@ -310,10 +418,19 @@ export class RelayDataPlane implements DataPlane {
 
   /** Drop the path once it neither listens nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener !== null || path.pair !== null) return;
+    // A candidate still in its handshake may yet take the path: the server may have sent a
+    // whole listing, and its 226 released the path, before the client's TLS was up.
+    if (path.listener !== null || path.pair !== null || path.handshakes > 0) return;
+    this.dropEarly(path);
     this.paths.delete(id);
     // No-op when the pair has settled it with its bytes.
     path.settle({ fromPeer: 0, toPeer: 0 });
+  }
+
+  /** Reset the early target no candidate took (the server then sees a failed transfer). */
+  private dropEarly(path: RelayPath): void {
+    path.early?.resetAndDestroy();
+    path.early = null;
   }
 
   /**
@@ -331,7 +448,11 @@ export class RelayDataPlane implements DataPlane {
     const path = this.paths.get(id);
     if (!path) return;
     this.stopListening(path);
-    if (abort) path.pair?.cut('aborted');
+    if (abort) {
+      path.aborted = true;
+      path.pair?.cut('aborted');
+      this.dropEarly(path);
+    }
     this.forget(id, path);
   }
 
@@ -348,6 +469,8 @@ export class RelayDataPlane implements DataPlane {
       const pair = path.pair;
       if (pair && this.look(pair, now) === 'flushing') pair.deadline ??= now + SESSION_END_LINGER_MS;
       else pair?.cut('session ended');
+      path.aborted = true;
+      this.dropEarly(path);
       this.forget(id, path);
     }
     for (const [id, r] of this.results) if (r.sid === sid) this.results.delete(id);

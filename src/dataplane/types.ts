@@ -1,6 +1,7 @@
 // The one seam between the FTP protocol and packets: a session asks the data plane to
 // admit one data connection and later releases it. Implementations: nftables, relay, fake.
 
+import type net from 'node:net';
 import type { Moved } from '../transfer.js';
 
 /** A host and TCP port. Addresses are in canonical text form (no ::ffff: prefix for IPv4). */
@@ -30,6 +31,26 @@ export interface DataPathRequest {
   readonly target: Endpoint;
   readonly source: string;
   readonly sourcePort?: number;
+  /**
+   * PROT P (--tls terminate): the client's side of the connection is TLS, ended here (the
+   * peer's in passive mode, the target's in active mode). Only a plane that carries the bytes
+   * itself (the relay) can; the session sends such requests there whatever --backend says.
+   */
+  readonly tls?: DataTls;
+  /**
+   * --server-tls explicit: the server's side is TLS too (the target's in passive mode, the
+   * peer's in active mode), the proxy being the TLS client.
+   */
+  readonly serverTls?: DataTls;
+}
+
+/** The TLS of a protected data connection, as the session's control connection set it up. */
+export interface DataTls {
+  /**
+   * Handshakes over `sock` (as TLS server toward a client, as TLS client toward a server); resolves with the socket that carries the plaintext
+   * once the handshake passed the session's checks, else destroys `sock` and rejects.
+   */
+  secure(sock: net.Socket): Promise<net.Socket>;
 }
 
 /** An admitted data connection: `port` is what the session advertises. */

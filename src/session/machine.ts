@@ -48,15 +48,26 @@ export interface MachineOptions {
   readonly rewriteSourcePort: boolean;
   /**
    * AUTH TLS/SSL: 'refuse' answers 534 so the client goes on in plain FTP; 'pass' forwards it
-   * and, once the server accepts (234), the session becomes an opaque byte relay.
+   * and, once the server accepts (234), the session becomes an opaque byte relay; 'terminate'
+   * answers 234 itself (the shell then does the handshake), and PBSZ, PROT and CCC too: the
+   * server never sees them and stays plain FTP.
    */
-  readonly tls?: 'refuse' | 'pass';
+  readonly tls?: 'refuse' | 'pass' | 'terminate';
   /**
    * --user-at-host: the client was greeted by the proxy and logged in as name@host. The server's
    * greeting is not passed on; a 220 is answered with USER `loginAs` as if the client had sent
    * it, and the reply to that goes to the client as the reply to its own USER.
    */
   readonly loginAs?: string;
+  /** 'terminate': USER and PASS before AUTH get 530. */
+  readonly tlsRequired?: boolean;
+  /** 'terminate', implicit FTPS: the control connection is TLS from the start, data PROT P. */
+  readonly implicitTls?: boolean;
+  /**
+   * --server-tls explicit: after the server's greeting the proxy sends it AUTH TLS (the shell
+   * then does the handshake), PBSZ 0 and PROT P; the client's lines wait until then.
+   */
+  readonly serverTls?: boolean;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
 }
@@ -67,7 +78,8 @@ export type Action =
   | { readonly type: 'toClient'; readonly text: string }
   /** `urgent`: an ABOR, to be sent with the Telnet Synch (TCP urgent data). */
   | { readonly type: 'toServer'; readonly text: string; readonly urgent?: boolean }
-  | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
+  /** `protect`: PROT P is in force: the client's side of this data connection is TLS. */
+  | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest; readonly protect?: true }
   /**
    * `urgent`: applied before the next reply goes out where the data plane can (a refused
    * transfer's path: its client must not be able to race the reply to the port).
@@ -97,6 +109,13 @@ export type Action =
   | { readonly type: 'loggedIn' }
   /** TLS starts now: from here on the shell relays bytes without reading them. */
   | { readonly type: 'opaque' }
+  /**
+   * 'terminate': the 234 is out; the shell turns the client's socket into a TLS server socket
+   * now, and drops whatever it read after AUTH (plaintext a client may not send there).
+   */
+  | { readonly type: 'startTls' }
+  /** --server-tls explicit: the server said 234; the shell starts TLS toward it, then calls serverSecured(). */
+  | { readonly type: 'startServerTls' }
   | { readonly type: 'close'; readonly reason: string; readonly reply?: string }
   | { readonly type: 'log'; readonly level: LogLevel; readonly msg: string; readonly fields?: Record<string, unknown> };
 
@@ -124,7 +143,9 @@ type Pending =
   | { readonly kind: 'other'; readonly verb: string; readonly arg: string }
   | { readonly kind: 'auth' }
   /** Answered by the proxy itself; emitted in turn so replies stay in command order. */
-  | { readonly kind: 'local'; readonly text: string };
+  | { readonly kind: 'local'; readonly text: string }
+  /** --server-tls explicit: the proxy's own AUTH, PBSZ and PROT toward the server; never seen by the client. */
+  | { readonly kind: 'internal'; readonly verb: 'AUTH' | 'PBSZ' | 'PROT' };
 
 type Waiting =
   | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
@@ -163,6 +184,16 @@ export class SessionMachine {
   private negMode: 'passive' | 'active' = 'passive';
   private transferring = false;
   private epsvAll = false;
+  /** 'terminate': the client's control connection is TLS; PBSZ was accepted; PROT in force. */
+  private secured = false;
+  private pbsz = false;
+  private prot: 'C' | 'P' = 'C';
+  /** --server-tls explicit: the server's side is not yet protected; client lines wait. */
+  private serverPending: boolean;
+  /** PROT P handshakes on the path of negotiation `neg`: under way, and whether any passed or failed. */
+  private readonly protectedData = { neg: 0, handshakes: 0, admitted: false, refused: false };
+  /** Server replies are held until those handshakes are over (awaitsHandshake). */
+  private tlsHeld = false;
   private greeted = false;
   private loggedIn = false;
   private closed = false;
@@ -186,6 +217,8 @@ export class SessionMachine {
     this.clientFamily = familyOf(o.client.address);
     this.serverFamily = familyOf(o.server.address);
     this.maxQueued = o.maxQueued ?? DEFAULT_MAX_QUEUED;
+    if (o.implicitTls) (this.secured = true), (this.pbsz = true), (this.prot = 'P');
+    this.serverPending = o.serverTls === true;
   }
 
   /** Commands forwarded or answered but not yet replied to: the shell pauses the client above a bound. */
@@ -251,7 +284,7 @@ export class SessionMachine {
   clientLine(line: string): Action[] {
     const out: Action[] = [];
     if (this.closed) return out;
-    if (this.waiting || !this.greeted) {
+    if (this.waiting || !this.greeted || this.serverPending) {
       this.hold(this.heldClient, line, out);
       return out;
     }
@@ -262,13 +295,46 @@ export class SessionMachine {
   serverReply(reply: Reply): Action[] {
     const out: Action[] = [];
     if (this.closed) return out;
-    if (this.waiting) {
+    if (this.waiting || this.tlsHeld || this.awaitsHandshake(reply)) {
+      if (!this.waiting) this.tlsHeld = true;
       this.hold(this.heldServer, reply, out);
       return out;
     }
     this.handleServer(reply, out);
     this.drain(out);
     return out;
+  }
+
+  /**
+   * A PROT P data connection of the current path started its TLS handshake, or passed or failed
+   * the check (the shell hears it from the session's TLS). A transfer's final reply waits while
+   * a handshake is under way: the server may have sent a whole file into a connection the
+   * client will not get, and then its 226 (or 426) becomes 522, which says why.
+   */
+  protectedHandshake(event: 'start' | 'admitted' | 'refused'): Action[] {
+    const out: Action[] = [];
+    if (this.closed) return out;
+    const p = this.protectedData;
+    const neg = this.path?.neg ?? 0;
+    if (p.neg !== neg) Object.assign(p, { neg, handshakes: 0, admitted: false, refused: false });
+    if (event === 'start') {
+      p.handshakes++;
+      return out;
+    }
+    p.handshakes = Math.max(0, p.handshakes - 1);
+    if (event === 'admitted') p.admitted = true;
+    else p.refused = true;
+    if (p.handshakes === 0 && this.tlsHeld) {
+      this.tlsHeld = false;
+      this.drain(out);
+    }
+    return out;
+  }
+
+  /** A final reply to a transfer while one of its PROT P data connections is in its handshake. */
+  private awaitsHandshake(reply: Reply): boolean {
+    if (reply.code < 200 || this.streaming || this.protectedData.handshakes === 0) return false;
+    return this.pending.find((p) => p.kind !== 'local')?.kind === 'transfer';
   }
 
   dataOpened(token: number, path: DataPath): Action[] {
@@ -353,13 +419,18 @@ export class SessionMachine {
 
   /** Run what was held while a data-plane operation was under way, until the next one starts. */
   private drain(out: Action[]): void {
-    while (!this.waiting && !this.closed) {
-      const reply = this.heldServer.shift();
+    while (!this.waiting && !this.tlsHeld && !this.closed) {
+      const reply = this.heldServer[0];
       if (reply) {
+        if (this.awaitsHandshake(reply)) {
+          this.tlsHeld = true;
+          break;
+        }
+        this.heldServer.shift();
         this.handleServer(reply, out);
         continue;
       }
-      if (!this.greeted) break;
+      if (!this.greeted || this.serverPending) break;
       const line = this.heldClient.shift();
       if (line === undefined) break;
       this.handleClient(line, out);
@@ -423,6 +494,7 @@ export class SessionMachine {
           fields: { verb: cmd.verb, code: cmd.error.code },
         });
       case 'USER':
+        if (this.o.tlsRequired && !this.secured) return this.refuseCleartextLogin(out);
         if (this.o.anonymousOnly && !isAnonymous(cmd.name)) {
           return this.refuse('non-anonymous login', '530 Only anonymous logins are allowed through this proxy', out, {
             msg: 'non-anonymous login refused',
@@ -434,6 +506,7 @@ export class SessionMachine {
         this.cwd = null;
         return this.forward(line, { kind: 'other', verb: 'USER', arg: cmd.name }, out);
       case 'AUTH':
+        if (this.o.tls === 'terminate') return this.auth(cmd.mechanism, out);
         if (this.o.tls === 'pass') {
           this.once(
             'AUTH passed',
@@ -461,15 +534,67 @@ export class SessionMachine {
         // loses ABORs; a server that needs them mid-transfer gets them from such clients.)
         for (const p of this.pending) if (p.kind === 'transfer') p.aborted = true;
         this.pending.push({ kind: 'abor' });
-        out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') });
+        // Never urgent inside TLS: out-of-band bytes would corrupt the record stream.
+        out.push({ type: 'toServer', text: 'ABOR', urgent: raw.startsWith('\xff\xf4') && !this.o.serverTls });
         return;
-      case 'QUIT':
       case 'CCC':
+        if (this.o.tls === 'terminate') {
+          // The server never saw AUTH: it has no TLS to clear. Back to plaintext is also what
+          // this mode exists to prevent.
+          return this.refuse('CCC', '534 CCC refused: the control connection stays protected', out);
+        }
+        return this.forward(line, { kind: 'other', verb: cmd.kind, arg: '' }, out);
+      case 'QUIT':
         return this.forward(line, { kind: 'other', verb: cmd.kind, arg: '' }, out);
       case 'OTHER':
+        if (this.o.tls === 'terminate' && (cmd.verb === 'PBSZ' || cmd.verb === 'PROT')) return this.protection(cmd.verb, cmd.arg, out);
+        if (cmd.verb === 'PASS' && this.o.tlsRequired && !this.secured) return this.refuseCleartextLogin(out);
         if (cmd.verb === 'REIN') (this.userName = null), (this.cwd = null);
         return this.forward(line, { kind: 'other', verb: cmd.verb, arg: cmd.arg }, out);
     }
+  }
+
+  /**
+   * AUTH with --tls terminate: 234 and the shell's handshake. Refused while replies are still
+   * owed (they would come after the 234 in plaintext the client no longer reads).
+   */
+  private auth(mechanism: string, out: Action[]): void {
+    if (this.secured) return this.answerLocally('503 Already using TLS', out);
+    if (!['TLS', 'TLS-C', 'SSL', 'TLS-P'].includes(mechanism)) {
+      return this.refuse('AUTH mechanism', '504 AUTH mechanism not supported, use AUTH TLS', out, { msg: 'AUTH mechanism refused', fields: { mechanism } });
+    }
+    if (this.pending.length > 0 || this.streaming) {
+      return this.refuse('AUTH pipelined', '503 AUTH while other commands are outstanding', out);
+    }
+    this.secured = true;
+    // Lines the client sent after AUTH without waiting for 234 are plaintext that must not be
+    // taken as commands of the protected session (STARTTLS command injection).
+    this.heldClient.length = 0;
+    out.push({ type: 'log', level: 'info', msg: 'AUTH: TLS handshake with the client', fields: { mechanism } });
+    out.push({ type: 'toClient', text: '234 Proceed with TLS negotiation' });
+    out.push({ type: 'startTls' });
+  }
+
+  /** PBSZ and PROT (RFC 4217 section 9), answered by the proxy after its own AUTH. */
+  private protection(verb: 'PBSZ' | 'PROT', arg: string, out: Action[]): void {
+    if (!this.secured) return this.answerLocally(`503 ${verb} needs AUTH TLS first`, out);
+    if (verb === 'PBSZ') {
+      if (!/^\d+$/.test(arg)) return this.answerLocally('501 PBSZ needs a number', out);
+      this.pbsz = true;
+      return this.answerLocally('200 PBSZ=0', out);
+    }
+    if (!this.pbsz) return this.answerLocally('503 PROT needs PBSZ first', out);
+    const level = arg.toUpperCase();
+    if (level === 'P' || level === 'C') {
+      this.prot = level;
+      return this.answerLocally(`200 Protection level set to ${level}`, out);
+    }
+    if (level === 'S' || level === 'E') return this.answerLocally(`536 PROT ${level} not supported, use P or C`, out);
+    return this.answerLocally('504 PROT takes C, S, E or P', out);
+  }
+
+  private refuseCleartextLogin(out: Action[]): void {
+    this.refuse('login before AUTH', '530 TLS required: send AUTH TLS first', out, { msg: 'login without TLS refused' });
   }
 
   private forward(line: string, pending: Pending, out: Action[]): void {
@@ -552,7 +677,7 @@ export class SessionMachine {
   ): void {
     const token = this.nextToken++;
     this.waiting = { ...w, token };
-    out.push({ type: 'open', token, request });
+    out.push({ type: 'open', token, request, ...(this.secured && this.prot === 'P' ? { protect: true as const } : {}) });
   }
 
   private replacePath(path: SessionMachine['path'], out: Action[], urgent = false): void {
@@ -651,7 +776,13 @@ export class SessionMachine {
    * `head` has its final reply: forward it (no lines: already forwarded, or skipped by the
    * server; code 0: skipped) and do what the end of that command means.
    */
-  private complete(head: Pending, reply: Reply, out: Action[]): void {
+  private complete(head: Pending, answer: Reply, out: Action[]): void {
+    const reply =
+      head.kind === 'other' && head.verb === 'FEAT' && this.o.tls === 'terminate'
+        ? withTlsFeatures(answer, this.o.implicitTls === true)
+        : head.kind === 'transfer' && answer.code >= 200 && this.dataRefused(head.neg)
+          ? NOT_RESUMED
+          : answer;
     const text = reply.lines.join('\r\n');
     const send = (): void => {
       if (reply.lines.length > 0) out.push({ type: 'toClient', text });
@@ -661,6 +792,11 @@ export class SessionMachine {
         this.greeted = true;
         if (this.o.loginAs !== undefined && reply.code === 220) this.handleClient(`USER ${this.o.loginAs}`, out);
         else send();
+        // (--user-at-host is outbound mode only, --server-tls reverse mode only: never both.)
+        if (this.serverPending && reply.code === 220) this.internal('AUTH', 'AUTH TLS', out);
+        break;
+      case 'internal':
+        this.internalReply(head.verb, reply, out);
         break;
       case 'passive':
         if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);
@@ -712,6 +848,39 @@ export class SessionMachine {
         break;
     }
     this.flushLocal(out);
+  }
+
+  /** --server-tls explicit: the server's TLS is up; its data connections are protected next. */
+  serverSecured(): Action[] {
+    const out: Action[] = [];
+    if (!this.closed) this.internal('PBSZ', 'PBSZ 0', out);
+    return out;
+  }
+
+  private internal(verb: 'AUTH' | 'PBSZ' | 'PROT', line: string, out: Action[]): void {
+    this.forward(line, { kind: 'internal', verb }, out);
+  }
+
+  /** AUTH 234, then (after serverSecured) PBSZ 200, PROT 200: only then do client lines run. */
+  private internalReply(verb: 'AUTH' | 'PBSZ' | 'PROT', reply: Reply, out: Action[]): void {
+    const ok = verb === 'AUTH' ? reply.code === 234 : reply.code >= 200 && reply.code < 300;
+    if (!ok) {
+      // The administrator asked for TLS toward the server: no falling back to plain FTP.
+      this.closed = true;
+      out.push({ type: 'log', level: 'error', msg: 'the server refused TLS', fields: { command: verb, reply: stripTelnet(reply.lines[0] ?? '').slice(0, 120) } });
+      out.push({ type: 'close', reason: 'server refused TLS', reply: '421 Service not available: the server refused TLS' });
+      return;
+    }
+    if (verb === 'AUTH') return void out.push({ type: 'startServerTls' });
+    if (verb === 'PBSZ') return this.internal('PROT', 'PROT P', out);
+    this.serverPending = false;
+    out.push({ type: 'log', level: 'info', msg: 'server control connection secured, its data protected', fields: {} });
+  }
+
+  /** Every PROT P data connection of negotiation `neg` was refused: the client got nothing. */
+  private dataRefused(neg: number): boolean {
+    const p = this.protectedData;
+    return neg > 0 && p.neg === neg && p.refused && !p.admitted;
   }
 
   private transferEnded(head: Extract<Pending, { kind: 'transfer' }>, code: number | null, out: Action[]): void {
@@ -780,6 +949,24 @@ export class SessionMachine {
       out,
     );
   }
+}
+
+/** The final reply to a transfer whose data connections all failed the TLS check. */
+const NOT_RESUMED: Reply = {
+  code: 522,
+  lines: ["522 Data connection refused: its TLS session is not this control connection's (session reuse required)"],
+};
+
+/**
+ * A multi-line 211 FEAT reply with the proxy's TLS features (RFC 4217 section 6) in place of any
+ * the server named (clients such as lftp look there before they send AUTH); no AUTH where the
+ * connection is TLS from the start. Other replies are left alone.
+ */
+function withTlsFeatures(reply: Reply, implicit: boolean): Reply {
+  if (reply.code !== 211 || reply.lines.length < 2) return reply;
+  const features = reply.lines.slice(1, -1).filter((l) => !/^\s*(AUTH|PBSZ|PROT)\b/i.test(l));
+  const ours = [...(implicit ? [] : [' AUTH TLS']), ' PBSZ', ' PROT'];
+  return { ...reply, lines: [reply.lines[0]!, ...features, ...ours, reply.lines.at(-1)!] };
 }
 
 /**

@@ -17,6 +17,9 @@ import type { Masquerade } from '../net/masquerade.js';
 import { isLocalAddress } from '../net/transparent.js';
 import { resolveHost, type Lookup, type UserAtHost } from '../net/user-at-host.js';
 import { DIRECT_GREETING, directLine } from './direct-login.js';
+import type { TlsMode } from '../config.js';
+import type { SessionTls, TlsTerminator } from '../tls/context.js';
+import type { ServerSessionTls, ServerTlsClient } from '../tls/server-side.js';
 import { hostPort, type SessionView } from '../control/protocol.js';
 import { isFileTransfer, transferBytes, transferResult, type TransferRecord } from '../transfer.js';
 
@@ -33,7 +36,14 @@ export interface SessionOptions {
   readonly anonymousOnly: boolean;
   readonly policy: CommandPolicy;
   readonly rewriteSourcePort: boolean;
-  readonly tls: 'refuse' | 'pass';
+  readonly tls: TlsMode;
+  /** --tls terminate: the proxy's certificate, and whether USER/PASS need AUTH first. */
+  readonly terminator?: TlsTerminator;
+  readonly tlsRequired?: boolean;
+  /** --implicit-tls: the client's connection is TLS from its first byte. */
+  readonly implicitTls?: boolean;
+  /** --server-tls explicit: how TLS toward the server is checked. */
+  readonly serverTls?: ServerTlsClient;
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** --user-at-host: a client that connected to the proxy itself logs in as USER name@host. */
@@ -105,6 +115,18 @@ export class Session {
   private connectTimer: NodeJS.Timeout | null = null;
   private loginTimer: NodeJS.Timeout | null = null;
   private opaque = false;
+  /** --tls terminate: the client's TLS handshake is under way; nothing is read or run meanwhile. */
+  private handshaking = false;
+  /** --tls terminate: this control connection's TLS, which its PROT P data connections resume. */
+  private clientTls: SessionTls | null = null;
+  /** --server-tls explicit: the handshake with the server is under way; then its TLS, for data. */
+  private serverHandshaking = false;
+  private serverTls: ServerSessionTls | null = null;
+  private serverLines: LineFramer;
+  private replies = new ReplyAssembler();
+  /** The client's side: the accepted socket, or its TLS socket after AUTH. */
+  private sock: net.Socket;
+  private clientLines: LineFramer;
   private idleTimer: NodeJS.Timeout | null = null;
   private lastActivity = 0;
   private closing: string | null = null;
@@ -121,7 +143,6 @@ export class Session {
   private readonly loginRefusals = new Set<string>();
   /** The name a name@host login gives the server. */
   private loginAs: string | undefined;
-  private readonly clientLines: LineFramer;
   /** Start times of transfer commands still outstanding, by the machine's sequence number. */
   private readonly transferStarts = new Map<number, number>();
   /** Data bytes of the transfers recorded so far. */
@@ -132,15 +153,17 @@ export class Session {
   private resolveClosed!: () => void;
 
   constructor(
-    private readonly sock: net.Socket,
+    sock: net.Socket,
     private readonly o: SessionOptions,
   ) {
+    this.sock = sock;
+    this.clientLines = new LineFramer(o.maxLineLength);
+    this.serverLines = new LineFramer(o.maxLineLength);
     this.sid = o.sid;
     this.client = { address: canonical(sock.remoteAddress ?? '0.0.0.0'), port: sock.remotePort ?? 0 };
     this.log = o.logger.child({ sid: o.sid, client: `${this.client.address}:${this.client.port}` });
     this.closed = new Promise((r) => (this.resolveClosed = r));
     this.debug = this.log.isLevelEnabled('debug');
-    this.clientLines = new LineFramer(o.maxLineLength);
   }
 
   start(): void {
@@ -152,26 +175,15 @@ export class Session {
     }
     // Nothing is read from the client until its server is connected.
     c.pause();
+    if (this.o.implicitTls) this.secureClient(c, false);
     c.on('error', (err) => this.teardown(`client error: ${err.message}`));
     c.on('close', () => this.teardown('client closed'));
     c.on('end', () => this.teardown('client closed'));
-    c.on('data', (chunk: Buffer) => {
-      if (this.opaque) return;
-      let lines: string[];
-      try {
-        lines = this.clientLines.push(chunk);
-      } catch (e) {
-        return this.protocolFailure('client', e);
-      }
-      if (lines.length === 0) return;
-      // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
-      this.touch();
-      if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
-      else (this.inbox = lines), (this.inboxAt = 0);
-      this.flow();
-    });
-    // What stopped reading may go on once what was queued has gone out.
-    c.on('drain', () => this.flow());
+    // Lines are read from the start (a --user-at-host client logs in before its server is
+    // known); from the TLS socket with --implicit-tls. What stopped reading may go on once what
+    // was queued has gone out.
+    this.sock.on('data', this.clientData);
+    this.sock.on('drain', this.drained);
     this.armConnectTimer();
     this.loginTimer = setTimeout(
       () => this.teardown('login timeout', '421 Login timeout: closing control connection'),
@@ -324,31 +336,143 @@ export class Session {
       ...(this.loginAs !== undefined ? { loginAs: this.loginAs } : {}),
       rewriteSourcePort: this.o.rewriteSourcePort,
       tls: this.o.tls,
+      tlsRequired: this.o.tlsRequired === true,
+      implicitTls: this.o.implicitTls === true,
+      serverTls: this.o.serverTls !== undefined,
     });
-    const serverLines = new LineFramer(this.o.maxLineLength);
-    const replies = new ReplyAssembler();
-    s.on('data', (chunk: Buffer) => {
-      if (this.opaque) return;
-      try {
-        this.batch(() => {
-          for (const line of serverLines.push(chunk)) {
-            const reply = replies.push(line);
-            if (reply) {
-              this.touch();
-              if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
-              this.run(this.machine!.serverReply(reply));
-            }
-            if (this.closing) return;
-          }
-        });
-      } catch (e) {
-        return this.protocolFailure('server', e);
-      }
-      this.flow();
-    });
-    s.on('drain', () => this.flow());
+    s.on('data', this.serverData);
+    s.on('drain', this.drained);
     this.touch();
     this.flow();
+  }
+
+  private readonly clientData = (chunk: Buffer): void => {
+    if (this.opaque) return;
+    let lines: string[];
+    try {
+      lines = this.clientLines.push(chunk);
+    } catch (e) {
+      return this.protocolFailure('client', e);
+    }
+    if (lines.length === 0) return;
+    // Only whole lines count as activity: a client dribbling bytes (slowloris) is idle.
+    this.touch();
+    if (this.inboxAt < this.inbox.length) this.inbox.push(...lines);
+    else (this.inbox = lines), (this.inboxAt = 0);
+    this.flow();
+  };
+
+  private readonly serverData = (chunk: Buffer): void => {
+    if (this.opaque) return;
+    try {
+      this.batch(() => {
+        for (const line of this.serverLines.push(chunk)) {
+          const reply = this.replies.push(line);
+          if (reply) {
+            this.touch();
+            if (this.debug) this.log.debug({ reply: reply.lines[0] }, 'server reply');
+            this.run(this.machine!.serverReply(reply));
+          }
+          // After the server's 234 only its handshake may follow.
+          if (this.closing || this.serverHandshaking) return;
+        }
+      });
+    } catch (e) {
+      return this.protocolFailure('server', e);
+    }
+    this.flow();
+  };
+
+  private readonly drained = (): void => this.flow();
+
+  /**
+   * --server-tls explicit, the server said 234 to the proxy's AUTH TLS: the server's socket
+   * becomes a TLS client socket; the machine sends PBSZ and PROT once it is up. A failed
+   * handshake (or certificate check) ends the session with 421.
+   */
+  private startServerTls(): void {
+    const raw = this.server!;
+    raw.off('data', this.serverData);
+    raw.off('drain', this.drained);
+    raw.pause();
+    this.serverHandshaking = true;
+    this.serverLines = new LineFramer(this.o.maxLineLength);
+    this.replies = new ReplyAssembler();
+    // After the batch that wrote AUTH TLS is uncorked.
+    queueMicrotask(() => {
+      if (this.closing) return;
+      const serverTls = this.o.serverTls!.forSession(this.serverEndpoint!.address);
+      this.serverTls = serverTls;
+      const secure = serverTls.connect(raw);
+      this.server = secure;
+      secure.on('error', (err) => {
+        if (this.serverHandshaking) this.log.warn({ err: err.message }, 'TLS handshake with the server failed');
+        this.teardown(`server TLS error: ${err.message}`, '421 Service not available: TLS to the server failed');
+      });
+      secure.on('close', () => this.teardown('server closed'));
+      secure.once('secureConnect', () => {
+        this.serverHandshaking = false;
+        this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name, verified: secure.authorized }, 'server control connection secured');
+        secure.on('data', this.serverData);
+        secure.on('drain', this.drained);
+        this.batch(() => this.run(this.machine!.serverSecured()));
+        this.flow();
+      });
+    });
+  }
+
+  /**
+   * --tls terminate, the 234 is written: the client's socket becomes a TLS server socket. What
+   * was read after AUTH is dropped (the machine drops its own held lines): a client may send
+   * nothing but its handshake there. Both sides wait until the handshake is over.
+   */
+  private startTls(): void {
+    const raw = this.sock;
+    raw.off('data', this.clientData);
+    raw.off('drain', this.drained);
+    raw.pause();
+    this.server?.pause();
+    this.handshaking = true;
+    (this.inbox = []), (this.inboxAt = 0);
+    this.clientLines = new LineFramer(this.o.maxLineLength);
+    // After the batch that wrote the 234 is uncorked: the 234 goes out in plaintext first.
+    queueMicrotask(() => {
+      if (!this.closing) this.secureClient(raw, true);
+    });
+  }
+
+  /**
+   * The TLS server side over the client's socket: after AUTH, or from the first byte
+   * (--implicit-tls, where connected() attaches the line reader itself: `attach` false).
+   * Nothing is run while the handshake is under way; a failed one ends the session, logged.
+   */
+  private secureClient(raw: net.Socket, attach: boolean): void {
+    const clientTls = this.o.terminator!.forSession();
+    this.clientTls = clientTls;
+    clientTls.onHandshake = (event) => {
+      if (this.closing || !this.machine) return;
+      this.batch(() => this.run(this.machine!.protectedHandshake(event)));
+      this.flow();
+    };
+    this.handshaking = true;
+    const secure = clientTls.wrap(raw);
+    this.sock = secure;
+    secure.on('error', (err) => {
+      if (this.handshaking) this.log.notice({ err: err.message }, 'TLS handshake with the client failed');
+      this.teardown(`client TLS error: ${err.message}`);
+    });
+    secure.on('close', () => this.teardown('client closed'));
+    secure.once('secure', () => {
+      this.handshaking = false;
+      this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'client control connection secured');
+      if (attach) {
+        secure.on('data', this.clientData);
+        secure.on('drain', this.drained);
+      }
+      // Read again when flow() says so (not before the server is connected).
+      secure.pause();
+      this.flow();
+    });
   }
 
   private addressing(clientLocal: string, serverLocal: string, server: Endpoint): Addressing {
@@ -431,7 +555,7 @@ export class Session {
   private flow(): void {
     const m = this.machine;
     const s = this.server;
-    if (this.closing || this.opaque) return;
+    if (this.closing || this.opaque || this.handshaking || this.serverHandshaking) return;
     if (!m || !s) {
       if (this.login) this.loginFlow(this.login);
       return;
@@ -444,10 +568,10 @@ export class Session {
         const line = this.inbox[this.inboxAt++]!;
         if (this.debug) this.log.debug({ line: maskPass(line) }, 'client line');
         this.run(m.clientLine(line));
-        if (this.closing) return;
+        if (this.closing || this.handshaking) return;
       }
     });
-    if (this.closing) return;
+    if (this.closing || this.handshaking) return;
     if (this.inboxAt === this.inbox.length) (this.inbox = []), (this.inboxAt = 0);
     if (c.writableLength > MAX_BACKLOG) return this.teardown('client does not read its replies');
     const waitingLines = this.inbox.length > 0;
@@ -487,7 +611,11 @@ export class Session {
           this.server!.write(a.text + '\r\n', 'latin1');
           break;
         case 'open':
-          this.open(a.token, a.request);
+          this.open(a.token, {
+            ...a.request,
+            ...(a.protect && this.clientTls ? { tls: this.clientTls } : {}),
+            ...(this.serverTls ? { serverTls: this.serverTls } : {}),
+          });
           break;
         case 'release':
           this.release(a.id, false, a.urgent);
@@ -511,6 +639,12 @@ export class Session {
           break;
         case 'opaque':
           this.goOpaque();
+          break;
+        case 'startTls':
+          this.startTls();
+          break;
+        case 'startServerTls':
+          this.startServerTls();
           break;
         case 'log':
           this.log[a.level](a.fields ?? {}, a.msg);

@@ -1,9 +1,11 @@
 """A scriptable FTP client on Python's ftplib for the lab tests (run with /usr/bin/python3).
 
 usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|epsv|port|eprt]
-                    [--source ADDR] [--timeout S] [--skip-pasv-ip] [--latin1] OP ...
+                    [--source ADDR] [--timeout S] [--skip-pasv-ip] [--latin1] [--tls [--no-reuse]] OP ...
   OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE | list [PATH] | nlst [PATH]
       | abor REMOTE [--after BYTES] [--style ftplib|rfc959]
+      | race REMOTE --thief ADDR... (--tls, passive: each thief connects to the advertised port
+        from ADDR first, with a TLS session of its own, then the client fetches REMOTE)
       | session STEP... (one login: get=F, rest=F@OFFSET, put=LOCAL@REMOTE, list=DIR, abor=F,
         abor959=F: ABOR after Telnet IP + Synch) | raw CMD... (replies as they come)
 
@@ -16,6 +18,7 @@ import ftplib
 import hashlib
 import json
 import socket
+import ssl
 import sys
 import time
 
@@ -69,6 +72,27 @@ class LabFTP(ftplib.FTP):
         return sock
 
 
+class LabFTPTLS(LabFTP, ftplib.FTP_TLS):
+    """FTP_TLS (AUTH TLS, then PROT P after login) without certificate checks (the lab's is
+    self-signed). Its data connections resume the control connection's TLS session, as FileZilla,
+    lftp and curl do and stock ftplib does not; with reuse False they make a new one."""
+
+    def __init__(self, mode: str, skip_pasv_ip: bool, reuse: bool, **kw):
+        self.reuse = reuse
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        super().__init__(mode, skip_pasv_ip, context=context, **kw)
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        self.data_peers.append(list(conn.getpeername()[:2]))
+        if self._prot_p:
+            session = self.sock.session if self.reuse else None
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
+
+
 def op_get(ftp: LabFTP, a) -> dict:
     digest = hashlib.sha256()
     size = 0
@@ -116,7 +140,10 @@ def op_abor(ftp: LabFTP, a) -> dict:
         if not chunk:
             break
         got += len(chunk)
-    if a.style == "rfc959":
+    if isinstance(ftp.sock, ssl.SSLSocket):
+        # No urgent data inside TLS: the ABOR is an ordinary line.
+        ftp.putcmd("ABOR")
+    elif a.style == "rfc959":
         # Telnet IP, then IAC DM as urgent data (the "synch"), then ABOR: what BSD ftp sends.
         ftp.sock.sendall(b"\xff\xf4\xff")
         ftp.sock.sendall(b"\xf2", socket.MSG_OOB)
@@ -133,6 +160,34 @@ def op_abor(ftp: LabFTP, a) -> dict:
     while not (reply := ftp.getmultiline()).startswith("200"):
         abort_replies.append(reply)
     return {"bytes_before_abort": got, "abort_replies": abort_replies, "noop_ok": True}
+
+
+def op_race(ftp: LabFTPTLS, a) -> dict:
+    """PASV, then third parties race to the advertised port before the client's RETR: what each
+    one read, then what the client itself got."""
+    ftp.voidcmd("TYPE I")
+    host, port = ftp.makepasv()
+    thieves = []
+    for source in a.thief:
+        got, error = 0, None
+        try:
+            raw = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
+            with ftp.context.wrap_socket(raw, server_hostname=ftp.host) as t:
+                while chunk := t.recv(CHUNK):
+                    got += len(chunk)
+        except (OSError, ssl.SSLError) as e:
+            error = f"{type(e).__name__}: {e}"
+        thieves.append({"source": source, "bytes": got, "error": error})
+    conn = socket.create_connection((host, port), timeout=ftp.timeout)
+    ftp.sendcmd("RETR " + a.remote)
+    digest = hashlib.sha256()
+    size = 0
+    with ftp.context.wrap_socket(conn, server_hostname=ftp.host, session=ftp.sock.session) as t:
+        while chunk := t.recv(CHUNK):
+            size += len(chunk)
+            digest.update(chunk)
+    ftp.voidresp()
+    return {"thieves": thieves, "bytes": size, "sha256": digest.hexdigest()}
 
 
 def op_session(ftp: LabFTP, a) -> dict:
@@ -179,7 +234,7 @@ def op_raw(ftp: LabFTP, a) -> dict:
 
 
 OPS = {"raw": op_raw, "login": lambda ftp, a: {}, "get": op_get, "put": op_put, "list": op_lines,
-       "nlst": op_lines, "abor": op_abor, "session": op_session}
+       "nlst": op_lines, "abor": op_abor, "session": op_session, "race": op_race}
 
 
 def parse_args() -> argparse.Namespace:
@@ -195,6 +250,9 @@ def parse_args() -> argparse.Namespace:
                     help="connect to the control peer instead of the 227 address")
     ap.add_argument("--latin1", action="store_true",
                     help="control lines in latin-1, one byte per character (raw Telnet or UTF-8 bytes)")
+    ap.add_argument("--tls", action="store_true", help="AUTH TLS before login, PROT P after it")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="with --tls: data connections do not resume the control connection's TLS session")
     sub = ap.add_subparsers(dest="op", required=True)
     sub.add_parser("login")
     g = sub.add_parser("get")
@@ -211,6 +269,9 @@ def parse_args() -> argparse.Namespace:
     b.add_argument("--after", type=int, default=CHUNK)
     b.add_argument("--style", choices=("ftplib", "rfc959"), default="ftplib")
     sub.add_parser("session").add_argument("steps", nargs="+")
+    r = sub.add_parser("race")
+    r.add_argument("remote")
+    r.add_argument("--thief", action="append", required=True, help="source address of a third party")
     sub.add_parser("raw").add_argument("commands", nargs="+")
     return ap.parse_args()
 
@@ -219,13 +280,16 @@ def main() -> int:
     a = parse_args()
     started = time.monotonic()
     result: dict = {"op": a.op, "mode": a.mode, "host": a.host, "port": a.port}
-    ftp = LabFTP(a.mode, a.skip_pasv_ip, timeout=a.timeout,
-                 source_address=(a.source, 0) if a.source else None)
+    kw = {"timeout": a.timeout, "source_address": (a.source, 0) if a.source else None}
+    ftp = LabFTPTLS(a.mode, a.skip_pasv_ip, not a.no_reuse, **kw) if a.tls else LabFTP(a.mode, a.skip_pasv_ip, **kw)
     if a.latin1:
         ftp.encoding = "latin-1"
     try:
         result["welcome"] = ftp.connect(a.host, a.port)
         ftp.login(a.user, a.password)
+        if a.tls:
+            ftp.prot_p()
+            result["tls"] = ftp.sock.version()
         result.update(OPS[a.op](ftp, a))
         ftp.quit()
         result["ok"] = True
