@@ -12,6 +12,7 @@ import { originalDestination } from './net/origdst.js';
 import { RelayDataPlane } from './dataplane/relay.js';
 import { NftablesDataPlane, renderRuleset } from './dataplane/nftables/index.js';
 import type { DataPlane, Endpoint } from './dataplane/types.js';
+import { CompositeDataPlane } from './dataplane/composite.js';
 import { ProxyServer } from './server.js';
 import { NO_METRICS, PromMetrics } from './metrics/metrics.js';
 import { MetricsListener } from './metrics/http.js';
@@ -25,17 +26,19 @@ const out = { out: (s: string) => void process.stdout.write(s), err: (s: string)
 
 function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
   const ports = new PortAllocator(cfg.dataPorts.low, cfg.dataPorts.high);
-  if (cfg.backend === 'relay') {
-    return new RelayDataPlane({
+  const relay = (routeTable?: number): RelayDataPlane =>
+    new RelayDataPlane({
       ports,
       dataTimeout: cfg.dataTimeout,
       dataIdleTimeout: cfg.dataIdleTimeout,
-      // Only outbound mode uses an address that is not this host's for data (the server's).
-      ...(cfg.mode === 'outbound' ? { routeTable: cfg.routeTable } : {}),
+      ...(routeTable !== undefined ? { routeTable } : {}),
       logger,
     });
-  }
-  return new NftablesDataPlane({
+  // Only outbound mode uses an address that is not this host's for data (the server's).
+  if (cfg.backend === 'relay') return relay(cfg.mode === 'outbound' ? cfg.routeTable : undefined);
+  // Beside the kernel, the relay carries only what the kernel cannot (cross-family and
+  // mode-translated paths), from this host's own addresses: it needs no policy routing.
+  const kernel = new NftablesDataPlane({
     table: cfg.nftTable,
     ports,
     entryTimeoutSec: cfg.dataTimeout,
@@ -44,6 +47,7 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
     ...countOption(cfg),
     logger,
   });
+  return new CompositeDataPlane(kernel, relay());
 }
 
 /** The nftables table's byte counting (rules.ts TableOptions.count), unless --nflog-group 0. */
@@ -186,7 +190,9 @@ export async function main(loaded: Loaded, reread: () => Loaded): Promise<number
       mode: cfg.mode,
       ...(cfg.reverse ? { server: `${cfg.reverse.address}:${cfg.reverse.port}` } : {}),
       dataPlane: dataPlane.name,
-      ...(dataPlane instanceof NftablesDataPlane ? { nftRunner: dataPlane.runnerName, nftTable: cfg.nftTable } : {}),
+      ...(dataPlane instanceof CompositeDataPlane && dataPlane.kernel instanceof NftablesDataPlane
+        ? { nftRunner: dataPlane.kernel.runnerName, nftTable: cfg.nftTable }
+        : {}),
       dataPorts: `${cfg.dataPorts.low}-${cfg.dataPorts.high}`,
       maxSessions: cfg.maxSessions,
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),

@@ -9,7 +9,7 @@ import { canonical } from '../net/address.js';
 import { tcpFlow, type TcpFlow } from '../net/libc.js';
 import type { PortAllocator } from '../net/ports.js';
 import { connectFrom, listenOn, TransparentSources } from '../net/transparent.js';
-import type { DataPath, DataPathRequest, DataPlane } from './types.js';
+import type { DataPath, DataPathRequest, DataPlane, JoinRequest } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
 import type { Moved } from '../transfer.js';
 
@@ -59,15 +59,20 @@ interface Pair {
 }
 
 interface RelayPath {
-  readonly req: DataPathRequest;
+  readonly sid: string;
   readonly port: number;
   listener: net.Server | null;
+  /** A joined path's connection to the server, held until proceed() pairs it with the client. */
+  held: { readonly server: net.Socket; readonly req: JoinRequest } | null;
   timer: NodeJS.Timeout | null;
   /** The one connection it relays, once accepted. */
   pair: Pair | null;
   /** Settles what transferred() answers: the pair's bytes when it ends, zeros when none came. */
   readonly settle: (m: Moved) => void;
 }
+
+/** The prefix of every path id this plane hands out (RelayDataPlane.owns). */
+const ID_PREFIX = 'relay-';
 
 /** A socket's flow from TCP_INFO, or, where that cannot be read, what Node itself saw. */
 function flowOf(s: net.Socket): TcpFlow {
@@ -151,33 +156,95 @@ export class RelayDataPlane implements DataPlane {
         ? e
         : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
     });
-    const id = `relay-${++this.seq}`;
-    let settle!: (m: Moved) => void;
-    this.results.set(id, { sid: req.sid, moved: new Promise<Moved>((r) => (settle = r)) });
-    const path: RelayPath = { req, port, listener, timer: null, pair: null, settle };
-    this.paths.set(id, path);
-    const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
+    const { id, path, log } = this.register(req.sid, port, listener, null);
     path.timer = setTimeout(() => {
       log.info({ timeout: this.o.dataTimeout }, 'data connection did not arrive in time');
       this.stopListening(path);
       this.forget(id, path);
     }, this.o.dataTimeout * 1000);
     path.timer.unref();
-    listener!.on('connection', (sock) => this.accept(id, path, sock, log));
+    listener!.on('connection', (sock) => this.accept(id, path, req, sock, log));
     listener!.on('error', (err) => log.warn({ err: err.message }, 'data listener error'));
-    return { id, port };
+    return { id, port, via: this.name };
   }
 
-  private accept(id: string, path: RelayPath, peer: net.Socket, log: AppLogger): void {
+  /** A new path of session `sid`: its id, its result to settle, its log. */
+  private register(sid: string, port: number, listener: net.Server | null, held: RelayPath['held']) {
+    const id = `${ID_PREFIX}${++this.seq}`;
+    let settle!: (m: Moved) => void;
+    this.results.set(id, { sid, moved: new Promise<Moved>((r) => (settle = r)) });
+    const path: RelayPath = { sid, port, listener, held, timer: null, pair: null, settle };
+    this.paths.set(id, path);
+    const log = this.o.logger.child({ sid, dataPath: id, dataPort: port });
+    return { id, path, log };
+  }
+
+  /** Whether `id` is one of this plane's path ids (a composite plane routes by it). */
+  owns(id: string): boolean {
+    return id.startsWith(ID_PREFIX);
+  }
+
+  /**
+   * Mode translation: connect to the server's passive data port now (RFC 959: the passive side
+   * waits for its peer before or after the transfer command, so the server never waits for the
+   * proxy), and hold it unread until proceed().
+   */
+  async join(req: JoinRequest): Promise<DataPath> {
+    const server = connectFrom(req.server, req.serverSource, undefined, this.transparent ?? null, this.o.logger);
+    server.pause();
+    server.setNoDelay(true);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => fail(new Error('timed out')), this.o.dataTimeout * 1000);
+      const fail = (err: Error): void => {
+        clearTimeout(timer);
+        server.destroy();
+        reject(new DataPlaneError('BACKEND_FAILED', `cannot reach the server's data port ${req.server.address} port ${req.server.port}: ${err.message}`, { cause: err }));
+      };
+      server.once('error', fail);
+      server.once('connect', () => {
+        clearTimeout(timer);
+        server.removeListener('error', fail);
+        resolve();
+      });
+    });
+    const { id, path, log } = this.register(req.sid, server.localPort ?? 0, null, { server, req });
+    // Until it is paired, an error or the server's close ends the held leg alone.
+    const gone = (): void => {
+      if (path.held?.server !== server) return;
+      log.info({}, "the server's data connection ended before the transfer started");
+      this.stopListening(path);
+      this.forget(id, path);
+    };
+    server.on('error', gone);
+    server.on('close', gone);
+    return { id, port: path.port, via: this.name };
+  }
+
+  proceed(id: string): void {
+    const path = this.paths.get(id);
+    const held = path?.held;
+    if (!path || !held) return;
+    path.held = null;
+    held.server.removeAllListeners('error').removeAllListeners('close');
+    const log = this.o.logger.child({ sid: path.sid, dataPath: id, dataPort: path.port });
+    const r = held.req;
+    this.carry(id, path, held.server, connectFrom(r.client, r.clientSource, r.clientSourcePort, this.transparent ?? null, log), log);
+  }
+
+  private accept(id: string, path: RelayPath, req: DataPathRequest, peer: net.Socket, log: AppLogger): void {
     const from = canonical(peer.remoteAddress ?? '');
-    if (from !== path.req.peer || path.listener === null) {
+    if (from !== req.peer || path.listener === null) {
       // Only the negotiated peer, and only once.
-      log.notice({ from, expected: path.req.peer }, 'data connection from unexpected source refused');
+      log.notice({ from, expected: req.peer }, 'data connection from unexpected source refused');
       peer.destroy();
       return;
     }
     this.stopListening(path);
-    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
+    this.carry(id, path, peer, connectFrom(req.target, req.source, req.sourcePort, this.transparent ?? null, log), log);
+  }
+
+  /** Carry one connection between `peer` (connected) and `target` (connecting). */
+  private carry(id: string, path: RelayPath, peer: net.Socket, target: net.Socket, log: AppLogger): void {
     // Nothing is read from either side before both are connected: the first bytes go to
     // whichever carrier (splice or streams) takes the pair.
     target.pause();
@@ -214,7 +281,7 @@ export class RelayDataPlane implements DataPlane {
       path.settle({ fromPeer: bytes.toTarget, toPeer: bytes.toPeer });
       this.forget(id, path);
     };
-    const pair: Pair = { sid: path.req.sid, peer, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
+    const pair: Pair = { sid: path.sid, peer, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
     path.pair = pair;
     this.admit(pair, log);
     peer.on('error', (err) => done('peer error', err));
@@ -297,7 +364,10 @@ export class RelayDataPlane implements DataPlane {
     }
   }
 
-  /** Close the listener (the one connection has come, or it never will). */
+  /**
+   * Close the listener, or a joined path's held connection to the server (the one connection
+   * has come, or it never will).
+   */
   private stopListening(path: RelayPath): void {
     if (path.timer) clearTimeout(path.timer);
     path.timer = null;
@@ -306,11 +376,16 @@ export class RelayDataPlane implements DataPlane {
       path.listener = null;
       this.o.ports.put(path.port);
     }
+    if (path.held) {
+      const { server } = path.held;
+      path.held = null;
+      server.destroy();
+    }
   }
 
-  /** Drop the path once it neither listens nor relays. */
+  /** Drop the path once it neither listens, holds, nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener !== null || path.pair !== null) return;
+    if (path.listener !== null || path.held !== null || path.pair !== null) return;
     this.paths.delete(id);
     // No-op when the pair has settled it with its bytes.
     path.settle({ fromPeer: 0, toPeer: 0 });
@@ -343,7 +418,7 @@ export class RelayDataPlane implements DataPlane {
   async endSession(sid: string): Promise<void> {
     const now = Date.now();
     for (const [id, path] of [...this.paths]) {
-      if (path.req.sid !== sid) continue;
+      if (path.sid !== sid) continue;
       this.stopListening(path);
       const pair = path.pair;
       if (pair && this.look(pair, now) === 'flushing') pair.deadline ??= now + SESSION_END_LINGER_MS;

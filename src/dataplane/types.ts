@@ -32,10 +32,30 @@ export interface DataPathRequest {
   readonly sourcePort?: number;
 }
 
-/** An admitted data connection: `port` is what the session advertises. */
+/**
+ * A mode-translated data connection (--server-mode passive): the client announced a port
+ * (PORT/EPRT) and the server one of its own (PASV/EPSV); the plane connects to both and carries
+ * the one connection between them. `server` is reached at once, from `serverSource`; `client`
+ * only on proceed(), from `clientSource` (and `clientSourcePort`, e.g. 20 with -r).
+ */
+export interface JoinRequest {
+  readonly sid: string;
+  readonly server: Endpoint;
+  readonly serverSource: string;
+  readonly client: Endpoint;
+  readonly clientSource: string;
+  readonly clientSourcePort?: number;
+}
+
+/**
+ * An admitted data connection: `port` is what the session advertises (for a joined path: the
+ * local port of its connection to the server). `via`: the plane that carries it, where a plane
+ * made of several chose one.
+ */
 export interface DataPath {
   readonly id: string;
   readonly port: number;
+  readonly via?: string;
 }
 
 export interface DataPlane {
@@ -58,6 +78,18 @@ export interface DataPlane {
    * that a reply written next cannot be raced to the port; otherwise it may be batched.
    */
   release(id: string, abort: boolean, urgent?: boolean): Promise<void>;
+  /**
+   * Planes that carry bytes themselves (the relay): connect to `req.server` and resolve once
+   * connected (DataPlaneError BACKEND_FAILED when it cannot be reached); nothing goes to the
+   * client before proceed(). release() of a path not yet proceeded closes its server connection.
+   * Absent: this plane cannot join, the composite sends joins to its relay.
+   */
+  join?(req: JoinRequest): Promise<DataPath>;
+  /**
+   * The server has started the transfer of joined path `id` (its 1xx, or its final reply came
+   * first): connect to the client and carry the data. A released or unknown id is a no-op.
+   */
+  proceed?(id: string): void;
   /**
    * Session `sid` has ended (its last reply is written): nothing of it may outlive it. Every
    * path it still holds is released, and a plane that carries bytes itself (the relay) ends

@@ -277,11 +277,11 @@ export class SessionMachine {
         w.reply === 227
           ? format227({ address: this.o.addressing.passiveAdvertise, port: path.port })
           : format229(path.port);
-      out.push({ type: 'log', level: 'info', msg: 'passive data path', fields: { dataPort: path.port } });
+      out.push({ type: 'log', level: 'info', msg: 'passive data path', fields: { dataPort: path.port, plane: path.via, converted: false } });
       out.push({ type: 'toClient', text });
     } else {
       const ep = { address: this.o.addressing.activeListen, port: path.port };
-      out.push({ type: 'log', level: 'info', msg: 'active data path', fields: { dataPort: path.port } });
+      out.push({ type: 'log', level: 'info', msg: 'active data path', fields: { dataPort: path.port, plane: path.via, converted: false } });
       this.pending.push({ kind: 'active', neg: w.neg });
       out.push({ type: 'toServer', text: this.serverFamily === 4 ? formatPort(ep) : formatEprt(ep) });
     }

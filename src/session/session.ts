@@ -370,6 +370,7 @@ export class Session {
           this.sock.write(a.text + '\r\n', 'latin1');
           break;
         case 'toServer':
+          if (this.debug) this.log.debug({ line: maskPass(a.text) }, 'server line');
           if (a.urgent && sendUrgent(this.server!, Buffer.from(a.text + '\r\n', 'latin1'))) break;
           this.server!.write(a.text + '\r\n', 'latin1');
           break;
@@ -432,7 +433,8 @@ export class Session {
           this.release(path.id, true);
           return;
         }
-        this.run(this.machine.dataOpened(token, path));
+        // Which plane carries it, for the path's log line (a composite plane says so itself).
+        this.run(this.machine.dataOpened(token, path.via ? path : { ...path, via: this.o.dataPlane.name }));
         this.flow();
       },
       (err: unknown) => {
