@@ -60,6 +60,8 @@ export interface Config {
   readonly cleanup: boolean;
   readonly loginTimeout: number;
   readonly tls: 'refuse' | 'pass';
+  /** --server-mode: how data connections are asked of the server. */
+  readonly serverMode: 'client' | 'passive';
   readonly clients: AddressList;
   readonly servers: AddressList;
   /** Where GET /metrics is served; absent: no metrics listener. */
@@ -171,6 +173,12 @@ function tlsMode(raw: string): 'refuse' | 'pass' {
   return v;
 }
 
+function serverMode(raw: string): 'client' | 'passive' {
+  const v = raw.trim().toLowerCase();
+  if (v !== 'client' && v !== 'passive') fail('--server-mode', `'${raw}' is not one of client, passive`);
+  return v;
+}
+
 export function buildConfig(o: RawOptions): Config {
   const reverseAddr = o.reverse !== undefined ? unicast('-R/--reverse', o.reverse) : undefined;
   const serverPort = integer('-P/--server-port', o.serverPort, 1, 65535);
@@ -232,6 +240,7 @@ export function buildConfig(o: RawOptions): Config {
     cleanup: o.cleanup === true,
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
     tls: tlsMode(o.tls),
+    serverMode: serverMode(o.serverMode),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
     ...(o.metrics !== undefined ? { metrics: listenAddress('--metrics', o.metrics) } : {}),

@@ -26,6 +26,7 @@ export const LIVE: ReadonlySet<keyof RawOptions> = new Set<keyof RawOptions>([
   'loginTimeout',
   'connectTimeout',
   'anonymousOnly',
+  'serverMode',
   'maxLineLength',
   'debugLevel',
   'xferlog',

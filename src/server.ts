@@ -107,6 +107,7 @@ export class ProxyServer {
       anonymousOnly: cfg.anonymousOnly,
       rewriteSourcePort: cfg.rewriteSourcePort,
       tls: cfg.tls,
+      serverMode: cfg.serverMode,
       servers: cfg.servers,
       connectTimeout: cfg.connectTimeout,
       loginTimeout: cfg.loginTimeout,

@@ -208,15 +208,15 @@ export class RelayDataPlane implements DataPlane {
       });
     });
     const { id, path, log } = this.register(req.sid, server.localPort ?? 0, null, { server, req });
-    // Until it is paired, an error or the server's close ends the held leg alone.
-    const gone = (): void => {
+    // Unread until paired, the held leg notices little (a server's FIN waits in the kernel and
+    // reaches the client as an empty transfer); it ends with release() or the session. An error
+    // it does see ends it alone.
+    server.on('error', (err) => {
       if (path.held?.server !== server) return;
-      log.info({}, "the server's data connection ended before the transfer started");
+      log.info({ err: err.message }, "the server's data connection failed before the transfer started");
       this.stopListening(path);
       this.forget(id, path);
-    };
-    server.on('error', gone);
-    server.on('close', gone);
+    });
     return { id, port: path.port, via: this.name };
   }
 
@@ -225,7 +225,7 @@ export class RelayDataPlane implements DataPlane {
     const held = path?.held;
     if (!path || !held) return;
     path.held = null;
-    held.server.removeAllListeners('error').removeAllListeners('close');
+    held.server.removeAllListeners('error');
     const log = this.o.logger.child({ sid: path.sid, dataPath: id, dataPort: path.port });
     const r = held.req;
     this.carry(id, path, held.server, connectFrom(r.client, r.clientSource, r.clientSourcePort, this.transparent ?? null, log), log);

@@ -4,7 +4,7 @@
 import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, type Command, type TransferVerb } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
-import type { DataPath, DataPathRequest, Endpoint } from '../dataplane/types.js';
+import type { DataPath, DataPathRequest, Endpoint, JoinRequest } from '../dataplane/types.js';
 import { ProtocolError, type FtpProxyError } from '../errors.js';
 import { familyOf } from '../net/address.js';
 import { nextDirectory, typeAfter } from '../transfer.js';
@@ -50,6 +50,12 @@ export interface MachineOptions {
   readonly tls?: 'refuse' | 'pass';
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
+  /**
+   * How data connections are asked of the server. 'client' (default): as the client asked.
+   * 'passive': a client's PORT/EPRT is answered by the proxy, which asks the server for PASV/EPSV
+   * and joins the two data connections (a gateway that cannot take inbound connections).
+   */
+  readonly serverMode?: 'client' | 'passive';
 }
 
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warn' | 'error';
@@ -59,6 +65,10 @@ export type Action =
   /** `urgent`: an ABOR, to be sent with the Telnet Synch (TCP urgent data). */
   | { readonly type: 'toServer'; readonly text: string; readonly urgent?: boolean }
   | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
+  /** Mode translation: connect to the server's passive port now, to the client on `proceed`. */
+  | { readonly type: 'join'; readonly token: number; readonly request: JoinRequest }
+  /** The server started the transfer on joined path `id`: connect to the client. */
+  | { readonly type: 'proceed'; readonly id: string }
   /**
    * `urgent`: applied before the next reply goes out where the data plane can (a refused
    * transfer's path: its client must not be able to race the reply to the port).
@@ -101,6 +111,8 @@ type Pending =
   | { readonly kind: 'greeting' }
   | { readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
   | { readonly kind: 'active'; readonly neg: number }
+  /** The proxy's PASV/EPSV for a client's PORT/EPRT (serverMode 'passive'): `client` is where it listens. */
+  | { readonly kind: 'convert'; readonly neg: number; readonly verb: 'PORT' | 'EPRT'; readonly client: Endpoint }
   /** `aborted`: an ABOR was forwarded while it was outstanding. */
   | {
       readonly kind: 'transfer';
@@ -119,7 +131,19 @@ type Pending =
 
 type Waiting =
   | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
-  | { readonly token: number; readonly kind: 'active'; readonly neg: number };
+  | { readonly token: number; readonly kind: 'active'; readonly neg: number }
+  | { readonly token: number; readonly kind: 'convert'; readonly verb: 'PORT' | 'EPRT'; readonly neg: number };
+
+/**
+ * The data path the session holds. `joined`: a mode-translated one, and whether the data
+ * plane was told to proceed (connect to the client) yet.
+ */
+interface HeldPath {
+  readonly path: DataPath;
+  readonly neg: number;
+  readonly kind: 'passive' | 'active';
+  readonly joined?: { proceeded: boolean };
+}
 
 const DEFAULT_MAX_QUEUED = 256;
 
@@ -131,7 +155,7 @@ const DEFAULT_MAX_QUEUED = 256;
  */
 function accepts(p: Pending, code: number): boolean {
   const passiveCode = code === 227 || code === 229;
-  if (p.kind === 'passive') return passiveCode || code >= 400;
+  if (p.kind === 'passive' || p.kind === 'convert') return passiveCode || code >= 400;
   return p.kind !== 'local' && !passiveCode;
 }
 
@@ -146,7 +170,7 @@ export class SessionMachine {
   /** Negotiations sent so far; 0 = none yet. */
   private neg = 0;
   /** The session's current data path and the negotiation it answers. */
-  private path: { readonly path: DataPath; readonly neg: number; readonly kind: 'passive' | 'active' } | null = null;
+  private path: HeldPath | null = null;
   /** The last negotiation answered with the server's own port (passiveDirect): nothing to count. */
   private directNeg = 0;
   private transferSeq = 0;
@@ -271,6 +295,19 @@ export class SessionMachine {
       return out;
     }
     this.waiting = null;
+    if (w.kind === 'convert') {
+      this.replacePath({ path, neg: w.neg, kind: 'active', joined: { proceeded: false } }, out);
+      out.push({
+        type: 'log',
+        level: 'info',
+        msg: 'active data path',
+        fields: { dataPort: path.port, plane: path.via, converted: true, toServer: this.serverFamily === 4 ? 'PASV' : 'EPSV' },
+      });
+      out.push({ type: 'toClient', text: `200 ${w.verb} command successful` });
+      this.flushLocal(out);
+      this.drain(out);
+      return out;
+    }
     this.replacePath({ path, neg: w.neg, kind: w.kind }, out);
     if (w.kind === 'passive') {
       const text =
@@ -305,11 +342,9 @@ export class SessionMachine {
     const text = exhausted
       ? "425 Can't open data connection: no free data port on the proxy, try again later"
       : "425 Can't open data connection: the proxy could not set it up";
-    if (w.kind === 'passive') {
-      out.push({ type: 'toClient', text });
-    } else {
-      this.answerLocally(text, out);
-    }
+    // A passive or converted negotiation's reply is the one now due; an active one's comes in turn.
+    if (w.kind === 'active') this.answerLocally(text, out);
+    else out.push({ type: 'toClient', text });
     this.flushLocal(out);
     this.drain(out);
     return out;
@@ -510,8 +545,13 @@ export class SessionMachine {
         fields: { verb: cmd.kind, dataPort: port },
       });
     }
-    const a = this.o.addressing;
     this.negMode = 'active';
+    if (this.o.serverMode === 'passive') {
+      // The server is asked for a passive port instead; the client's PORT/EPRT is answered
+      // once the proxy has connected to it (dataOpened).
+      return this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'convert', neg: ++this.neg, verb: cmd.kind, client: { address, port } }, out);
+    }
+    const a = this.o.addressing;
     this.startOpen(
       { kind: 'active', neg: ++this.neg },
       {
@@ -538,7 +578,7 @@ export class SessionMachine {
     out.push({ type: 'open', token, request });
   }
 
-  private replacePath(path: SessionMachine['path'], out: Action[], urgent = false): void {
+  private replacePath(path: HeldPath | null, out: Action[], urgent = false): void {
     if (this.path) out.push({ type: 'release', id: this.path.path.id, ...(urgent ? { urgent } : {}) });
     this.path = path;
   }
@@ -580,6 +620,7 @@ export class SessionMachine {
     if (head?.kind === 'transfer' && !this.transferring) {
       this.transferring = true;
       out.push({ type: 'transfer', active: true });
+      this.proceed(head.neg, out);
     }
     if (reply.partial) this.streaming = { drop: false, head: false };
     out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
@@ -641,6 +682,10 @@ export class SessionMachine {
         if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);
         else send();
         break;
+      case 'convert':
+        if (reply.code === 227 || reply.code === 229) this.convertReply(head, reply, out);
+        else send();
+        break;
       case 'active':
         // Refused: the path goes before the reply, so that nobody can use it after reading it.
         if (reply.code >= 400 || reply.code === 0) this.releaseNegotiated(head.neg, out, true);
@@ -661,6 +706,8 @@ export class SessionMachine {
           this.releaseNegotiated(head.neg, out, true);
           send();
         } else {
+          // A server that sent no 1xx: the data waits at the proxy until it reaches the client.
+          this.proceed(head.neg, out);
           send();
           this.transferEnded(head, reply.code, out);
           this.releaseNegotiated(head.neg, out);
@@ -720,17 +767,59 @@ export class SessionMachine {
     }
   }
 
-  private passiveReply(head: Extract<Pending, { kind: 'passive' }>, reply: Reply, out: Action[]): void {
-    let port: number;
+  /** The server's passive data port, or null (then the client has its 425 already). */
+  private serverPassivePort(reply: Reply, out: Action[]): number | null {
     try {
       if (reply.truncated) throw new ProtocolError('REPLY_TOO_LONG', 'passive reply too long');
-      port = passivePort(reply);
+      return passivePort(reply);
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError('BAD_REPLY', String(e));
       this.once('bad passive reply', 'warn', 'bad passive reply from server', { code: err.code, reply: stripTelnet(reply.lines[0] ?? '').slice(0, 120) }, out);
       out.push({ type: 'toClient', text: "425 Can't open data connection: the server's passive reply was not understood" });
-      return;
+      return null;
     }
+  }
+
+  /**
+   * The server's passive port for a client's PORT/EPRT: the proxy connects to it now (RFC 959:
+   * the passive side may wait for its data connection before the transfer command, and some
+   * servers answer the command only once it has come) and to the client on `proceed`.
+   */
+  private convertReply(head: Extract<Pending, { kind: 'convert' }>, reply: Reply, out: Action[]): void {
+    const port = this.serverPassivePort(reply, out);
+    if (port === null) return;
+    const a = this.o.addressing;
+    const token = this.nextToken++;
+    this.waiting = { token, kind: 'convert', verb: head.verb, neg: head.neg };
+    out.push({
+      type: 'join',
+      token,
+      request: {
+        sid: this.o.sid,
+        server: { address: this.o.server.address, port },
+        serverSource: a.passiveSource,
+        client: head.client,
+        clientSource: a.activeSource,
+        ...(this.o.rewriteSourcePort ? { clientSourcePort: 20 } : {}),
+      },
+    });
+  }
+
+  /**
+   * Negotiation `neg`'s transfer has started (its 1xx) or ended well without one: a joined path
+   * connects to the client now, once. Not before: after a refusal (4xx/5xx) or an ABOR the
+   * client is never connected to at all.
+   */
+  private proceed(neg: number, out: Action[]): void {
+    const held = this.path;
+    if (held?.neg !== neg || !held.joined || held.joined.proceeded) return;
+    held.joined.proceeded = true;
+    out.push({ type: 'proceed', id: held.path.id });
+  }
+
+  private passiveReply(head: Extract<Pending, { kind: 'passive' }>, reply: Reply, out: Action[]): void {
+    const port = this.serverPassivePort(reply, out);
+    if (port === null) return;
     const a = this.o.addressing;
     if (a.passiveDirect) {
       this.directNeg = head.neg;

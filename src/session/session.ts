@@ -7,7 +7,7 @@ import { ReplyAssembler } from '../protocol/replies.js';
 import { DataPlaneError, FtpProxyError, ProtocolError } from '../errors.js';
 import { canonical, familyOf } from '../net/address.js';
 import { KEEPALIVE, sendUrgent, setOobInline } from '../net/libc.js';
-import type { DataPlane, Endpoint } from '../dataplane/types.js';
+import type { DataPath, DataPlane, Endpoint } from '../dataplane/types.js';
 import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
@@ -27,6 +27,8 @@ export interface SessionOptions {
   readonly anonymousOnly: boolean;
   readonly rewriteSourcePort: boolean;
   readonly tls: 'refuse' | 'pass';
+  /** --server-mode: how data connections are asked of the server (machine.ts MachineOptions). */
+  readonly serverMode?: 'client' | 'passive';
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** Seconds. */
@@ -204,6 +206,7 @@ export class Session {
       anonymousOnly: this.o.anonymousOnly,
       rewriteSourcePort: this.o.rewriteSourcePort,
       tls: this.o.tls,
+      ...(this.o.serverMode ? { serverMode: this.o.serverMode } : {}),
     });
     const clientLines = new LineFramer(this.o.maxLineLength);
     const serverLines = new LineFramer(this.o.maxLineLength);
@@ -375,7 +378,18 @@ export class Session {
           this.server!.write(a.text + '\r\n', 'latin1');
           break;
         case 'open':
-          this.open(a.token, a.request);
+          this.open(a.token, a.request.kind, () => this.o.dataPlane.open(a.request));
+          break;
+        case 'join': {
+          const dp = this.o.dataPlane;
+          const request = a.request;
+          this.open(a.token, 'active', () =>
+            dp.join ? dp.join(request) : Promise.reject(new DataPlaneError('BACKEND_FAILED', `the ${dp.name} data plane cannot join data connections`)),
+          );
+          break;
+        }
+        case 'proceed':
+          this.o.dataPlane.proceed?.(a.id);
           break;
         case 'release':
           this.release(a.id, false, a.urgent);
@@ -424,11 +438,12 @@ export class Session {
     this.sock.resume();
   }
 
-  private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
+  /** A data-plane operation (open, or join) whose path the machine waits for under `token`. */
+  private open(token: number, kind: 'passive' | 'active', start: () => Promise<DataPath>): void {
     const t0 = performance.now();
-    this.o.dataPlane.open(request).then(
+    start().then(
       (path) => {
-        this.o.metrics.dataPathOpened(request.kind, (performance.now() - t0) / 1000);
+        this.o.metrics.dataPathOpened(kind, (performance.now() - t0) / 1000);
         if (this.closing || !this.machine) {
           this.release(path.id, true);
           return;
