@@ -6,6 +6,8 @@ import t from 'tap';
 import { SessionMachine, type Action, type Addressing } from '../../src/session/machine.js';
 import { DataPlaneError } from '../../src/errors.js';
 import type { Reply } from '../../src/protocol/replies.js';
+import { eventually, login, rig } from '../lib/session-rig.js';
+import { Control, basicResponder } from '../lib/scripted.js';
 
 const addressing: Addressing = {
   passiveListen: '192.0.2.1',
@@ -158,4 +160,44 @@ t.test('PASV from the client is not converted; client mode leaves PORT alone', a
   const a = plain.clientLine('PORT 192,0,2,2,156,64');
   t.same(sent(a, 'toServer'), []);
   t.equal(of(a, 'open').length, 1, 'an active path as usual');
+});
+
+t.test('through the session shell and the fake plane: joined, proceeded on 150, released; nothing left at the end', async (t) => {
+  const r = await rig(t, {
+    flags: ['--server-mode', 'passive'],
+    respond: (line, sock) => {
+      if (line === 'RETR f') {
+        sock.write('150 go\r\n');
+        setTimeout(() => sock.write('226 done\r\n'), 20);
+        return null;
+      }
+      if (line === 'RETR missing') return '550 no such file';
+      return basicResponder(line, sock);
+    },
+  });
+  const c = new Control(r.proxyPort);
+  await login(t, c);
+  c.send('PORT 127,0,0,1,156,64');
+  t.equal(await c.line(), '200 PORT command successful');
+  const [[id, join]] = [...r.dp.joins];
+  t.match(join, { server: { address: '127.0.0.1', port: 5001 }, client: { address: '127.0.0.1', port: 40000 } });
+  t.same(r.server.received.filter((l) => /^(PASV|PORT)/.test(l)), ['PASV'], 'the server saw PASV, never PORT');
+  c.send('RETR f');
+  t.equal(await c.line(), '150 go');
+  t.equal(await c.line(), '226 done');
+  t.same(r.dp.proceeded, [id], 'proceeded once, on the 150');
+  t.ok(await eventually(() => r.dp.joins.size === 0), 'released after the transfer');
+
+  c.send('PORT 127,0,0,1,156,65');
+  t.equal(await c.line(), '200 PORT command successful');
+  c.send('RETR missing');
+  t.equal(await c.line(), '550 no such file');
+  t.equal(r.dp.proceeded.length, 1, 'a refused transfer never proceeds');
+  t.ok(await eventually(() => r.dp.joins.size === 0), 'and its path is released');
+
+  c.send('PORT 127,0,0,1,156,66');
+  t.equal(await c.line(), '200 PORT command successful');
+  t.equal(r.dp.joins.size, 1);
+  c.end();
+  t.ok(await eventually(() => r.dp.joins.size === 0 && r.dp.live.size === 0), 'the session end releases a joined path never used');
 });
