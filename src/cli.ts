@@ -91,7 +91,7 @@ export function buildCommand(): Command {
     .option('--connect-timeout <seconds>', 'time to connect to a server, 1-300', '30')
     .option('--login-timeout <seconds>', 'time from connect to a successful login, 1-3600', '120')
     .option('--tls <refuse|pass>', 'AUTH TLS/SSL: refuse (534, client goes on in plain FTP) or pass (then opaque: no data connections are admitted)', 'refuse')
-    .option('--server-mode <client|passive>', "data connections toward the server: client (as the client asked) or passive (PASV/EPSV always: an active client's PORT/EPRT is answered by the proxy, which joins the server's passive connection to one it makes to the client; for a gateway that cannot take inbound connections)", 'client')
+    .option('--server-mode <client|passive|active>', "data connections toward the server: client (as the client asked); passive (PASV/EPSV always: an active client's PORT/EPRT is answered by the proxy, which joins the server's passive connection to one it makes to the client; for a gateway that cannot take inbound connections); active (PORT/EPRT always, reverse mode: a passive client's data meets the server's at the proxy; for a server that takes no inbound data connections)", 'client')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])

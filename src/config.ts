@@ -61,7 +61,7 @@ export interface Config {
   readonly loginTimeout: number;
   readonly tls: 'refuse' | 'pass';
   /** --server-mode: how data connections are asked of the server. */
-  readonly serverMode: 'client' | 'passive';
+  readonly serverMode: 'client' | 'passive' | 'active';
   readonly clients: AddressList;
   readonly servers: AddressList;
   /** Where GET /metrics is served; absent: no metrics listener. */
@@ -173,9 +173,9 @@ function tlsMode(raw: string): 'refuse' | 'pass' {
   return v;
 }
 
-function serverMode(raw: string): 'client' | 'passive' {
+function serverMode(raw: string): 'client' | 'passive' | 'active' {
   const v = raw.trim().toLowerCase();
-  if (v !== 'client' && v !== 'passive') fail('--server-mode', `'${raw}' is not one of client, passive`);
+  if (v !== 'client' && v !== 'passive' && v !== 'active') fail('--server-mode', `'${raw}' is not one of client, passive, active`);
   return v;
 }
 
@@ -204,6 +204,11 @@ export function buildConfig(o: RawOptions): Config {
   if (o.cleanup && (o.checkConfig || o.printRuleset)) fail('--cleanup', 'give it without --check-config and --print-ruleset');
   if (o.reverse === undefined && o.serverPort !== '21') {
     fail('-P/--server-port', 'only has a meaning with -R/--reverse');
+  }
+  if (o.reverse === undefined && o.serverMode.trim().toLowerCase() === 'active') {
+    // Outbound clients send passive data to the server's own address, where only the kernel
+    // plane (or a relay with policy routing) can catch it, not the relay beside nftables.
+    fail('--server-mode', "'active' only has a meaning with -R/--reverse");
   }
   if (o.reverse === undefined && o.masqueradeAddress !== undefined) {
     fail('--masquerade-address', 'only has a meaning with -R/--reverse');

@@ -113,3 +113,41 @@ t.test('a server port that refuses: join rejects with BACKEND_FAILED and holds n
   await t.rejects(relay.join(req(port, 1)), { code: 'BACKEND_FAILED' });
   t.equal(relay.size, 0);
 });
+
+t.test('met paths (--server-mode active): both listeners admit their own peer once; the first waits for the second', async (t) => {
+  const relay = new RelayDataPlane({ ports: new PortAllocator(50700, 50703), dataTimeout: 5, logger, splice: true });
+  t.teardown(() => relay.close());
+  await relay.start();
+  const path = await relay.meet({ sid: 'm', client: { peer: '127.0.0.1', listen: '127.0.0.1' }, server: { peer: '127.0.0.1', listen: '127.0.0.1' } });
+  t.ok(path.serverPort !== undefined && path.serverPort !== path.port, 'two ports');
+  const got: Buffer[] = [];
+  const client = net.connect({ host: '127.0.0.1', port: path.port });
+  client.on('data', (d: Buffer) => got.push(d));
+  await once(client, 'connect');
+  await new Promise((r) => setTimeout(r, 200));
+  const second = net.connect({ host: '127.0.0.1', port: path.port });
+  const refused = await Promise.race([once(second, 'close').then(() => true), new Promise((r) => setTimeout(() => r(false), 2000))]);
+  t.ok(refused, 'a second client connection is closed at once');
+  const server = net.connect({ host: '127.0.0.1', port: path.serverPort! });
+  await once(server, 'connect');
+  server.end(payload);
+  await once(client, 'end');
+  client.end();
+  t.equal(sha(Buffer.concat(got)), sha(payload), 'the server\'s data reached the waiting client');
+  t.same(await relay.transferred(path.id), { fromPeer: 0, toPeer: payload.length }, 'counted with the client as the peer');
+  t.ok(await until(() => relay.size === 0), 'nothing left');
+});
+
+t.test('a met path whose server never comes: released after the data timeout, both ports back', async (t) => {
+  const ports = new PortAllocator(50700, 50703);
+  const relay = new RelayDataPlane({ ports, dataTimeout: 1, logger, splice: false });
+  t.teardown(() => relay.close());
+  const path = await relay.meet({ sid: 'm', client: { peer: '127.0.0.1', listen: '127.0.0.1' }, server: { peer: '127.0.0.1', listen: '127.0.0.1' } });
+  t.equal(ports.used, 2);
+  const client = net.connect({ host: '127.0.0.1', port: path.port });
+  await once(client, 'connect');
+  await once(client, 'close');
+  t.pass('the waiting client is closed when the timeout comes');
+  t.equal(relay.size, 0);
+  t.equal(ports.used, 0, 'both ports back');
+});

@@ -1,7 +1,7 @@
 // The default data plane as sessions see it: the kernel (nftables) carries every path it can,
 // and the userspace relay, run beside it in the same process, carries the rest per path.
 
-import type { DataPath, DataPathRequest, DataPlane, JoinRequest } from './types.js';
+import type { DataPath, DataPathRequest, DataPlane, JoinRequest, MeetRequest } from './types.js';
 import type { RelayDataPlane } from './relay.js';
 import type { Moved } from '../transfer.js';
 import { familyOf } from '../net/address.js';
@@ -17,7 +17,7 @@ export function crossFamily(req: DataPathRequest): boolean {
 /**
  * The nftables plane with the relay beside it. Both take their data ports from one allocator
  * (given to both by the caller), so a relay listener never sits on a port the kernel admits to.
- * Cross-family paths and joined (mode-translated) paths go to the relay; everything else to the
+ * Cross-family paths and mode-translated (joined, met) paths go to the relay; everything else to the
  * kernel. Path ids tell the two apart (the relay's own, see RelayDataPlane.owns).
  */
 export class CompositeDataPlane implements DataPlane {
@@ -51,6 +51,10 @@ export class CompositeDataPlane implements DataPlane {
 
   join(req: JoinRequest): Promise<DataPath> {
     return this.relay.join(req);
+  }
+
+  meet(req: MeetRequest): Promise<DataPath> {
+    return this.relay.meet(req);
   }
 
   proceed(id: string): void {

@@ -4,7 +4,7 @@
 
 import { DataPlaneError } from '../errors.js';
 import { PortAllocator } from '../net/ports.js';
-import type { DataPath, DataPathRequest, DataPlane, JoinRequest } from './types.js';
+import type { DataPath, DataPathRequest, DataPlane, JoinRequest, MeetRequest } from './types.js';
 import type { Moved } from '../transfer.js';
 
 export class FakeDataPlane implements DataPlane {
@@ -12,9 +12,10 @@ export class FakeDataPlane implements DataPlane {
   readonly live = new Map<string, DataPathRequest & { port: number }>();
   readonly opened: (DataPathRequest & { id: string; port: number })[] = [];
   readonly released: { id: string; abort: boolean }[] = [];
-  /** Joined paths (mode translation) not yet released, and the ids told to proceed, in order. */
-  readonly joins = new Map<string, JoinRequest>();
+  /** Joined and met paths (mode translation) not yet released, and the ids told to proceed, in order. */
+  readonly joins = new Map<string, JoinRequest | MeetRequest>();
   readonly proceeded: string[] = [];
+  private readonly metPorts = new Map<string, number[]>();
   private readonly failures: string[] = [];
   private seq = 0;
 
@@ -45,6 +46,16 @@ export class FakeDataPlane implements DataPlane {
     return { id, port: 0, via: 'fake' };
   }
 
+  async meet(req: MeetRequest): Promise<DataPath> {
+    const failure = this.failures.shift();
+    if (failure) throw new DataPlaneError(failure, `fake ${failure}`);
+    const [port, serverPort] = [await this.ports.take(), await this.ports.take()];
+    const id = `fake-${++this.seq}`;
+    this.joins.set(id, req);
+    this.metPorts.set(id, [port, serverPort]);
+    return { id, port, serverPort, via: 'fake' };
+  }
+
   /** Proceeding on a path that is not joined and live is an error, like a bad release. */
   proceed(id: string): void {
     if (!this.joins.has(id)) throw new DataPlaneError('UNKNOWN_PATH', `proceed of unknown or released joined path ${id}`);
@@ -53,6 +64,8 @@ export class FakeDataPlane implements DataPlane {
 
   async release(id: string, abort: boolean): Promise<void> {
     if (this.joins.delete(id)) {
+      for (const p of this.metPorts.get(id) ?? []) this.ports.put(p);
+      this.metPorts.delete(id);
       this.released.push({ id, abort });
       return;
     }

@@ -9,7 +9,7 @@ import { canonical } from '../net/address.js';
 import { tcpFlow, type TcpFlow } from '../net/libc.js';
 import type { PortAllocator } from '../net/ports.js';
 import { connectFrom, listenOn, TransparentSources } from '../net/transparent.js';
-import type { DataPath, DataPathRequest, DataPlane, JoinRequest } from './types.js';
+import type { DataPath, DataPathRequest, DataPlane, JoinRequest, MeetRequest } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
 import type { Moved } from '../transfer.js';
 
@@ -62,8 +62,14 @@ interface RelayPath {
   readonly sid: string;
   readonly port: number;
   listener: net.Server | null;
-  /** A joined path's connection to the server, held until proceed() pairs it with the client. */
-  held: { readonly server: net.Socket; readonly req: JoinRequest } | null;
+  /** A met path's listener for the server (its port is what PORT/EPRT carry). */
+  second: { readonly listener: net.Server; readonly port: number } | null;
+  /**
+   * A connection that waits for its other side: a joined path's to the server (until proceed()
+   * connects to `joinTo`'s client), or the first of a met path's two to arrive.
+   */
+  held: net.Socket | null;
+  readonly joinTo: JoinRequest | null;
   timer: NodeJS.Timeout | null;
   /** The one connection it relays, once accepted. */
   pair: Pair | null;
@@ -144,39 +150,92 @@ export class RelayDataPlane implements DataPlane {
     return this.paths.size;
   }
 
-  async open(req: DataPathRequest): Promise<DataPath> {
+  /** A single-use listener on `listen` for `peer`, on a port of the range. */
+  private async listener(listen: string, peer: string): Promise<{ listener: net.Server; port: number }> {
     let listener: net.Server | null = null;
     const port = await this.o.ports.take(async (p) => {
       const l = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-      const ok = await listenOn(l, { address: req.listen, port: p }, req.peer, 4, this.transparent ?? null);
+      const ok = await listenOn(l, { address: listen, port: p }, peer, 4, this.transparent ?? null);
       if (ok) listener = l;
       return ok;
     }).catch((e: unknown) => {
       throw e instanceof DataPlaneError
         ? e
-        : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
+        : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${listen}: ${(e as Error).message}`, { cause: e });
     });
-    const { id, path, log } = this.register(req.sid, port, listener, null);
+    return { listener: listener!, port };
+  }
+
+  /** The path stops waiting after the data timeout. */
+  private arm(id: string, path: RelayPath, log: AppLogger): void {
     path.timer = setTimeout(() => {
       log.info({ timeout: this.o.dataTimeout }, 'data connection did not arrive in time');
       this.stopListening(path);
       this.forget(id, path);
     }, this.o.dataTimeout * 1000);
     path.timer.unref();
-    listener!.on('connection', (sock) => this.accept(id, path, req, sock, log));
-    listener!.on('error', (err) => log.warn({ err: err.message }, 'data listener error'));
+  }
+
+  async open(req: DataPathRequest): Promise<DataPath> {
+    const { listener, port } = await this.listener(req.listen, req.peer);
+    const { id, path, log } = this.register(req.sid, port, listener);
+    this.arm(id, path, log);
+    listener.on('connection', (sock) => this.accept(id, path, req, sock, log));
+    listener.on('error', (err) => log.warn({ err: err.message }, 'data listener error'));
     return { id, port, via: this.name };
   }
 
   /** A new path of session `sid`: its id, its result to settle, its log. */
-  private register(sid: string, port: number, listener: net.Server | null, held: RelayPath['held']) {
+  private register(sid: string, port: number, listener: net.Server | null, joinTo: JoinRequest | null = null, held: net.Socket | null = null) {
     const id = `${ID_PREFIX}${++this.seq}`;
     let settle!: (m: Moved) => void;
     this.results.set(id, { sid, moved: new Promise<Moved>((r) => (settle = r)) });
-    const path: RelayPath = { sid, port, listener, held, timer: null, pair: null, settle };
+    const path: RelayPath = { sid, port, listener, second: null, held, joinTo, timer: null, pair: null, settle };
     this.paths.set(id, path);
     const log = this.o.logger.child({ sid, dataPath: id, dataPort: port });
     return { id, path, log };
+  }
+
+  /**
+   * --server-mode active: one listener for the client (its port goes into the 227/229) and one
+   * for the server (into PORT/EPRT); whichever connection comes first waits, unread, for the
+   * other. Counted with the client as the peer, as a passive path is.
+   */
+  async meet(req: MeetRequest): Promise<DataPath> {
+    const client = await this.listener(req.client.listen, req.client.peer);
+    const server = await this.listener(req.server.listen, req.server.peer).catch((e: unknown) => {
+      client.listener.close();
+      this.o.ports.put(client.port);
+      throw e;
+    });
+    const { id, path, log } = this.register(req.sid, client.port, client.listener);
+    path.second = server;
+    this.arm(id, path, log);
+    const came: { client?: net.Socket; server?: net.Socket } = {};
+    const on = (side: 'client' | 'server', l: net.Server, peer: string): void => {
+      l.on('error', (err) => log.warn({ err: err.message, side }, 'data listener error'));
+      l.on('connection', (sock: net.Socket) => {
+        const from = canonical(sock.remoteAddress ?? '');
+        if (from !== peer || came[side] || !this.paths.has(id)) {
+          log.notice({ from, expected: peer, side }, 'data connection from unexpected source refused');
+          sock.destroy();
+          return;
+        }
+        came[side] = sock;
+        if (!came.client || !came.server) {
+          // Unread while it waits, it can still fail (a reset): that must not go unheard.
+          sock.on('error', (err) => log.debug({ err: err.message, side }, 'waiting data connection failed'));
+          path.held = sock;
+          return;
+        }
+        path.held = null;
+        this.stopListening(path);
+        this.carry(id, path, came.client, came.server, log);
+      });
+    };
+    on('client', client.listener, req.client.peer);
+    on('server', server.listener, req.server.peer);
+    return { id, port: client.port, serverPort: server.port, via: this.name };
   }
 
   /** Whether `id` is one of this plane's path ids (a composite plane routes by it). */
@@ -207,12 +266,12 @@ export class RelayDataPlane implements DataPlane {
         resolve();
       });
     });
-    const { id, path, log } = this.register(req.sid, server.localPort ?? 0, null, { server, req });
+    const { id, path, log } = this.register(req.sid, server.localPort ?? 0, null, req, server);
     // Unread until paired, the held leg notices little (a server's FIN waits in the kernel and
     // reaches the client as an empty transfer); it ends with release() or the session. An error
     // it does see ends it alone.
     server.on('error', (err) => {
-      if (path.held?.server !== server) return;
+      if (path.held !== server) return;
       log.info({ err: err.message }, "the server's data connection failed before the transfer started");
       this.stopListening(path);
       this.forget(id, path);
@@ -222,13 +281,13 @@ export class RelayDataPlane implements DataPlane {
 
   proceed(id: string): void {
     const path = this.paths.get(id);
-    const held = path?.held;
-    if (!path || !held) return;
+    const server = path?.held;
+    const r = path?.joinTo;
+    if (!path || !server || !r) return;
     path.held = null;
-    held.server.removeAllListeners('error');
+    server.removeAllListeners('error');
     const log = this.o.logger.child({ sid: path.sid, dataPath: id, dataPort: path.port });
-    const r = held.req;
-    this.carry(id, path, held.server, connectFrom(r.client, r.clientSource, r.clientSourcePort, this.transparent ?? null, log), log);
+    this.carry(id, path, server, connectFrom(r.client, r.clientSource, r.clientSourcePort, this.transparent ?? null, log), log);
   }
 
   private accept(id: string, path: RelayPath, req: DataPathRequest, peer: net.Socket, log: AppLogger): void {
@@ -243,7 +302,7 @@ export class RelayDataPlane implements DataPlane {
     this.carry(id, path, peer, connectFrom(req.target, req.source, req.sourcePort, this.transparent ?? null, log), log);
   }
 
-  /** Carry one connection between `peer` (connected) and `target` (connecting). */
+  /** Carry one connection between `peer` (connected) and `target` (connecting, or connected). */
   private carry(id: string, path: RelayPath, peer: net.Socket, target: net.Socket, log: AppLogger): void {
     // Nothing is read from either side before both are connected: the first bytes go to
     // whichever carrier (splice or streams) takes the pair.
@@ -299,7 +358,7 @@ export class RelayDataPlane implements DataPlane {
       peer.resume();
       target.resume();
     };
-    target.once('connect', () => {
+    const start = (): void => {
       if (over) return;
       const splicer = this.splicer?.usable ? this.splicer : null;
       if (!splicer) return stream();
@@ -317,7 +376,9 @@ export class RelayDataPlane implements DataPlane {
         if (cutWhile) done(cutWhile.why, cutWhile.err, r);
         else done(r.error ?? 'both sides closed', failed ? new Error(r.error) : undefined, r);
       });
-    });
+    };
+    if (target.connecting) target.once('connect', start);
+    else start();
   }
 
   /** Count `pair` in; beyond its session's bound, the session's oldest pairs go. */
@@ -376,16 +437,20 @@ export class RelayDataPlane implements DataPlane {
       path.listener = null;
       this.o.ports.put(path.port);
     }
+    if (path.second) {
+      path.second.listener.close();
+      this.o.ports.put(path.second.port);
+      path.second = null;
+    }
     if (path.held) {
-      const { server } = path.held;
+      path.held.destroy();
       path.held = null;
-      server.destroy();
     }
   }
 
   /** Drop the path once it neither listens, holds, nor relays. */
   private forget(id: string, path: RelayPath): void {
-    if (path.listener !== null || path.held !== null || path.pair !== null) return;
+    if (path.listener !== null || path.second !== null || path.held !== null || path.pair !== null) return;
     this.paths.delete(id);
     // No-op when the pair has settled it with its bytes.
     path.settle({ fromPeer: 0, toPeer: 0 });

@@ -48,13 +48,27 @@ export interface JoinRequest {
 }
 
 /**
+ * The other mode translation (--server-mode active): the client asked for PASV/EPSV, the server
+ * is sent PORT/EPRT. The plane listens twice, on `client.listen` for the client and on
+ * `server.listen` for the server, each admitting its own peer once, and carries the one
+ * connection between the two once both have come.
+ */
+export interface MeetRequest {
+  readonly sid: string;
+  readonly client: { readonly peer: string; readonly listen: string };
+  readonly server: { readonly peer: string; readonly listen: string };
+}
+
+/**
  * An admitted data connection: `port` is what the session advertises (for a joined path: the
- * local port of its connection to the server). `via`: the plane that carries it, where a plane
- * made of several chose one.
+ * local port of its connection to the server; for a met path: the client's port, and
+ * `serverPort` the one PORT/EPRT carries). `via`: the plane that carries it, where a plane made
+ * of several chose one.
  */
 export interface DataPath {
   readonly id: string;
   readonly port: number;
+  readonly serverPort?: number;
   readonly via?: string;
 }
 
@@ -85,6 +99,8 @@ export interface DataPlane {
    * Absent: this plane cannot join, the composite sends joins to its relay.
    */
   join?(req: JoinRequest): Promise<DataPath>;
+  /** Planes that carry bytes themselves: listen for both ends of `req` (MeetRequest). */
+  meet?(req: MeetRequest): Promise<DataPath>;
   /**
    * The server has started the transfer of joined path `id` (its 1xx, or its final reply came
    * first): connect to the client and carry the data. A released or unknown id is a no-op.

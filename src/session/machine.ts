@@ -4,7 +4,7 @@
 import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, type Command, type TransferVerb } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
-import type { DataPath, DataPathRequest, Endpoint, JoinRequest } from '../dataplane/types.js';
+import type { DataPath, DataPathRequest, Endpoint, JoinRequest, MeetRequest } from '../dataplane/types.js';
 import { ProtocolError, type FtpProxyError } from '../errors.js';
 import { familyOf } from '../net/address.js';
 import { nextDirectory, typeAfter } from '../transfer.js';
@@ -54,8 +54,10 @@ export interface MachineOptions {
    * How data connections are asked of the server. 'client' (default): as the client asked.
    * 'passive': a client's PORT/EPRT is answered by the proxy, which asks the server for PASV/EPSV
    * and joins the two data connections (a gateway that cannot take inbound connections).
+   * 'active': a client's PASV/EPSV is answered from the proxy's own listener, and the server is
+   * sent PORT/EPRT to another (a server that takes no inbound data connections).
    */
-  readonly serverMode?: 'client' | 'passive';
+  readonly serverMode?: 'client' | 'passive' | 'active';
 }
 
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warn' | 'error';
@@ -67,6 +69,8 @@ export type Action =
   | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest }
   /** Mode translation: connect to the server's passive port now, to the client on `proceed`. */
   | { readonly type: 'join'; readonly token: number; readonly request: JoinRequest }
+  /** The other translation: listen for both the client and the server. */
+  | { readonly type: 'meet'; readonly token: number; readonly request: MeetRequest }
   /** The server started the transfer on joined path `id`: connect to the client. */
   | { readonly type: 'proceed'; readonly id: string }
   /**
@@ -113,6 +117,8 @@ type Pending =
   | { readonly kind: 'active'; readonly neg: number }
   /** The proxy's PASV/EPSV for a client's PORT/EPRT (serverMode 'passive'): `client` is where it listens. */
   | { readonly kind: 'convert'; readonly neg: number; readonly verb: 'PORT' | 'EPRT'; readonly client: Endpoint }
+  /** The proxy's PORT/EPRT for a client's PASV/EPSV (serverMode 'active'); `port` is the client's. */
+  | { readonly kind: 'met'; readonly neg: number; readonly reply: 227 | 229; readonly port: number }
   /** `aborted`: an ABOR was forwarded while it was outstanding. */
   | {
       readonly kind: 'transfer';
@@ -132,7 +138,8 @@ type Pending =
 type Waiting =
   | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
   | { readonly token: number; readonly kind: 'active'; readonly neg: number }
-  | { readonly token: number; readonly kind: 'convert'; readonly verb: 'PORT' | 'EPRT'; readonly neg: number };
+  | { readonly token: number; readonly kind: 'convert'; readonly verb: 'PORT' | 'EPRT'; readonly neg: number }
+  | { readonly token: number; readonly kind: 'meet'; readonly reply: 227 | 229; readonly neg: number };
 
 /**
  * The data path the session holds. `joined`: a mode-translated one, and whether the data
@@ -308,12 +315,25 @@ export class SessionMachine {
       this.drain(out);
       return out;
     }
+    if (w.kind === 'meet') {
+      this.replacePath({ path, neg: w.neg, kind: 'passive' }, out);
+      const ep = { address: this.o.addressing.activeListen, port: path.serverPort ?? path.port };
+      const toServer = this.serverFamily === 4 ? formatPort(ep) : formatEprt(ep);
+      out.push({
+        type: 'log',
+        level: 'info',
+        msg: 'passive data path',
+        fields: { dataPort: path.port, serverPort: ep.port, plane: path.via, converted: true, toServer: toServer.slice(0, 4) },
+      });
+      this.pending.push({ kind: 'met', neg: w.neg, reply: w.reply, port: path.port });
+      out.push({ type: 'toServer', text: toServer });
+      this.flushLocal(out);
+      this.drain(out);
+      return out;
+    }
     this.replacePath({ path, neg: w.neg, kind: w.kind }, out);
     if (w.kind === 'passive') {
-      const text =
-        w.reply === 227
-          ? format227({ address: this.o.addressing.passiveAdvertise, port: path.port })
-          : format229(path.port);
+      const text = this.passiveText(w.reply, path.port);
       out.push({ type: 'log', level: 'info', msg: 'passive data path', fields: { dataPort: path.port, plane: path.via, converted: false } });
       out.push({ type: 'toClient', text });
     } else {
@@ -325,6 +345,11 @@ export class SessionMachine {
     this.flushLocal(out);
     this.drain(out);
     return out;
+  }
+
+  /** The 227/229 that sends the client to the proxy's `port`. */
+  private passiveText(reply: 227 | 229, port: number): string {
+    return reply === 227 ? format227({ address: this.o.addressing.passiveAdvertise, port }) : format229(port);
   }
 
   dataFailed(token: number, error: FtpProxyError): Action[] {
@@ -342,8 +367,8 @@ export class SessionMachine {
     const text = exhausted
       ? "425 Can't open data connection: no free data port on the proxy, try again later"
       : "425 Can't open data connection: the proxy could not set it up";
-    // A passive or converted negotiation's reply is the one now due; an active one's comes in turn.
-    if (w.kind === 'active') this.answerLocally(text, out);
+    // A passive or joined negotiation's reply is the one now due; the others' come in turn.
+    if (w.kind === 'active' || w.kind === 'meet') this.answerLocally(text, out);
     else out.push({ type: 'toClient', text });
     this.flushLocal(out);
     this.drain(out);
@@ -511,9 +536,25 @@ export class SessionMachine {
     if (reply === 227 && this.clientFamily === 6) {
       return this.refuse('PASV from IPv6', '500 PASV carries IPv4 addresses only, use EPSV', out);
     }
+    this.negMode = 'passive';
+    if (this.o.serverMode === 'active') {
+      // The server is sent PORT/EPRT to a second listener; the client's 227/229 waits for its 200.
+      const a = this.o.addressing;
+      const token = this.nextToken++;
+      this.waiting = { token, kind: 'meet', reply, neg: ++this.neg };
+      out.push({
+        type: 'meet',
+        token,
+        request: {
+          sid: this.o.sid,
+          client: { peer: this.o.client.address, listen: a.passiveListen },
+          server: { peer: this.o.server.address, listen: a.activeListen },
+        },
+      });
+      return;
+    }
     // IPv4 servers all understand PASV; IPv6 ones need EPSV. The server's address in its
     // reply is never used, only its port.
-    this.negMode = 'passive';
     this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'passive', reply, neg: ++this.neg }, out);
   }
 
@@ -601,7 +642,7 @@ export class SessionMachine {
       return;
     }
     if (reply.code < 200) return this.preliminary(reply, out);
-    const at = this.pending.findIndex((p) => accepts(p, reply.code));
+    const at = this.pairing(reply);
     if (at === -1) return this.unpaired(reply, out);
     this.skip(at, out);
     if (reply.partial) {
@@ -612,6 +653,21 @@ export class SessionMachine {
       return;
     }
     this.complete(this.pending.shift()!, reply, out);
+  }
+
+  /**
+   * Which outstanding command a final reply answers: the first that can take it. One exception:
+   * a 2xx naming PORT or EPRT answers the proxy's own PORT/EPRT for a met path even past
+   * commands before it. A 200 alone cannot tell which command it answers, and a server that
+   * answered two commands with one reply (pure-ftpd: a finished RETR and its ABOR) would leave
+   * every later reply one command late, the client's 227 among them; this catches up (skip()).
+   */
+  private pairing(reply: Reply): number {
+    if (reply.code >= 200 && reply.code < 300 && /\b(PORT|EPRT)\b/i.test(reply.lines[0] ?? '')) {
+      const met = this.pending.findIndex((p) => p.kind === 'met');
+      if (met !== -1) return met;
+    }
+    return this.pending.findIndex((p) => accepts(p, reply.code));
   }
 
   /** 1xx: forwarded; it starts a transfer, and the greeting (120) waits for its 220. */
@@ -685,6 +741,15 @@ export class SessionMachine {
       case 'convert':
         if (reply.code === 227 || reply.code === 229) this.convertReply(head, reply, out);
         else send();
+        break;
+      case 'met':
+        // The server took the PORT/EPRT: only now may the client be sent to the port.
+        if (reply.code >= 200 && reply.code < 300) {
+          out.push({ type: 'toClient', text: this.passiveText(head.reply, head.port) });
+        } else {
+          this.releaseNegotiated(head.neg, out, true);
+          send();
+        }
         break;
       case 'active':
         // Refused: the path goes before the reply, so that nobody can use it after reading it.

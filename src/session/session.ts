@@ -28,7 +28,7 @@ export interface SessionOptions {
   readonly rewriteSourcePort: boolean;
   readonly tls: 'refuse' | 'pass';
   /** --server-mode: how data connections are asked of the server (machine.ts MachineOptions). */
-  readonly serverMode?: 'client' | 'passive';
+  readonly serverMode?: 'client' | 'passive' | 'active';
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** Seconds. */
@@ -380,11 +380,13 @@ export class Session {
         case 'open':
           this.open(a.token, a.request.kind, () => this.o.dataPlane.open(a.request));
           break;
-        case 'join': {
+        case 'join':
+        case 'meet': {
+          // Mode translation: only a plane that carries bytes itself can do it.
           const dp = this.o.dataPlane;
-          const request = a.request;
-          this.open(a.token, 'active', () =>
-            dp.join ? dp.join(request) : Promise.reject(new DataPlaneError('BACKEND_FAILED', `the ${dp.name} data plane cannot join data connections`)),
+          const translated = (): Promise<DataPath> | undefined => (a.type === 'join' ? dp.join?.(a.request) : dp.meet?.(a.request));
+          this.open(a.token, a.type === 'join' ? 'active' : 'passive', () =>
+            translated() ?? Promise.reject(new DataPlaneError('BACKEND_FAILED', `the ${dp.name} data plane cannot translate data connections`)),
           );
           break;
         }

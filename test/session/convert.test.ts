@@ -7,6 +7,8 @@ import { SessionMachine, type Action, type Addressing } from '../../src/session/
 import { DataPlaneError } from '../../src/errors.js';
 import type { Reply } from '../../src/protocol/replies.js';
 import { eventually, login, rig } from '../lib/session-rig.js';
+import { parseArgs } from '../../src/cli.js';
+import { buildConfig } from '../../src/config.js';
 import { Control, basicResponder } from '../lib/scripted.js';
 
 const addressing: Addressing = {
@@ -200,4 +202,69 @@ t.test('through the session shell and the fake plane: joined, proceeded on 150, 
   t.equal(r.dp.joins.size, 1);
   c.end();
   t.ok(await eventually(() => r.dp.joins.size === 0 && r.dp.live.size === 0), 'the session end releases a joined path never used');
+});
+
+t.test('--server-mode active: PASV meets PORT at the proxy; the 227 only after the server took the PORT', async (t) => {
+  const m = machine({ serverMode: 'active' });
+  const a = m.clientLine('PASV');
+  t.same(sent(a, 'toServer'), [], 'nothing to the server before both listeners exist');
+  const [meet] = of(a, 'meet');
+  t.same(meet!.request, {
+    sid: '7',
+    client: { peer: '192.0.2.2', listen: '192.0.2.1' },
+    server: { peer: '198.51.100.2', listen: '198.51.100.1' },
+  });
+  const b = m.dataOpened(meet!.token, { id: 'm1', port: 50001, serverPort: 50002, via: 'relay' });
+  t.same(sent(b, 'toServer'), ['PORT 198,51,100,1,195,82'], "the server is sent the proxy's second port");
+  t.same(sent(b, 'toClient'), [], 'the client waits for the server to take it');
+  t.match(of(b, 'log').find((l) => l.msg === 'passive data path')?.fields, { converted: true, toServer: 'PORT', plane: 'relay' });
+  t.same(sent(m.serverReply(reply('200 PORT ok')), 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,81).']);
+  m.clientLine('RETR f');
+  m.serverReply(reply('150 go'));
+  const c = m.serverReply(reply('226 done'));
+  t.same(of(c, 'release').map((r) => r.id), ['m1']);
+  t.match(of(c, 'transferEnded')[0], { path: { id: 'm1', kind: 'passive' }, mode: 'passive' });
+
+  const v6 = machine({ serverMode: 'active', server: { address: '2001:db8::2', port: 21 }, addressing: { ...addressing, activeListen: '2001:db8::1' } });
+  const [meet6] = of(v6.clientLine('EPSV'), 'meet');
+  t.same(sent(v6.dataOpened(meet6!.token, { id: 'm', port: 50003, serverPort: 50004 }), 'toServer'), ['EPRT |2|2001:db8::1|50004|'], 'EPRT toward an IPv6 server');
+  t.same(sent(v6.serverReply(reply('200 ok')), 'toClient'), ['229 Entering Extended Passive Mode (|||50003|)']);
+});
+
+t.test('--server-mode active: a refused PORT releases the path before the client hears; a failed meet is 425 in turn', async (t) => {
+  const m = machine({ serverMode: 'active' });
+  const [meet] = of(m.clientLine('PASV'), 'meet');
+  m.dataOpened(meet!.token, { id: 'm1', port: 50001, serverPort: 50002 });
+  const a = m.serverReply(reply('500 Illegal PORT command'));
+  const rel = a.findIndex((x) => x.type === 'release');
+  t.ok(rel >= 0 && rel < a.findIndex((x) => x.type === 'toClient'), 'released first');
+  t.same(sent(a, 'toClient'), ['500 Illegal PORT command']);
+  m.clientLine('NOOP');
+  const [meet2] = of(m.clientLine('PASV'), 'meet');
+  t.same(sent(m.serverReply(reply('200 NOOP ok')), 'toClient'), [], 'held while the meet is under way');
+  const f = m.dataFailed(meet2!.token, new DataPlaneError('PORTS_EXHAUSTED', 'none'));
+  t.same(sent(f, 'toClient'), ['200 NOOP ok', "425 Can't open data connection: no free data port on the proxy, try again later"], 'in command order');
+});
+
+t.test('--server-mode active is for reverse mode only', async (t) => {
+  const parsed = parseArgs(['--server-mode', 'active'], { out: () => undefined, err: () => undefined });
+  t.equal(parsed.kind, 'run');
+  if (parsed.kind === 'run') t.throws(() => buildConfig(parsed.options), /--server-mode: 'active' only has a meaning with -R\/--reverse/);
+  const ok = parseArgs(['-R', '10.0.0.2', '--server-mode', 'Active'], { out: () => undefined, err: () => undefined });
+  if (ok.kind === 'run') t.equal(buildConfig(ok.options).serverMode, 'active');
+  const bad = parseArgs(['--server-mode', 'both'], { out: () => undefined, err: () => undefined });
+  if (bad.kind === 'run') t.throws(() => buildConfig(bad.options), /is not one of client, passive, active/);
+});
+
+t.test('--server-mode active: a server one reply behind (pure-ftpd after ABOR) catches up on its PORT reply', async (t) => {
+  const m = machine({ serverMode: 'active' });
+  m.clientLine('NOOP');
+  m.clientLine('TYPE I');
+  t.same(sent(m.serverReply(reply('200 NOOP ok')), 'toClient'), ['200 NOOP ok']);
+  // The server answered TYPE before (its reply went with an earlier command): TYPE looks outstanding.
+  const [meet] = of(m.clientLine('PASV'), 'meet');
+  m.dataOpened(meet!.token, { id: 'm1', port: 50001, serverPort: 50002 });
+  const a = m.serverReply(reply('200 PORT command successful'));
+  t.same(sent(a, 'toClient'), ['227 Entering Passive Mode (203,0,113,9,195,81).'], 'the client gets its 227, not the 200');
+  t.equal(m.outstanding, 0, 'the skipped command is dropped from the record');
 });
