@@ -5,7 +5,7 @@
 import t from 'tap';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpMode, type ServerName } from './lib/lab.js';
-import { startProxy } from './lib/proxy.js';
+import { proxyConnectionsLeft, startProxy } from './lib/proxy.js';
 import { nftDrained } from './lib/nft-state.js';
 
 const SERVERS: readonly ServerName[] = ['vsftpd', 'pyftpd'];
@@ -30,7 +30,7 @@ t.test('cross-family paths on the nftables plane are relayed, both directions', 
       n++;
       const proc = await startProxy(lab, [
         '-R', d.server, '-P', String(e.ports[server]), '-b', d.bind, '-p', String(port),
-        '--nft-table', table, '--data-ports', `${50000 + n * 1000}-${50000 + n * 1000 + 999}`, '-D', '7',
+        '--nft-table', table, '--data-ports', `${50000 + n * 1000}-${50000 + n * 1000 + 999}`,
       ]);
       for (const mode of d.modes) {
         await t.test(`${d.name}, ${server}, ${mode}: down, up, LIST`, async (t) => {
@@ -50,6 +50,7 @@ t.test('cross-family paths on the nftables plane are relayed, both directions', 
           t.ok(curl.ok, `curl download: ${curl.stderr}`);
           t.equal(curl.sha256, small, 'curl checksum');
           t.same(await nftDrained(lab, table), {}, 'the kernel table holds no element: nothing went to it');
+          t.same(await proxyConnectionsLeft(lab, proc), [], 'no relayed connection outlives its session');
         });
       }
       await t.test(`${d.name}, ${server}: what the proxy said and carried`, async (t) => {

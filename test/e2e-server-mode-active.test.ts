@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpMode, type FtpTarget, type ServerName } from './lib/lab.js';
-import { startProxy } from './lib/proxy.js';
+import { proxyConnectionsLeft, startProxy } from './lib/proxy.js';
 import { nftDrained } from './lib/nft-state.js';
 
 const SERVERS: readonly ServerName[] = ['vsftpd', 'pureftpd', 'pyftpd'];
@@ -78,6 +78,7 @@ async function suite(t: Test, backend: 'nftables' | 'relay'): Promise<void> {
       t.equal(again?.sha256, small, 'RETR after ABOR');
       t.equal(list?.count, 1000, 'LIST');
       if (backend === 'nftables') t.same(await nftDrained(lab, table), {}, 'the kernel table holds no element');
+      t.same(await proxyConnectionsLeft(lab, proc), [], 'no connection of the proxy outlives its session');
       const paths = proc.logs.filter((x) => x.msg === 'passive data path');
       t.ok(paths.length >= 8 && paths.every((x) => x.converted === true && x.plane === 'relay'), 'every path converted, on the relay');
       t.same(proc.logs.filter((x) => x.level >= 50), [], 'no error-level log lines');

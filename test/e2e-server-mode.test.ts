@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpMode, type FtpTarget, type Lab, type ServerName } from './lib/lab.js';
-import { startProxy, type ProxyProcess } from './lib/proxy.js';
+import { proxyConnectionsLeft, startProxy } from './lib/proxy.js';
 import { nftDrained } from './lib/nft-state.js';
 
 const SERVERS: readonly ServerName[] = ['vsftpd', 'pureftpd', 'pyftpd'];
@@ -23,20 +23,6 @@ async function inetutilsFtp(lab: Lab, to: FtpTarget, commands: string[]) {
   });
 }
 
-/** The proxy's established TCP connections in the gateway namespace (control and data). */
-async function proxyConnections(lab: Lab, proc: ProxyProcess): Promise<string[]> {
-  const r = await lab.exec('gw', 'ss', ['-Htnp', 'state', 'established']);
-  return r.stdout.split('\n').filter((l) => l.includes(`pid=${proc.child.pid},`));
-}
-
-async function until<T>(f: () => Promise<T>, ok: (v: T) => boolean, ms = 8000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (ok(v) || Date.now() > end) return v;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function suite(t: Test, backend: 'nftables' | 'relay'): Promise<void> {
   if (!isRoot) return void t.fail('end-to-end tests need root (network namespaces)');
@@ -74,8 +60,7 @@ async function suite(t: Test, backend: 'nftables' | 'relay'): Promise<void> {
   const proc = await startProxy(lab, [...base, '--server-mode', 'passive']);
   const leaks = async (t: Test): Promise<void> => {
     if (backend === 'nftables') t.same(await nftDrained(lab, table), {}, 'the kernel table holds no element');
-    const left = await until(() => proxyConnections(lab, proc), (c) => c.length === 0);
-    t.same(left, [], 'no connection of the proxy outlives its session');
+    t.same(await proxyConnectionsLeft(lab, proc), [], 'no connection of the proxy outlives its session');
   };
 
   for (const s of SERVERS) {
