@@ -1,6 +1,7 @@
-// The userspace relay data plane, for hosts without nftables: a single-use listener per
-// negotiated data connection that accepts only the expected peer and splices it to the target,
-// and the bounds on what it carries (per session, when idle, half-closed, or past its session).
+// The userspace relay data plane, for hosts without nftables and beside them for what the kernel
+// cannot carry: a single-use listener per negotiated data connection that accepts only the
+// expected peer and splices it to the target, the joined and met paths of mode translation, and
+// the bounds on what it carries (per session, when idle, half-closed, or past its session).
 
 import net from 'node:net';
 import type { AppLogger } from '../log.js';
@@ -426,7 +427,7 @@ export class RelayDataPlane implements DataPlane {
   }
 
   /**
-   * Close the listener, or a joined path's held connection to the server (the one connection
+   * Close the listeners, and a connection still waiting for its other side (the one connection
    * has come, or it never will).
    */
   private stopListening(path: RelayPath): void {
