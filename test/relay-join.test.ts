@@ -128,6 +128,9 @@ t.test('met paths (--server-mode active): both listeners admit their own peer on
   const second = net.connect({ host: '127.0.0.1', port: path.port });
   const refused = await Promise.race([once(second, 'close').then(() => true), new Promise((r) => setTimeout(() => r(false), 2000))]);
   t.ok(refused, 'a second client connection is closed at once');
+  const stranger = net.connect({ host: '127.0.0.1', port: path.serverPort!, localAddress: '127.0.0.2' });
+  const shut = await Promise.race([once(stranger, 'close').then(() => true), new Promise((r) => setTimeout(() => r(false), 2000))]);
+  t.ok(shut, "a connection to the server's port from another address is closed at once");
   const server = net.connect({ host: '127.0.0.1', port: path.serverPort! });
   await once(server, 'connect');
   server.end(payload);
