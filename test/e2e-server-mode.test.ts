@@ -5,7 +5,7 @@
 
 import t, { type Test } from 'tap';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isRoot, sha256File, startLab, type FtpMode, type FtpTarget, type Lab, type ServerName } from './lib/lab.js';
 import { proxyConnectionsLeft, startProxy } from './lib/proxy.js';
@@ -101,6 +101,28 @@ async function suite(t: Test, backend: 'nftables' | 'relay'): Promise<void> {
       const put = await lab.pyftp(at(s, 'port', 4, true), ['put', uploadSrc, name]);
       t.ok(put.ok, `upload: ${put.error ?? ''}`);
       t.equal(await sha256File(join(e.upload[s], name)), small, 'upload checksum');
+      await leaks(t);
+    });
+  }
+
+  for (const s of SERVERS) {
+    await t.test(`${s}: ftplib set_pasv(False): APPE, STOU, NLST`, async (t) => {
+      const user = at(s, 'port', 4, true);
+      const name = `sm-${backend}-appe.bin`;
+      t.ok((await lab.pyftp(user, ['put', uploadSrc, name])).ok, 'STOR');
+      const appe = await lab.pyftp(user, ['put', uploadSrc, name, '--verb', 'APPE']);
+      t.ok(appe.ok, `APPE: ${appe.error ?? ''}`);
+      const twice = createHash('sha256').update(file).update(file).digest('hex');
+      t.equal(await sha256File(join(e.upload[s], name)), twice, 'APPE appended the whole file');
+      const before = new Set(await readdir(e.upload[s]));
+      const stou = await lab.pyftp(user, ['put', uploadSrc, 'ignored', '--verb', 'STOU']);
+      t.ok(stou.ok, `STOU: ${stou.error ?? ''} ${stou.final ?? ''}`);
+      const made = (await readdir(e.upload[s])).filter((f) => !before.has(f));
+      t.equal(made.length, 1, `STOU made one file (${stou.final ?? ''})`);
+      t.equal(await sha256File(join(e.upload[s], made[0] ?? 'none')), small, 'STOU checksum');
+      const nlst = await lab.pyftp(at(s, 'port'), ['nlst', 'dir1000']);
+      // pure-ftpd lists . and .. too.
+      t.equal(nlst.lines?.filter((x) => /f\d{4}\.txt$/.test(x)).length, 1000, 'NLST of 1000');
       await leaks(t);
     });
   }

@@ -111,6 +111,8 @@ export interface PyFtpResult {
   sha256?: string;
   count?: number;
   lines?: string[];
+  /** For 'put': the final reply to STOR/APPE/STOU (STOU's names the file). */
+  final?: string;
   bytes_before_abort?: number;
   abort_replies?: string[];
   noop_ok?: boolean;
