@@ -65,4 +65,29 @@ t.test('cross-family paths on the nftables plane are relayed, both directions', 
       });
     }
   }
+
+  // Mode translation across families: the client's EPRT/PORT becomes the other family's
+  // PASV/EPSV, and the proxy connects to the client in the client's family.
+  for (const d of directions) {
+    await t.test(`${d.name}, vsftpd, --server-mode passive: active client converted`, async (t) => {
+      const port = 8121 + n++;
+      const proc = await startProxy(lab, [
+        '-R', d.server, '-P', String(e.ports.vsftpd), '-b', d.bind, '-p', String(port),
+        '--nft-table', `ftp_proxy_x${n}`, '--server-mode', 'passive',
+      ]);
+      const via = { host: d.bind, port, mode: 'eprt' as FtpMode, timeoutMs: 30_000 };
+      const get = await lab.pyftp(via, ['get', '1MiB.bin']);
+      t.equal(get.sha256, small, `download ${get.error ?? ''}`);
+      const name = `xc-${n}.bin`;
+      const put = await lab.pyftp({ ...via, user: e.user, pass: e.pass }, ['put', uploadSrc, name]);
+      t.ok(put.ok, `upload ${put.error ?? ''}`);
+      t.equal(await sha256File(join(e.upload.vsftpd, name)), small, 'upload checksum');
+      const toServer = proc.logs.filter((l) => l.msg === 'server line').map((l) => String(l.line));
+      t.same([...new Set(toServer.filter((l) => /^(PASV|EPSV|PORT|EPRT)\b/.test(l)))], [d.server.includes(':') ? 'EPSV' : 'PASV'], "the server is asked for its family's passive mode only");
+      const paths = proc.logs.filter((l) => l.msg === 'active data path');
+      t.ok(paths.length === 2 && paths.every((l) => l.converted === true && l.plane === 'relay'), 'both paths converted, on the relay');
+      t.same(await proxyConnectionsLeft(lab, proc), [], 'nothing outlives the sessions');
+      t.equal((await proc.stop()).code, 0);
+    });
+  }
 });
