@@ -440,7 +440,7 @@ export class Session {
     this.sock.resume();
   }
 
-  /** A data-plane operation (open, or join) whose path the machine waits for under `token`. */
+  /** A data-plane operation (open, join or meet) whose path the machine waits for under `token`. */
   private open(token: number, kind: 'passive' | 'active', start: () => Promise<DataPath>): void {
     const t0 = performance.now();
     start().then(
