@@ -49,6 +49,7 @@ export interface RawOptions {
   serverTls: string;
   serverCa?: string;
   serverTlsInsecure?: boolean;
+  serverMode: string;
   allowClient: string[];
   denyClient: string[];
   allowServer: string[];
@@ -114,6 +115,7 @@ export function buildCommand(): Command {
     .option('--server-tls-insecure', '--server-tls explicit: do not check the server\'s certificate (logged as a warning)')
     .option('--tls-no-reuse-check', '--tls terminate: admit PROT P data connections that do not resume the control connection\'s TLS session (broken clients; anyone who reaches the data port first gets the data)')
     .option('--user-at-host', 'outbound mode: a client connecting to the proxy itself logs in as USER name@host[:port] (IPv6 in brackets); needs --allow-server')
+    .option('--server-mode <client|passive|active>', "data connections toward the server: client (as the client asked); passive (PASV/EPSV always: an active client's PORT/EPRT is answered by the proxy, which joins the server's passive connection to one it makes to the client; for a gateway that cannot take inbound connections); active (PORT/EPRT always, reverse mode: a passive client's data meets the server's at the proxy; for a server that takes no inbound data connections)", 'client')
     .option('--allow-client <cidr>', 'only these client addresses (repeat or comma-separate)', collect, [])
     .option('--deny-client <cidr>', 'refuse these client addresses (repeatable)', collect, [])
     .option('--allow-server <cidr>', 'only these server addresses (repeatable)', collect, [])

@@ -91,6 +91,8 @@ export interface Config {
   readonly tls: TlsMode;
   /** --tls terminate: the certificate the proxy presents and what it asks of clients. */
   readonly tlsTerminate?: TlsTerminateConfig;
+  /** --server-mode: how data connections are asked of the server. */
+  readonly serverMode: 'client' | 'passive' | 'active';
   readonly clients: AddressList;
   readonly servers: AddressList;
   /** A client that connects to the proxy itself logs in as USER name@host (outbound mode). */
@@ -276,6 +278,12 @@ function serverTls(o: RawOptions): { server?: ServerTlsConfig } {
   return { server: { ...(o.serverCa !== undefined ? { caFile: nonEmpty('--server-ca', o.serverCa) } : {}), insecure: o.serverTlsInsecure === true } };
 }
 
+function serverMode(raw: string): 'client' | 'passive' | 'active' {
+  const v = raw.trim().toLowerCase();
+  if (v !== 'client' && v !== 'passive' && v !== 'active') fail('--server-mode', `'${raw}' is not one of client, passive, active`);
+  return v;
+}
+
 export function buildConfig(o: RawOptions): Config {
   const reverseAddr = o.reverse !== undefined ? unicast('-R/--reverse', o.reverse) : undefined;
   const serverPort = integer('-P/--server-port', o.serverPort, 1, 65535);
@@ -301,6 +309,11 @@ export function buildConfig(o: RawOptions): Config {
   if (o.cleanup && (o.checkConfig || o.printRuleset)) fail('--cleanup', 'give it without --check-config and --print-ruleset');
   if (o.reverse === undefined && o.serverPort !== '21') {
     fail('-P/--server-port', 'only has a meaning with -R/--reverse');
+  }
+  if (o.reverse === undefined && o.serverMode.trim().toLowerCase() === 'active') {
+    // Outbound clients send passive data to the server's own address, where only the kernel
+    // plane (or a relay with policy routing) can catch it, not the relay beside nftables.
+    fail('--server-mode', "'active' only has a meaning with -R/--reverse");
   }
   if (o.reverse === undefined && o.masqueradeAddress !== undefined) {
     fail('--masquerade-address', 'only has a meaning with -R/--reverse');
@@ -344,6 +357,7 @@ export function buildConfig(o: RawOptions): Config {
     loginTimeout: integer('--login-timeout', o.loginTimeout, 1, 3600),
     tls,
     ...(terminate ? { tlsTerminate: terminate } : {}),
+    serverMode: serverMode(o.serverMode),
     clients: new AddressList(cidrs('--allow-client', o.allowClient), cidrs('--deny-client', o.denyClient)),
     servers: new AddressList(cidrs('--allow-server', o.allowServer), cidrs('--deny-server', o.denyServer)),
     userAtHost: o.userAtHost === true,
@@ -354,6 +368,10 @@ export function buildConfig(o: RawOptions): Config {
         : { path: DEFAULT_CONTROL_SOCKET, explicit: false },
     ...(o.xferlog !== undefined ? { xferlog: nonEmpty('--xferlog', o.xferlog) } : {}),
   };
+  if (cfg.tlsTerminate && cfg.serverMode !== 'client') {
+    // A translated path joins two connections the relay opens itself; neither does TLS yet.
+    fail('--server-mode', `'${cfg.serverMode}' cannot be combined with --tls terminate (translated data connections carry no TLS)`);
+  }
   if (cfg.anonymousOnly && cfg.tls === 'pass') {
     // After AUTH the login is inside TLS: -A could not see USER, so it would promise nothing.
     fail('--tls', "'pass' cannot be combined with -A/--anonymous-only (the login would be encrypted and unchecked)");

@@ -12,6 +12,7 @@ import { originalDestination } from './net/origdst.js';
 import { RelayDataPlane } from './dataplane/relay.js';
 import { NftablesDataPlane, renderRuleset } from './dataplane/nftables/index.js';
 import type { DataPlane, Endpoint } from './dataplane/types.js';
+import { CompositeDataPlane } from './dataplane/composite.js';
 import { ProxyServer } from './server.js';
 import { NO_METRICS, PromMetrics } from './metrics/metrics.js';
 import { MetricsListener } from './metrics/http.js';
@@ -22,23 +23,24 @@ import { cleanup } from './cleanup.js';
 import { Reloader } from './reload.js';
 import { TlsTerminator } from './tls/context.js';
 import { ServerTlsClient } from './tls/server-side.js';
-import { TLS_PATH_PREFIX, TlsRoutedDataPlane } from './tls/data-relay.js';
 
 const out = { out: (s: string) => void process.stdout.write(s), err: (s: string) => void process.stderr.write(s) };
 
 function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
   const ports = new PortAllocator(cfg.dataPorts.low, cfg.dataPorts.high);
-  if (cfg.backend === 'relay') {
-    return new RelayDataPlane({
+  const relay = (routeTable?: number): RelayDataPlane =>
+    new RelayDataPlane({
       ports,
       dataTimeout: cfg.dataTimeout,
       dataIdleTimeout: cfg.dataIdleTimeout,
-      // Only outbound mode uses an address that is not this host's for data (the server's).
-      ...(cfg.mode === 'outbound' ? { routeTable: cfg.routeTable } : {}),
+      ...(routeTable !== undefined ? { routeTable } : {}),
       logger,
     });
-  }
-  const nft = new NftablesDataPlane({
+  // Only outbound mode uses an address that is not this host's for data (the server's).
+  if (cfg.backend === 'relay') return relay(cfg.mode === 'outbound' ? cfg.routeTable : undefined);
+  // Beside the kernel, the relay carries only what the kernel cannot (cross-family, mode-translated and
+  // PROT P paths), from this host's own addresses: it needs no policy routing.
+  const kernel = new NftablesDataPlane({
     table: cfg.nftTable,
     ports,
     entryTimeoutSec: cfg.dataTimeout,
@@ -47,18 +49,7 @@ function createDataPlane(cfg: Config, logger: AppLogger): DataPlane {
     ...countOption(cfg),
     logger,
   });
-  if (!cfg.tlsTerminate) return nft;
-  // The kernel cannot end TLS: PROT P data connections go through a relay beside it, on ports
-  // of the same range (splice cannot see into TLS records, so it copies through streams).
-  const relay = new RelayDataPlane({
-    ports,
-    dataTimeout: cfg.dataTimeout,
-    dataIdleTimeout: cfg.dataIdleTimeout,
-    splice: false,
-    idPrefix: TLS_PATH_PREFIX,
-    logger,
-  });
-  return new TlsRoutedDataPlane(nft, relay);
+  return new CompositeDataPlane(kernel, relay());
 }
 
 /** --tls terminate: the certificate and key (and --server-ca), checked before anything starts. */
@@ -216,14 +207,15 @@ export async function main(loaded: Loaded, reread: () => Loaded): Promise<number
     await dataPlane.close().catch(() => undefined);
     return 1;
   }
-  const kernel = dataPlane instanceof TlsRoutedDataPlane ? dataPlane.base : dataPlane;
   logger.notice(
     {
       listen: `${addr.address}:${addr.port}`,
       mode: cfg.mode,
       ...(cfg.reverse ? { server: `${cfg.reverse.address}:${cfg.reverse.port}` } : {}),
       dataPlane: dataPlane.name,
-      ...(kernel instanceof NftablesDataPlane ? { nftRunner: kernel.runnerName, nftTable: cfg.nftTable } : {}),
+      ...(dataPlane instanceof CompositeDataPlane && dataPlane.kernel instanceof NftablesDataPlane
+        ? { nftRunner: dataPlane.kernel.runnerName, nftTable: cfg.nftTable }
+        : {}),
       dataPorts: `${cfg.dataPorts.low}-${cfg.dataPorts.high}`,
       maxSessions: cfg.maxSessions,
       ...(obs.metrics ? { metrics: `${obs.metrics.address.address}:${obs.metrics.address.port}` } : {}),

@@ -31,6 +31,7 @@ export const LIVE: ReadonlySet<keyof RawOptions> = new Set<keyof RawOptions>([
   'masqueradeFor',
   'readOnly',
   'denyCommand',
+  'serverMode',
   'maxLineLength',
   'debugLevel',
   'xferlog',

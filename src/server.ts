@@ -121,6 +121,7 @@ export class ProxyServer {
         ? { terminator: this.d.terminator, tlsRequired: cfg.tlsTerminate?.required === true, implicitTls: cfg.tlsTerminate?.implicit === true }
         : {}),
       ...(this.d.serverTls ? { serverTls: this.d.serverTls } : {}),
+      serverMode: cfg.serverMode,
       servers: cfg.servers,
       userAtHost: cfg.userAtHost,
       ...(this.d.lookup ? { lookup: this.d.lookup } : {}),

@@ -1,6 +1,7 @@
-// The userspace relay data plane, for hosts without nftables: a single-use listener per
-// negotiated data connection that accepts only the expected peer and splices it to the target,
-// and the bounds on what it carries (per session, when idle, half-closed, or past its session).
+// The userspace relay data plane, for hosts without nftables and beside them for what the kernel
+// cannot carry: a single-use listener per negotiated data connection that accepts only the
+// expected peer and splices it to the target, the joined and met paths of mode translation, and
+// the bounds on what it carries (per session, when idle, half-closed, or past its session).
 
 import net from 'node:net';
 import type { AppLogger } from '../log.js';
@@ -9,7 +10,7 @@ import { canonical } from '../net/address.js';
 import { tcpFlow, type TcpFlow } from '../net/libc.js';
 import type { PortAllocator } from '../net/ports.js';
 import { connectFrom, listenOn, TransparentSources } from '../net/transparent.js';
-import type { DataPath, DataPathRequest, DataPlane } from './types.js';
+import type { DataPath, DataPathRequest, DataPlane, DataTls, JoinRequest, MeetRequest } from './types.js';
 import { Splicer, type SpliceResult } from './splice.js';
 import type { Moved } from '../transfer.js';
 
@@ -21,10 +22,10 @@ const CARRYING_MS = 2 * TICK_MS;
 export const HALF_CLOSED_LINGER_MS = 2000;
 /** After its session has ended, a pair still flushing what a finished side sent gets this long. */
 export const SESSION_END_LINGER_MS = 5000;
-/** TLS handshakes one passive PROT P path runs at once: connections beyond are closed. */
-const MAX_HANDSHAKES = 4;
 /** Pairs one session may hold: a new one beyond this cuts the session's oldest. */
 export const MAX_PAIRS_PER_SESSION = 4;
+/** TLS handshakes one passive PROT P path runs at once: connections beyond are closed. */
+const MAX_HANDSHAKES = 4;
 
 export interface RelayOptions {
   readonly ports: PortAllocator;
@@ -44,8 +45,6 @@ export interface RelayOptions {
    * it); 0: they cannot. Unset in reverse mode, where nothing needs it.
    */
   readonly routeTable?: number;
-  /** Paths are named `<idPrefix>-N` (default 'relay'), so a plane beside another can tell its own. */
-  readonly idPrefix?: string;
 }
 
 /** One relayed connection: the accepted peer and the connection to the target. */
@@ -64,9 +63,17 @@ interface Pair {
 }
 
 interface RelayPath {
-  readonly req: DataPathRequest;
+  readonly sid: string;
   readonly port: number;
   listener: net.Server | null;
+  /** A met path's listener for the server (its port is what PORT/EPRT carry). */
+  second: { readonly listener: net.Server; readonly port: number } | null;
+  /**
+   * A connection that waits for its other side: a joined path's to the server (until proceed()
+   * connects to `joinTo`'s client), or the first of a met path's two to arrive.
+   */
+  held: net.Socket | null;
+  readonly joinTo: JoinRequest | null;
   timer: NodeJS.Timeout | null;
   /** The one connection it relays, once accepted. */
   pair: Pair | null;
@@ -83,6 +90,9 @@ interface RelayPath {
   /** Settles what transferred() answers: the pair's bytes when it ends, zeros when none came. */
   readonly settle: (m: Moved) => void;
 }
+
+/** The prefix of every path id this plane hands out (RelayDataPlane.owns). */
+const ID_PREFIX = 'relay-';
 
 /** A socket's flow from TCP_INFO, or, where that cannot be read, what Node itself saw. */
 function flowOf(s: net.Socket): TcpFlow {
@@ -154,80 +164,160 @@ export class RelayDataPlane implements DataPlane {
     return this.paths.size;
   }
 
-  async open(req: DataPathRequest): Promise<DataPath> {
+  /** A single-use listener on `listen` for `peer`, on a port of the range. */
+  private async listener(listen: string, peer: string): Promise<{ listener: net.Server; port: number }> {
     let listener: net.Server | null = null;
     const port = await this.o.ports.take(async (p) => {
       const l = net.createServer({ allowHalfOpen: true, pauseOnConnect: true });
-      const ok = await listenOn(l, { address: req.listen, port: p }, req.peer, 4, this.transparent ?? null);
+      const ok = await listenOn(l, { address: listen, port: p }, peer, 4, this.transparent ?? null);
       if (ok) listener = l;
       return ok;
     }).catch((e: unknown) => {
       throw e instanceof DataPlaneError
         ? e
-        : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${req.listen}: ${(e as Error).message}`, { cause: e });
+        : new DataPlaneError('BACKEND_FAILED', `relay cannot listen on ${listen}: ${(e as Error).message}`, { cause: e });
     });
-    const id = `${this.o.idPrefix ?? 'relay'}-${++this.seq}`;
-    let settle!: (m: Moved) => void;
-    this.results.set(id, { sid: req.sid, moved: new Promise<Moved>((r) => (settle = r)) });
-    const path: RelayPath = { req, port, listener, timer: null, pair: null, handshakes: 0, early: null, aborted: false, settle };
-    this.paths.set(id, path);
-    const log = this.o.logger.child({ sid: req.sid, dataPath: id, dataPort: port });
+    return { listener: listener!, port };
+  }
+
+  /** The path stops waiting after the data timeout. */
+  private arm(id: string, path: RelayPath, log: AppLogger): void {
     path.timer = setTimeout(() => {
       log.info({ timeout: this.o.dataTimeout }, 'data connection did not arrive in time');
       this.stopListening(path);
       this.forget(id, path);
     }, this.o.dataTimeout * 1000);
     path.timer.unref();
-    listener!.on('connection', (sock) => this.accept(id, path, sock, log));
-    listener!.on('error', (err) => log.warn({ err: err.message }, 'data listener error'));
-    return { id, port };
   }
 
-  private accept(id: string, path: RelayPath, peer: net.Socket, log: AppLogger): void {
+  async open(req: DataPathRequest): Promise<DataPath> {
+    const { listener, port } = await this.listener(req.listen, req.peer);
+    const { id, path, log } = this.register(req.sid, port, listener);
+    this.arm(id, path, log);
+    listener.on('connection', (sock) => this.accept(id, path, req, sock, log));
+    listener.on('error', (err) => log.warn({ err: err.message }, 'data listener error'));
+    return { id, port, via: this.name };
+  }
+
+  /** A new path of session `sid`: its id, its result to settle, its log. */
+  private register(sid: string, port: number, listener: net.Server | null, joinTo: JoinRequest | null = null, held: net.Socket | null = null) {
+    const id = `${ID_PREFIX}${++this.seq}`;
+    let settle!: (m: Moved) => void;
+    this.results.set(id, { sid, moved: new Promise<Moved>((r) => (settle = r)) });
+    const path: RelayPath = { sid, port, listener, second: null, held, joinTo, timer: null, pair: null, handshakes: 0, early: null, aborted: false, settle };
+    this.paths.set(id, path);
+    const log = this.o.logger.child({ sid, dataPath: id, dataPort: port });
+    return { id, path, log };
+  }
+
+  /**
+   * --server-mode active: one listener for the client (its port goes into the 227/229) and one
+   * for the server (into PORT/EPRT); whichever connection comes first waits, unread, for the
+   * other. Counted with the client as the peer, as a passive path is.
+   */
+  async meet(req: MeetRequest): Promise<DataPath> {
+    const client = await this.listener(req.client.listen, req.client.peer);
+    const server = await this.listener(req.server.listen, req.server.peer).catch((e: unknown) => {
+      client.listener.close();
+      this.o.ports.put(client.port);
+      throw e;
+    });
+    const { id, path, log } = this.register(req.sid, client.port, client.listener);
+    path.second = server;
+    this.arm(id, path, log);
+    const came: { client?: net.Socket; server?: net.Socket } = {};
+    const on = (side: 'client' | 'server', l: net.Server, peer: string): void => {
+      l.on('error', (err) => log.warn({ err: err.message, side }, 'data listener error'));
+      l.on('connection', (sock: net.Socket) => {
+        const from = canonical(sock.remoteAddress ?? '');
+        if (from !== peer || came[side] || !this.paths.has(id)) {
+          log.notice({ from, expected: peer, side }, 'data connection from unexpected source refused');
+          sock.destroy();
+          return;
+        }
+        came[side] = sock;
+        if (!came.client || !came.server) {
+          // Unread while it waits, it can still fail (a reset): that must not go unheard.
+          sock.on('error', (err) => log.debug({ err: err.message, side }, 'waiting data connection failed'));
+          path.held = sock;
+          return;
+        }
+        path.held = null;
+        this.stopListening(path);
+        this.carry(id, path, came.client, came.server, log);
+      });
+    };
+    on('client', client.listener, req.client.peer);
+    on('server', server.listener, req.server.peer);
+    return { id, port: client.port, serverPort: server.port, via: this.name };
+  }
+
+  /** Whether `id` is one of this plane's path ids (a composite plane routes by it). */
+  owns(id: string): boolean {
+    return id.startsWith(ID_PREFIX);
+  }
+
+  /**
+   * Mode translation: connect to the server's passive data port now (RFC 959: the passive side
+   * waits for its peer before or after the transfer command, so the server never waits for the
+   * proxy), and hold it unread until proceed().
+   */
+  async join(req: JoinRequest): Promise<DataPath> {
+    const server = connectFrom(req.server, req.serverSource, undefined, this.transparent ?? null, this.o.logger);
+    server.pause();
+    server.setNoDelay(true);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => fail(new Error('timed out')), this.o.dataTimeout * 1000);
+      const fail = (err: Error): void => {
+        clearTimeout(timer);
+        server.destroy();
+        reject(new DataPlaneError('BACKEND_FAILED', `cannot reach the server's data port ${req.server.address} port ${req.server.port}: ${err.message}`, { cause: err }));
+      };
+      server.once('error', fail);
+      server.once('connect', () => {
+        clearTimeout(timer);
+        server.removeListener('error', fail);
+        resolve();
+      });
+    });
+    const { id, path, log } = this.register(req.sid, server.localPort ?? 0, null, req, server);
+    // Unread until paired, the held leg notices little (a server's FIN waits in the kernel and
+    // reaches the client as an empty transfer); it ends with release() or the session. An error
+    // it does see ends it alone.
+    server.on('error', (err) => {
+      if (path.held !== server) return;
+      log.info({ err: err.message }, "the server's data connection failed before the transfer started");
+      this.stopListening(path);
+      this.forget(id, path);
+    });
+    return { id, port: path.port, via: this.name };
+  }
+
+  proceed(id: string): void {
+    const path = this.paths.get(id);
+    const server = path?.held;
+    const r = path?.joinTo;
+    if (!path || !server || !r) return;
+    path.held = null;
+    server.removeAllListeners('error');
+    const log = this.o.logger.child({ sid: path.sid, dataPath: id, dataPort: path.port });
+    this.carry(id, path, server, connectFrom(r.client, r.clientSource, r.clientSourcePort, this.transparent ?? null, log), log);
+  }
+
+  private accept(id: string, path: RelayPath, req: DataPathRequest, peer: net.Socket, log: AppLogger): void {
     const from = canonical(peer.remoteAddress ?? '');
-    if (from !== path.req.peer || path.listener === null) {
+    if (from !== req.peer || path.listener === null) {
       // Only the negotiated peer, and only once.
-      log.notice({ from, expected: path.req.peer }, 'data connection from unexpected source refused');
+      log.notice({ from, expected: req.peer }, 'data connection from unexpected source refused');
       peer.destroy();
       return;
     }
-    const tls = path.req.tls;
-    if (tls && path.req.kind === 'passive') {
-      // The client proves in its TLS handshake that it is the session's own (tls/context.ts):
-      // the port stays open until one does, so that another connection from its address
-      // (a host behind the same NAT) cannot take the path by arriving first. The server's
-      // side is connected at once: vsftpd sends its 150 only when the data connection is
-      // there, and Python's ftplib starts TLS only after that 150.
-      if (path.handshakes >= MAX_HANDSHAKES) {
-        peer.destroy();
-        return;
-      }
-      path.handshakes++;
-      path.early ??= this.connectTarget(path, log);
-      tls.secure(peer).then(
-        (secured) => {
-          path.handshakes--;
-          // Taken by an earlier candidate, or the path was aborted: nothing left to carry.
-          const target = path.early;
-          if (target === null) {
-            secured.destroy();
-            return this.forget(id, path);
-          }
-          path.early = null;
-          this.stopListening(path);
-          this.carry(id, path, peer, secured, log, target);
-        },
-        (err: unknown) => {
-          path.handshakes--;
-          log.notice({ from, code: (err as DataPlaneError).code, err: (err as Error).message }, 'protected data connection refused');
-          this.forget(id, path);
-        },
-      );
-      return;
-    }
+    // The target's side of TLS: the server's in passive mode, the client's in active mode.
+    const secureTarget = req.kind === 'passive' ? req.serverTls : req.tls;
+    if (req.tls && req.kind === 'passive') return this.candidate(id, path, req, req.tls, peer, from, log);
     this.stopListening(path);
-    const serverTls = path.req.serverTls;
-    if (serverTls && path.req.kind === 'active') {
+    const serverTls = req.serverTls;
+    if (serverTls && req.kind === 'active') {
       // The server connected; it is the TLS server all the same (RFC 4217).
       path.handshakes++;
       serverTls.secure(peer).then(
@@ -237,7 +327,7 @@ export class RelayDataPlane implements DataPlane {
             secured.destroy();
             return this.forget(id, path);
           }
-          this.carry(id, path, peer, secured, log);
+          this.carry(id, path, peer, this.connectTarget(req, log), log, secured, secureTarget);
         },
         (err: unknown) => {
           path.handshakes--;
@@ -247,18 +337,64 @@ export class RelayDataPlane implements DataPlane {
       );
       return;
     }
-    this.carry(id, path, peer, peer, log);
+    this.carry(id, path, peer, this.connectTarget(req, log), log, peer, secureTarget);
   }
 
   /**
-   * Connects `path`'s target and relays between it and the accepted `peer`. `peerIo` carries the
-   * peer's plaintext: `peer` itself, or its TLS socket. A target that must speak TLS (active
-   * PROT P: the client) is secured once connected. TLS pairs go through streams: splice cannot
-   * see into TLS records.
+   * Passive PROT P: the client proves in its TLS handshake that it is the session's own
+   * (tls/context.ts): the port stays open until one does, so that another connection from its
+   * address (a host behind the same NAT) cannot take the path by arriving first. The server's
+   * side is connected at once: vsftpd sends its 150 only when the data connection is there, and
+   * Python's ftplib starts TLS only after that 150.
    */
-  private carry(id: string, path: RelayPath, peer: net.Socket, peerIo: net.Socket, log: AppLogger, target = this.connectTarget(path, log)): void {
-    let targetIo = target;
+  private candidate(id: string, path: RelayPath, req: DataPathRequest, tls: DataTls, peer: net.Socket, from: string, log: AppLogger): void {
+    if (path.handshakes >= MAX_HANDSHAKES) {
+      peer.destroy();
+      return;
+    }
+    path.handshakes++;
+    path.early ??= this.connectTarget(req, log);
+    tls.secure(peer).then(
+      (secured) => {
+        path.handshakes--;
+        // Taken by an earlier candidate, or the path was aborted: nothing left to carry.
+        const target = path.early;
+        if (target === null) {
+          secured.destroy();
+          return this.forget(id, path);
+        }
+        path.early = null;
+        this.stopListening(path);
+        this.carry(id, path, peer, target, log, secured, req.serverTls);
+      },
+      (err: unknown) => {
+        path.handshakes--;
+        log.notice({ from, code: (err as DataPlaneError).code, err: (err as Error).message }, 'protected data connection refused');
+        this.forget(id, path);
+      },
+    );
+  }
+
+  /** The connection to a path's target; errors before a pair owns it show as a destroyed socket there. */
+  private connectTarget(req: DataPathRequest, log: AppLogger): net.Socket {
+    const target = connectFrom(req.target, req.source, req.sourcePort, this.transparent ?? null, log);
+    target.on('error', () => undefined);
+    return target;
+  }
+
+  /**
+   * Carry one connection between `peer` (connected) and `target` (connecting, or connected).
+   * `peerIo` carries the peer's plaintext: `peer` itself, or its TLS socket; a target that must
+   * speak TLS (`secureTarget`) is secured once connected. TLS pairs go through streams: splice
+   * cannot see into TLS records.
+   */
+  private carry(id: string, path: RelayPath, peer: net.Socket, target: net.Socket, log: AppLogger, peerIo = peer, secureTarget?: DataTls): void {
+    // Nothing is read from either side before both are connected: the first bytes go to
+    // whichever carrier (splice or streams) takes the pair.
+    target.pause();
     peer.setNoDelay(true);
+    target.setNoDelay(true);
+    let targetIo = target;
     let closed = 0;
     let over = false;
     /** While the splice worker holds the pair, its descriptors must stay open. */
@@ -290,7 +426,7 @@ export class RelayDataPlane implements DataPlane {
       path.settle({ fromPeer: bytes.toTarget, toPeer: bytes.toPeer });
       this.forget(id, path);
     };
-    const pair: Pair = { sid: path.req.sid, peer: peerIo, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
+    const pair: Pair = { sid: path.sid, peer: peerIo, target, cut: (why) => done(why), moved: 0, movedAt: Date.now(), deadline: null };
     path.pair = pair;
     this.admit(pair, log);
     peer.on('error', (err) => done('peer error', err));
@@ -309,12 +445,10 @@ export class RelayDataPlane implements DataPlane {
       peerIo.resume();
       targetIo.resume();
     };
-    const connected = (): void => {
+    const start = (): void => {
       if (over) return;
-      // The target's side of TLS: the server's in passive mode, the client's in active mode.
-      const tls = path.req.kind === 'passive' ? path.req.serverTls : path.req.tls;
-      if (tls) {
-        tls.secure(target).then(
+      if (secureTarget) {
+        secureTarget.secure(target).then(
           (secured) => {
             if (over) return void secured.destroy();
             targetIo = pair.target = secured;
@@ -344,21 +478,8 @@ export class RelayDataPlane implements DataPlane {
     };
     // A target connected early (passive PROT P) may be connected, or have failed, already.
     if (target.destroyed) done('target error', new Error('the connection to the target failed'));
-    else if (target.connecting) target.once('connect', connected);
-    else connected();
-  }
-
-  /**
-   * The connection to `path`'s target. Nothing is read from it before the pair is complete: the
-   * first bytes go to whichever carrier (splice or streams) takes the pair.
-   */
-  private connectTarget(path: RelayPath, log: AppLogger): net.Socket {
-    const target = connectFrom(path.req.target, path.req.source, path.req.sourcePort, this.transparent ?? null, log);
-    target.pause();
-    target.setNoDelay(true);
-    // Errors before the pair owns it (an early target) show as a destroyed socket there.
-    target.on('error', () => undefined);
-    return target;
+    else if (target.connecting) target.once('connect', start);
+    else start();
   }
 
   /** Count `pair` in; beyond its session's bound, the session's oldest pairs go. */
@@ -405,7 +526,10 @@ export class RelayDataPlane implements DataPlane {
     }
   }
 
-  /** Close the listener (the one connection has come, or it never will). */
+  /**
+   * Close the listeners, and a connection still waiting for its other side (the one connection
+   * has come, or it never will).
+   */
   private stopListening(path: RelayPath): void {
     if (path.timer) clearTimeout(path.timer);
     path.timer = null;
@@ -414,23 +538,26 @@ export class RelayDataPlane implements DataPlane {
       path.listener = null;
       this.o.ports.put(path.port);
     }
+    if (path.second) {
+      path.second.listener.close();
+      this.o.ports.put(path.second.port);
+      path.second = null;
+    }
+    if (path.held) {
+      path.held.destroy();
+      path.held = null;
+    }
   }
 
-  /** Drop the path once it neither listens nor relays. */
+  /** Drop the path once it neither listens, holds, nor relays. */
   private forget(id: string, path: RelayPath): void {
     // A candidate still in its handshake may yet take the path: the server may have sent a
     // whole listing, and its 226 released the path, before the client's TLS was up.
-    if (path.listener !== null || path.pair !== null || path.handshakes > 0) return;
+    if (path.listener !== null || path.second !== null || path.held !== null || path.pair !== null || path.handshakes > 0) return;
     this.dropEarly(path);
     this.paths.delete(id);
     // No-op when the pair has settled it with its bytes.
     path.settle({ fromPeer: 0, toPeer: 0 });
-  }
-
-  /** Reset the early target no candidate took (the server then sees a failed transfer). */
-  private dropEarly(path: RelayPath): void {
-    path.early?.resetAndDestroy();
-    path.early = null;
   }
 
   /**
@@ -456,6 +583,12 @@ export class RelayDataPlane implements DataPlane {
     this.forget(id, path);
   }
 
+  /** Reset the early target no candidate took (the server then sees a failed transfer). */
+  private dropEarly(path: RelayPath): void {
+    path.early?.resetAndDestroy();
+    path.early = null;
+  }
+
   /**
    * Called after the session's last reply is written. A pair carrying both ways is cut now,
    * and so is one finished and delivered one way; one flushing what a finished side sent
@@ -464,7 +597,7 @@ export class RelayDataPlane implements DataPlane {
   async endSession(sid: string): Promise<void> {
     const now = Date.now();
     for (const [id, path] of [...this.paths]) {
-      if (path.req.sid !== sid) continue;
+      if (path.sid !== sid) continue;
       this.stopListening(path);
       const pair = path.pair;
       if (pair && this.look(pair, now) === 'flushing') pair.deadline ??= now + SESSION_END_LINGER_MS;

@@ -53,10 +53,44 @@ export interface DataTls {
   secure(sock: net.Socket): Promise<net.Socket>;
 }
 
-/** An admitted data connection: `port` is what the session advertises. */
+/**
+ * A mode-translated data connection (--server-mode passive): the client announced a port
+ * (PORT/EPRT) and the server one of its own (PASV/EPSV); the plane connects to both and carries
+ * the one connection between them. `server` is reached at once, from `serverSource`; `client`
+ * only on proceed(), from `clientSource` (and `clientSourcePort`, e.g. 20 with -r).
+ */
+export interface JoinRequest {
+  readonly sid: string;
+  readonly server: Endpoint;
+  readonly serverSource: string;
+  readonly client: Endpoint;
+  readonly clientSource: string;
+  readonly clientSourcePort?: number;
+}
+
+/**
+ * The other mode translation (--server-mode active): the client asked for PASV/EPSV, the server
+ * is sent PORT/EPRT. The plane listens twice, on `client.listen` for the client and on
+ * `server.listen` for the server, each admitting its own peer once, and carries the one
+ * connection between the two once both have come.
+ */
+export interface MeetRequest {
+  readonly sid: string;
+  readonly client: { readonly peer: string; readonly listen: string };
+  readonly server: { readonly peer: string; readonly listen: string };
+}
+
+/**
+ * An admitted data connection: `port` is what the session advertises (for a joined path: the
+ * local port of its connection to the server; for a met path: the client's port, and
+ * `serverPort` the one PORT/EPRT carries). `via`: the plane that carries it, where a plane made
+ * of several chose one.
+ */
 export interface DataPath {
   readonly id: string;
   readonly port: number;
+  readonly serverPort?: number;
+  readonly via?: string;
 }
 
 export interface DataPlane {
@@ -79,6 +113,20 @@ export interface DataPlane {
    * that a reply written next cannot be raced to the port; otherwise it may be batched.
    */
   release(id: string, abort: boolean, urgent?: boolean): Promise<void>;
+  /**
+   * Planes that carry bytes themselves (the relay): connect to `req.server` and resolve once
+   * connected (DataPlaneError BACKEND_FAILED when it cannot be reached); nothing goes to the
+   * client before proceed(). release() of a path not yet proceeded closes its server connection.
+   * Absent: this plane cannot join, the composite sends joins to its relay.
+   */
+  join?(req: JoinRequest): Promise<DataPath>;
+  /** Planes that carry bytes themselves: listen for both ends of `req` (MeetRequest). */
+  meet?(req: MeetRequest): Promise<DataPath>;
+  /**
+   * The server has started the transfer of joined path `id` (its 1xx, or its final reply came
+   * first): connect to the client and carry the data. A released or unknown id is a no-op.
+   */
+  proceed?(id: string): void;
   /**
    * Session `sid` has ended (its last reply is written): nothing of it may outlive it. Every
    * path it still holds is released, and a plane that carries bytes itself (the relay) ends

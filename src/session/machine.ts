@@ -4,7 +4,7 @@
 import { classifyCommand, isAnonymous, removeTelnet, stripTelnet, verbOf, type Command, type TransferVerb } from '../protocol/commands.js';
 import { format227, format229, formatEprt, formatPort } from '../protocol/format.js';
 import { parse227, parse229, type Reply } from '../protocol/replies.js';
-import type { DataPath, DataPathRequest, Endpoint } from '../dataplane/types.js';
+import type { DataPath, DataPathRequest, Endpoint, JoinRequest, MeetRequest } from '../dataplane/types.js';
 import { ProtocolError, type FtpProxyError } from '../errors.js';
 import { familyOf } from '../net/address.js';
 import { nextDirectory, typeAfter } from '../transfer.js';
@@ -70,6 +70,14 @@ export interface MachineOptions {
   readonly serverTls?: boolean;
   /** Pipelined lines held while a data-plane operation is under way; beyond this the session ends. */
   readonly maxQueued?: number;
+  /**
+   * How data connections are asked of the server. 'client' (default): as the client asked.
+   * 'passive': a client's PORT/EPRT is answered by the proxy, which asks the server for PASV/EPSV
+   * and joins the two data connections (a gateway that cannot take inbound connections).
+   * 'active': a client's PASV/EPSV is answered from the proxy's own listener, and the server is
+   * sent PORT/EPRT to another (a server that takes no inbound data connections).
+   */
+  readonly serverMode?: 'client' | 'passive' | 'active';
 }
 
 export type LogLevel = 'debug' | 'info' | 'notice' | 'warn' | 'error';
@@ -80,6 +88,12 @@ export type Action =
   | { readonly type: 'toServer'; readonly text: string; readonly urgent?: boolean }
   /** `protect`: PROT P is in force: the client's side of this data connection is TLS. */
   | { readonly type: 'open'; readonly token: number; readonly request: DataPathRequest; readonly protect?: true }
+  /** Mode translation: connect to the server's passive port now, to the client on `proceed`. */
+  | { readonly type: 'join'; readonly token: number; readonly request: JoinRequest }
+  /** The other translation: listen for both the client and the server. */
+  | { readonly type: 'meet'; readonly token: number; readonly request: MeetRequest }
+  /** The server started the transfer on joined path `id`: connect to the client. */
+  | { readonly type: 'proceed'; readonly id: string }
   /**
    * `urgent`: applied before the next reply goes out where the data plane can (a refused
    * transfer's path: its client must not be able to race the reply to the port).
@@ -129,6 +143,10 @@ type Pending =
   | { readonly kind: 'greeting' }
   | { readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
   | { readonly kind: 'active'; readonly neg: number }
+  /** The proxy's PASV/EPSV for a client's PORT/EPRT (serverMode 'passive'): `client` is where it listens. */
+  | { readonly kind: 'convert'; readonly neg: number; readonly verb: 'PORT' | 'EPRT'; readonly client: Endpoint }
+  /** The proxy's PORT/EPRT for a client's PASV/EPSV (serverMode 'active'); `port` is the client's. */
+  | { readonly kind: 'met'; readonly neg: number; readonly reply: 227 | 229; readonly port: number }
   /** `aborted`: an ABOR was forwarded while it was outstanding. */
   | {
       readonly kind: 'transfer';
@@ -149,7 +167,20 @@ type Pending =
 
 type Waiting =
   | { readonly token: number; readonly kind: 'passive'; readonly reply: 227 | 229; readonly neg: number }
-  | { readonly token: number; readonly kind: 'active'; readonly neg: number };
+  | { readonly token: number; readonly kind: 'active'; readonly neg: number }
+  | { readonly token: number; readonly kind: 'convert'; readonly verb: 'PORT' | 'EPRT'; readonly neg: number }
+  | { readonly token: number; readonly kind: 'meet'; readonly reply: 227 | 229; readonly neg: number };
+
+/**
+ * The data path the session holds. `joined`: a mode-translated one, and whether the data
+ * plane was told to proceed (connect to the client) yet.
+ */
+interface HeldPath {
+  readonly path: DataPath;
+  readonly neg: number;
+  readonly kind: 'passive' | 'active';
+  readonly joined?: { proceeded: boolean };
+}
 
 const DEFAULT_MAX_QUEUED = 256;
 
@@ -161,7 +192,7 @@ const DEFAULT_MAX_QUEUED = 256;
  */
 function accepts(p: Pending, code: number): boolean {
   const passiveCode = code === 227 || code === 229;
-  if (p.kind === 'passive') return passiveCode || code >= 400;
+  if (p.kind === 'passive' || p.kind === 'convert') return passiveCode || code >= 400;
   return p.kind !== 'local' && !passiveCode;
 }
 
@@ -176,7 +207,7 @@ export class SessionMachine {
   /** Negotiations sent so far; 0 = none yet. */
   private neg = 0;
   /** The session's current data path and the negotiation it answers. */
-  private path: { readonly path: DataPath; readonly neg: number; readonly kind: 'passive' | 'active' } | null = null;
+  private path: HeldPath | null = null;
   /** The last negotiation answered with the server's own port (passiveDirect): nothing to count. */
   private directNeg = 0;
   private transferSeq = 0;
@@ -346,23 +377,54 @@ export class SessionMachine {
       return out;
     }
     this.waiting = null;
+    if (w.kind === 'convert') {
+      this.replacePath({ path, neg: w.neg, kind: 'active', joined: { proceeded: false } }, out);
+      out.push({
+        type: 'log',
+        level: 'info',
+        msg: 'active data path',
+        fields: { dataPort: path.port, plane: path.via, converted: true, toServer: this.serverFamily === 4 ? 'PASV' : 'EPSV' },
+      });
+      out.push({ type: 'toClient', text: `200 ${w.verb} command successful` });
+      this.flushLocal(out);
+      this.drain(out);
+      return out;
+    }
+    if (w.kind === 'meet') {
+      this.replacePath({ path, neg: w.neg, kind: 'passive' }, out);
+      const ep = { address: this.o.addressing.activeListen, port: path.serverPort ?? path.port };
+      const toServer = this.serverFamily === 4 ? formatPort(ep) : formatEprt(ep);
+      out.push({
+        type: 'log',
+        level: 'info',
+        msg: 'passive data path',
+        fields: { dataPort: path.port, serverPort: ep.port, plane: path.via, converted: true, toServer: toServer.slice(0, 4) },
+      });
+      this.pending.push({ kind: 'met', neg: w.neg, reply: w.reply, port: path.port });
+      out.push({ type: 'toServer', text: toServer });
+      this.flushLocal(out);
+      this.drain(out);
+      return out;
+    }
     this.replacePath({ path, neg: w.neg, kind: w.kind }, out);
     if (w.kind === 'passive') {
-      const text =
-        w.reply === 227
-          ? format227({ address: this.o.addressing.passiveAdvertise, port: path.port })
-          : format229(path.port);
-      out.push({ type: 'log', level: 'info', msg: 'passive data path', fields: { dataPort: path.port } });
+      const text = this.passiveText(w.reply, path.port);
+      out.push({ type: 'log', level: 'info', msg: 'passive data path', fields: { dataPort: path.port, plane: path.via, converted: false } });
       out.push({ type: 'toClient', text });
     } else {
       const ep = { address: this.o.addressing.activeListen, port: path.port };
-      out.push({ type: 'log', level: 'info', msg: 'active data path', fields: { dataPort: path.port } });
+      out.push({ type: 'log', level: 'info', msg: 'active data path', fields: { dataPort: path.port, plane: path.via, converted: false } });
       this.pending.push({ kind: 'active', neg: w.neg });
       out.push({ type: 'toServer', text: this.serverFamily === 4 ? formatPort(ep) : formatEprt(ep) });
     }
     this.flushLocal(out);
     this.drain(out);
     return out;
+  }
+
+  /** The 227/229 that sends the client to the proxy's `port`. */
+  private passiveText(reply: 227 | 229, port: number): string {
+    return reply === 227 ? format227({ address: this.o.addressing.passiveAdvertise, port }) : format229(port);
   }
 
   dataFailed(token: number, error: FtpProxyError): Action[] {
@@ -380,11 +442,9 @@ export class SessionMachine {
     const text = exhausted
       ? "425 Can't open data connection: no free data port on the proxy, try again later"
       : "425 Can't open data connection: the proxy could not set it up";
-    if (w.kind === 'passive') {
-      out.push({ type: 'toClient', text });
-    } else {
-      this.answerLocally(text, out);
-    }
+    // A passive or joined negotiation's reply is the one now due; the others' come in turn.
+    if (w.kind === 'active' || w.kind === 'meet') this.answerLocally(text, out);
+    else out.push({ type: 'toClient', text });
     this.flushLocal(out);
     this.drain(out);
     return out;
@@ -618,9 +678,25 @@ export class SessionMachine {
     if (reply === 227 && this.clientFamily === 6) {
       return this.refuse('PASV from IPv6', '500 PASV carries IPv4 addresses only, use EPSV', out);
     }
+    this.negMode = 'passive';
+    if (this.o.serverMode === 'active') {
+      // The server is sent PORT/EPRT to a second listener; the client's 227/229 waits for its 200.
+      const a = this.o.addressing;
+      const token = this.nextToken++;
+      this.waiting = { token, kind: 'meet', reply, neg: ++this.neg };
+      out.push({
+        type: 'meet',
+        token,
+        request: {
+          sid: this.o.sid,
+          client: { peer: this.o.client.address, listen: a.passiveListen },
+          server: { peer: this.o.server.address, listen: a.activeListen },
+        },
+      });
+      return;
+    }
     // IPv4 servers all understand PASV; IPv6 ones need EPSV. The server's address in its
     // reply is never used, only its port.
-    this.negMode = 'passive';
     this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'passive', reply, neg: ++this.neg }, out);
   }
 
@@ -652,8 +728,13 @@ export class SessionMachine {
         fields: { verb: cmd.kind, dataPort: port },
       });
     }
-    const a = this.o.addressing;
     this.negMode = 'active';
+    if (this.o.serverMode === 'passive') {
+      // The server is asked for a passive port instead; the client's PORT/EPRT is answered
+      // once the proxy has connected to it (dataOpened).
+      return this.forward(this.serverFamily === 4 ? 'PASV' : 'EPSV', { kind: 'convert', neg: ++this.neg, verb: cmd.kind, client: { address, port } }, out);
+    }
+    const a = this.o.addressing;
     this.startOpen(
       { kind: 'active', neg: ++this.neg },
       {
@@ -680,7 +761,7 @@ export class SessionMachine {
     out.push({ type: 'open', token, request, ...(this.secured && this.prot === 'P' ? { protect: true as const } : {}) });
   }
 
-  private replacePath(path: SessionMachine['path'], out: Action[], urgent = false): void {
+  private replacePath(path: HeldPath | null, out: Action[], urgent = false): void {
     if (this.path) out.push({ type: 'release', id: this.path.path.id, ...(urgent ? { urgent } : {}) });
     this.path = path;
   }
@@ -703,7 +784,7 @@ export class SessionMachine {
       return;
     }
     if (reply.code < 200) return this.preliminary(reply, out);
-    const at = this.pending.findIndex((p) => accepts(p, reply.code));
+    const at = this.pairing(reply);
     if (at === -1) return this.unpaired(reply, out);
     this.skip(at, out);
     if (reply.partial) {
@@ -718,6 +799,21 @@ export class SessionMachine {
     this.complete(this.pending.shift()!, reply, out);
   }
 
+  /**
+   * Which outstanding command a final reply answers: the first that can take it. One exception:
+   * a 2xx naming PORT or EPRT answers the proxy's own PORT/EPRT for a met path even past
+   * commands before it. A 200 alone cannot tell which command it answers, and a server that
+   * answered two commands with one reply (pure-ftpd: a finished RETR and its ABOR) would leave
+   * every later reply one command late, the client's 227 among them; this catches up (skip()).
+   */
+  private pairing(reply: Reply): number {
+    if (reply.code >= 200 && reply.code < 300 && /\b(PORT|EPRT)\b/i.test(reply.lines[0] ?? '')) {
+      const met = this.pending.findIndex((p) => p.kind === 'met');
+      if (met !== -1) return met;
+    }
+    return this.pending.findIndex((p) => accepts(p, reply.code));
+  }
+
   /** 1xx: forwarded; it starts a transfer, and the greeting (120) waits for its 220. */
   private preliminary(reply: Reply, out: Action[]): void {
     // A server's "120 ready in n minutes" is part of the greeting the client never sees.
@@ -729,6 +825,7 @@ export class SessionMachine {
     if (head?.kind === 'transfer' && !this.transferring) {
       this.transferring = true;
       out.push({ type: 'transfer', active: true });
+      this.proceed(head.neg, out);
     }
     if (reply.partial) this.streaming = { drop: false, head: false };
     out.push({ type: 'toClient', text: reply.lines.join('\r\n') });
@@ -802,6 +899,19 @@ export class SessionMachine {
         if (reply.code === 227 || reply.code === 229) this.passiveReply(head, reply, out);
         else send();
         break;
+      case 'convert':
+        if (reply.code === 227 || reply.code === 229) this.convertReply(head, reply, out);
+        else send();
+        break;
+      case 'met':
+        // The server took the PORT/EPRT: only now may the client be sent to the port.
+        if (reply.code >= 200 && reply.code < 300) {
+          out.push({ type: 'toClient', text: this.passiveText(head.reply, head.port) });
+        } else {
+          this.releaseNegotiated(head.neg, out, true);
+          send();
+        }
+        break;
       case 'active':
         // Refused: the path goes before the reply, so that nobody can use it after reading it.
         if (reply.code >= 400 || reply.code === 0) this.releaseNegotiated(head.neg, out, true);
@@ -822,6 +932,8 @@ export class SessionMachine {
           this.releaseNegotiated(head.neg, out, true);
           send();
         } else {
+          // A server that sent no 1xx: the data waits at the proxy until it reaches the client.
+          this.proceed(head.neg, out);
           send();
           this.transferEnded(head, reply.code, out);
           this.releaseNegotiated(head.neg, out);
@@ -914,17 +1026,59 @@ export class SessionMachine {
     }
   }
 
-  private passiveReply(head: Extract<Pending, { kind: 'passive' }>, reply: Reply, out: Action[]): void {
-    let port: number;
+  /** The server's passive data port, or null (then the client has its 425 already). */
+  private serverPassivePort(reply: Reply, out: Action[]): number | null {
     try {
       if (reply.truncated) throw new ProtocolError('REPLY_TOO_LONG', 'passive reply too long');
-      port = passivePort(reply);
+      return passivePort(reply);
     } catch (e) {
       const err = e instanceof ProtocolError ? e : new ProtocolError('BAD_REPLY', String(e));
       this.once('bad passive reply', 'warn', 'bad passive reply from server', { code: err.code, reply: stripTelnet(reply.lines[0] ?? '').slice(0, 120) }, out);
       out.push({ type: 'toClient', text: "425 Can't open data connection: the server's passive reply was not understood" });
-      return;
+      return null;
     }
+  }
+
+  /**
+   * The server's passive port for a client's PORT/EPRT: the proxy connects to it now (RFC 959:
+   * the passive side may wait for its data connection before the transfer command, and some
+   * servers answer the command only once it has come) and to the client on `proceed`.
+   */
+  private convertReply(head: Extract<Pending, { kind: 'convert' }>, reply: Reply, out: Action[]): void {
+    const port = this.serverPassivePort(reply, out);
+    if (port === null) return;
+    const a = this.o.addressing;
+    const token = this.nextToken++;
+    this.waiting = { token, kind: 'convert', verb: head.verb, neg: head.neg };
+    out.push({
+      type: 'join',
+      token,
+      request: {
+        sid: this.o.sid,
+        server: { address: this.o.server.address, port },
+        serverSource: a.passiveSource,
+        client: head.client,
+        clientSource: a.activeSource,
+        ...(this.o.rewriteSourcePort ? { clientSourcePort: 20 } : {}),
+      },
+    });
+  }
+
+  /**
+   * Negotiation `neg`'s transfer has started (its 1xx) or ended well without one: a joined path
+   * connects to the client now, once. Not before: after a refusal (4xx/5xx) or an ABOR the
+   * client is never connected to at all.
+   */
+  private proceed(neg: number, out: Action[]): void {
+    const held = this.path;
+    if (held?.neg !== neg || !held.joined || held.joined.proceeded) return;
+    held.joined.proceeded = true;
+    out.push({ type: 'proceed', id: held.path.id });
+  }
+
+  private passiveReply(head: Extract<Pending, { kind: 'passive' }>, reply: Reply, out: Action[]): void {
+    const port = this.serverPassivePort(reply, out);
+    if (port === null) return;
     const a = this.o.addressing;
     if (a.passiveDirect) {
       this.directNeg = head.neg;

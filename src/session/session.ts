@@ -7,7 +7,7 @@ import { ReplyAssembler } from '../protocol/replies.js';
 import { DataPlaneError, FtpProxyError, OrigDstError, ProtocolError } from '../errors.js';
 import { canonical, familyOf } from '../net/address.js';
 import { KEEPALIVE, sendUrgent, setOobInline } from '../net/libc.js';
-import type { DataPlane, Endpoint } from '../dataplane/types.js';
+import type { DataPath, DataPlane, Endpoint } from '../dataplane/types.js';
 import type { AppLogger } from '../log.js';
 import type { AddressList } from '../net/policy.js';
 import { SessionMachine, type Action, type Addressing } from './machine.js';
@@ -44,6 +44,8 @@ export interface SessionOptions {
   readonly implicitTls?: boolean;
   /** --server-tls explicit: how TLS toward the server is checked. */
   readonly serverTls?: ServerTlsClient;
+  /** --server-mode: how data connections are asked of the server (machine.ts MachineOptions). */
+  readonly serverMode?: 'client' | 'passive' | 'active';
   /** Servers this proxy may connect to. */
   readonly servers: AddressList;
   /** --user-at-host: a client that connected to the proxy itself logs in as USER name@host. */
@@ -339,6 +341,7 @@ export class Session {
       tlsRequired: this.o.tlsRequired === true,
       implicitTls: this.o.implicitTls === true,
       serverTls: this.o.serverTls !== undefined,
+      ...(this.o.serverMode ? { serverMode: this.o.serverMode } : {}),
     });
     s.on('data', this.serverData);
     s.on('drain', this.drained);
@@ -607,15 +610,31 @@ export class Session {
           this.sock.write(a.text + '\r\n', 'latin1');
           break;
         case 'toServer':
+          if (this.debug) this.log.debug({ line: maskPass(a.text) }, 'server line');
           if (a.urgent && sendUrgent(this.server!, Buffer.from(a.text + '\r\n', 'latin1'))) break;
           this.server!.write(a.text + '\r\n', 'latin1');
           break;
         case 'open':
-          this.open(a.token, {
-            ...a.request,
-            ...(a.protect && this.clientTls ? { tls: this.clientTls } : {}),
-            ...(this.serverTls ? { serverTls: this.serverTls } : {}),
-          });
+          this.open(a.token, a.request.kind, () =>
+            this.o.dataPlane.open({
+              ...a.request,
+              ...(a.protect && this.clientTls ? { tls: this.clientTls } : {}),
+              ...(this.serverTls ? { serverTls: this.serverTls } : {}),
+            }),
+          );
+          break;
+        case 'join':
+        case 'meet': {
+          // Mode translation: only a plane that carries bytes itself can do it.
+          const dp = this.o.dataPlane;
+          const translated = (): Promise<DataPath> | undefined => (a.type === 'join' ? dp.join?.(a.request) : dp.meet?.(a.request));
+          this.open(a.token, a.type === 'join' ? 'active' : 'passive', () =>
+            translated() ?? Promise.reject(new DataPlaneError('BACKEND_FAILED', `the ${dp.name} data plane cannot translate data connections`)),
+          );
+          break;
+        }
+        case 'proceed':
+          this.o.dataPlane.proceed?.(a.id);
           break;
         case 'release':
           this.release(a.id, false, a.urgent);
@@ -670,16 +689,18 @@ export class Session {
     this.sock.resume();
   }
 
-  private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
+  /** A data-plane operation (open, join or meet) whose path the machine waits for under `token`. */
+  private open(token: number, kind: 'passive' | 'active', start: () => Promise<DataPath>): void {
     const t0 = performance.now();
-    this.o.dataPlane.open(request).then(
+    start().then(
       (path) => {
-        this.o.metrics.dataPathOpened(request.kind, (performance.now() - t0) / 1000);
+        this.o.metrics.dataPathOpened(kind, (performance.now() - t0) / 1000);
         if (this.closing || !this.machine) {
           this.release(path.id, true);
           return;
         }
-        this.run(this.machine.dataOpened(token, path));
+        // Which plane carries it, for the path's log line (a composite plane says so itself).
+        this.run(this.machine.dataOpened(token, path.via ? path : { ...path, via: this.o.dataPlane.name }));
         this.flow();
       },
       (err: unknown) => {

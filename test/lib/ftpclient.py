@@ -2,7 +2,7 @@
 
 usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|epsv|port|eprt]
                     [--source ADDR] [--timeout S] [--skip-pasv-ip] [--latin1] [--tls [--no-reuse]] OP ...
-  OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE | list [PATH] | nlst [PATH]
+  OP: login | get REMOTE [--out FILE] [--rest N] | put LOCAL REMOTE [--verb STOR|APPE|STOU] | list [PATH] | nlst [PATH]
       | abor REMOTE [--after BYTES] [--style ftplib|rfc959]
       | race REMOTE --thief ADDR... (--tls, passive: each thief connects to the advertised port
         from ADDR first, with a TLS session of its own, then the client fetches REMOTE)
@@ -119,8 +119,11 @@ def op_put(ftp: LabFTP, a) -> dict:
             nonlocal size
             size += len(chunk)
             digest.update(chunk)
-        ftp.storbinary("STOR " + a.remote, f, blocksize=CHUNK, callback=seen)
-    return {"bytes": size, "sha256": digest.hexdigest()}
+        # STOU names the file itself: its final reply says which.
+        verb = getattr(a, "verb", "STOR")
+        cmd = verb if verb == "STOU" else f"{verb} {a.remote}"
+        final = ftp.storbinary(cmd, f, blocksize=CHUNK, callback=seen)
+    return {"bytes": size, "sha256": digest.hexdigest(), "final": final}
 
 
 def op_lines(ftp: LabFTP, a) -> dict:
@@ -262,6 +265,8 @@ def parse_args() -> argparse.Namespace:
     p = sub.add_parser("put")
     p.add_argument("local")
     p.add_argument("remote")
+    p.add_argument("--verb", choices=("STOR", "APPE", "STOU"), default="STOR",
+                   help="APPE appends to REMOTE; STOU ignores it and lets the server name the file")
     for name in ("list", "nlst"):
         sub.add_parser(name).add_argument("path", nargs="?")
     b = sub.add_parser("abor")

@@ -113,6 +113,8 @@ export interface PyFtpResult {
   sha256?: string;
   count?: number;
   lines?: string[];
+  /** For 'put': the final reply to STOR/APPE/STOU (STOU's names the file). */
+  final?: string;
   bytes_before_abort?: number;
   abort_replies?: string[];
   noop_ok?: boolean;
@@ -135,6 +137,12 @@ export interface Teardownable {
 export interface StartOptions {
   /** Default: a random "fp" + 6 base-36 characters. */
   prefix?: string;
+  /**
+   * The gateway sits behind a second NAT namespace that masquerades it and drops every
+   * connection opened from the WAN (scripts/lab up --upstream-nat): gwWan4/gwWan6 are then the
+   * gateway's addresses toward it, and the server sees the second NAT's addresses.
+   */
+  upstreamNat?: boolean;
   timeoutMs?: number;
 }
 
@@ -568,7 +576,7 @@ function stopChild(child: ChildProcess): Promise<void> {
 export async function startLab(t?: Teardownable, opts: StartOptions = {}): Promise<Lab> {
   const prefix = opts.prefix ?? `fp${BigInt('0x' + randomBytes(4).toString('hex')).toString(36).slice(0, 6)}`;
   installSafetyNet();
-  const r = await run(LAB_SCRIPT, ['up', prefix], { timeoutMs: opts.timeoutMs ?? 120_000 });
+  const r = await run(LAB_SCRIPT, ['up', prefix, ...(opts.upstreamNat ? ['--upstream-nat'] : [])], { timeoutMs: opts.timeoutMs ?? 120_000 });
   if (r.code !== 0) {
     // `up` cleans up after itself; a timeout may have cut that short.
     spawnSync(LAB_SCRIPT, ['down', prefix], { stdio: 'ignore', timeout: 20_000 });

@@ -70,6 +70,20 @@ export async function startProxy(lab: Lab, args: readonly string[], ns: NsName =
   return p;
 }
 
+/**
+ * The proxy's established TCP connections in its namespace (control and data, both planes'),
+ * polled until there are none or `ms` has passed: a leak check once every client is done.
+ */
+export async function proxyConnectionsLeft(lab: Lab, proc: ProxyProcess, ns: NsName = 'gw', ms = 8000): Promise<string[]> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const r = await lab.exec(ns, 'ss', ['-Htnp', 'state', 'established']);
+    const mine = r.stdout.split('\n').filter((l) => l.includes(`pid=${proc.child.pid},`));
+    if (mine.length === 0 || Date.now() > end) return mine;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** The unprivileged user the tests run the proxy as. */
 const NOBODY = 65534;
 
