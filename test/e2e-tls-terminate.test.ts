@@ -98,7 +98,8 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
 
   await t.test('nftables: PROT C data takes the kernel plane, not the TLS relay', async (t) => {
     const { proc, port } = proxies.nftables;
-    const relayed = (): number => proc.logs.filter((l) => typeof l.dataPath === 'string' && l.dataPath.startsWith('tls-')).length;
+    // Each data path's line names the plane that carries it: the relay beside nftables for PROT P.
+    const relayed = (): number => proc.find('passive data path').filter((l) => l.plane === 'relay').length;
     const before = relayed();
     t.ok(before > 0, 'the PROT P transfers before went through the TLS relay');
     const out = lab.tmpPath('protc.bin');
@@ -106,7 +107,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
     t.equal(r.code, 0, `lftp: ${r.stderr}`);
     t.equal(await sha256File(out), fiveSum);
     t.equal(relayed(), before, 'no TLS relay log line for it');
-    t.ok(proc.find('passive data path').length > 0);
+    t.ok(proc.find('passive data path').some((l) => l.plane === 'nftables'), 'its path on the kernel plane');
   });
 
   await t.test('a data connection that does not resume the control session is refused (--tls-no-reuse-check admits it)', async (t) => {
