@@ -30,6 +30,12 @@ export interface DataPathRequest {
   readonly target: Endpoint;
   readonly source: string;
   readonly sourcePort?: number;
+  /**
+   * Called (with the path's id) if the plane loses the path after open() resolved and cannot
+   * put it back (nftables: the table was removed under it and rebuilt without it). The session
+   * then answers the transfer that would use it with 425.
+   */
+  readonly lost?: (id: string) => void;
 }
 
 /** An admitted data connection: `port` is what the session advertises. */

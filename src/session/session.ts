@@ -425,7 +425,10 @@ export class Session {
 
   private open(token: number, request: Parameters<DataPlane['open']>[0]): void {
     const t0 = performance.now();
-    this.o.dataPlane.open(request).then(
+    const lost = (id: string): void => {
+      if (this.machine && !this.closing) this.run(this.machine.dataLost(id));
+    };
+    this.o.dataPlane.open({ ...request, lost }).then(
       (path) => {
         this.o.metrics.dataPathOpened(request.kind, (performance.now() - t0) / 1000);
         if (this.closing || !this.machine) {

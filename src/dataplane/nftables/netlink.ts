@@ -397,7 +397,7 @@ export class NetlinkRunner implements NftRunner {
 
   run(batch: Batch, opts: RunOptions = {}): Promise<unknown[]> {
     try {
-      if (opts.echo) throw unsupported('echo');
+      if (opts.echo || opts.output) throw unsupported(opts.echo ? 'echo' : 'output');
       if (this.fd < 0) throw unavailable('netlink runner is closed');
       this.apply(batch);
       return Promise.resolve([]);
