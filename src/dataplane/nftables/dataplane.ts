@@ -678,7 +678,9 @@ export class NftablesDataPlane implements DataPlane {
     const chunk = (i: number): string[] => readd.slice(i * READD_CHUNK, (i + 1) * READD_CHUNK).map((x) => x.id);
     try {
       await this.runner.run(batches[0]!);
-    } catch {
+    } catch (e) {
+      // Perhaps the entries' fault: the table alone then, and those paths are lost.
+      if (readd.length === 0) throw e;
       await this.runner.run(startBatch(this.opts));
       lost.push(...chunk(0));
     }
