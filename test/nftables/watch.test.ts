@@ -4,8 +4,6 @@
 // a rebuild that fails refuses opens and is retried.
 
 import t, { type Test } from 'tap';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { DataPlaneError } from '../../src/errors.js';
 import { PortAllocator } from '../../src/net/ports.js';
 import { EventDigest, type WatchEvent } from '../../src/dataplane/nftables/watch.js';
@@ -14,6 +12,7 @@ import { baseObjects } from '../../src/dataplane/nftables/rules.js';
 import type { NftRunner, RunOptions } from '../../src/dataplane/nftables/runner.js';
 import type { Batch } from '../../src/dataplane/nftables/schema.js';
 import { passive4 } from './lib/requests.js';
+import { recording } from './lib/records.js';
 
 const NFT = 10 << 8;
 const [DELTABLE, DELCHAIN, DELRULE, NEWSETELEM, DELSETELEM, NEWGEN] = [2, 5, 8, 12, 14, 15];
@@ -106,18 +105,6 @@ class TableKernel implements NftRunner {
   }
 
   async close(): Promise<void> {}
-}
-
-/** A logger whose records are kept. */
-function recording() {
-  const records: { level: number; msg: string; [k: string]: unknown }[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      records.push(JSON.parse(chunk.toString()));
-      cb();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), records };
 }
 
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -33,7 +33,7 @@ import { hasNetAdmin, notPermitted, unavailable, type NftRunner, type RunnerChoi
 import { ELEMENTS, featureMessage, missingFeature, type Feature } from './selftest.js';
 import { SpawnRunner } from './spawn.js';
 import { FlowTable, NflogReader, parseSegment } from './nflog.js';
-import { TableWatcher, type Removal, type WatchEvent } from './watch.js';
+import { ourThread, TableWatcher, type Removal, type WatchEvent } from './watch.js';
 
 export interface NftablesDataPlaneOptions {
   /** Name of our table (family inet). Default 'ftp_proxy'. */
@@ -542,7 +542,7 @@ export class NftablesDataPlane implements DataPlane {
   // --- healing ----------------------------------------------------------------------------
 
   private startWatching(open: OpenWatcher): void {
-    const ours = (pid: number): boolean => pid === process.pid || this.runner.spawned?.(pid) === true;
+    const ours = (pid: number): boolean => ourThread(pid) || this.runner.spawned?.(pid) === true;
     try {
       this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals) : this.suspect()));
     } catch (e) {

@@ -1,6 +1,7 @@
 // Notices when another process removes part of our table: a NETLINK_NETFILTER socket in the
 // nftables multicast group, whose notifications are grouped by transaction and told apart by pid.
 
+import { existsSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { loadLibc, type Libc } from '../../net/libc.js';
 import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT, NLMSG_HDRLEN } from '../../net/netlink-abi.js';
@@ -108,6 +109,14 @@ function cString(b: Uint8Array | undefined): string {
   if (!b) return '';
   const end = b.indexOf(0);
   return Buffer.from(b.subarray(0, end < 0 ? b.length : end)).toString('latin1');
+}
+
+/**
+ * Whether `pid` is a thread of this process. The kernel gives the committing task's own id:
+ * libnftables runs on a libuv worker thread, whose id is not process.pid.
+ */
+export function ourThread(pid: number): boolean {
+  return pid === process.pid || (pid > 0 && existsSync(`/proc/self/task/${pid}`));
 }
 
 /** What the watcher reports: removals by others, or that notifications were lost (unknown). */
