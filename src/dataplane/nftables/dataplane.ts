@@ -685,9 +685,10 @@ export class NftablesDataPlane implements DataPlane {
       lost.push(...chunk(0));
     }
     for (let i = 1; i < batches.length; i++) await this.runner.run(batches[i]!).catch(() => lost.push(...chunk(i)));
-    // Every log rule went with the table; the counts of connections open across the gap miss segments.
+    // Every log rule went with the table. The connections open across the gap may have missed
+    // segments; those still to come are counted whole.
     for (const [id, p] of this.paths) if (p.logHandle !== undefined) this.paths.set(id, { ...p, logHandle: undefined });
-    this.flows.taintAll();
+    this.flows.taintStarted();
     for (const id of lost) this.lose(id);
     return { readded: readd.length - lost.filter((id) => readd.some((x) => x.id === id)).length, lost: lost.length };
   }

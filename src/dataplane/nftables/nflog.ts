@@ -168,6 +168,11 @@ export class FlowTable {
     for (const id of this.byTuple.values()) this.tainted.add(id);
   }
 
+  /** Nothing was logged for a while: the connections already under way may have missed segments. */
+  taintStarted(): void {
+    for (const id of this.flows.keys()) this.tainted.add(id);
+  }
+
   packet(s: Segment): void {
     const orig = this.byTuple.get(tupleKey(s.src, s.dst, s.dport));
     if (orig !== undefined) return this.side(orig, s, true);
