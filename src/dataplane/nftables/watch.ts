@@ -4,19 +4,14 @@
 import { existsSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { loadLibc, type Libc } from '../../net/libc.js';
-import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT, NLMSG_HDRLEN } from '../../net/netlink-abi.js';
+import { NLMSG_HDRLEN } from '../../net/netlink-abi.js';
+import { drainNetlink, openNetlink } from '../../net/netlink-socket.js';
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h
 const NETLINK_NETFILTER = 12;
-const SOL_SOCKET = 1;
-const SO_RCVBUF = 8;
-const SO_RCVBUFFORCE = 33;
 const NFNLGRP_NFTABLES = 7;
 const NFNL_SUBSYS_NFTABLES = 10;
 const NFPROTO_INET = 1;
-const EAGAIN = 11;
-const EINTR = 4;
-const ENOBUFS = 105;
 
 // linux/netfilter/nf_tables.h: the messages that remove something (the kernel reports a
 // destroy as the matching delete), and the one that closes every transaction.
@@ -151,21 +146,8 @@ export class TableWatcher {
     if (!LE) throw new Error('nftables watcher: little-endian hosts only');
     const libc = loadLibc();
     if (!libc) throw new Error('cannot load libc through koffi');
-    const fd = libc.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd < 0) throw new Error(`socket(NETLINK_NETFILTER): errno ${libc.errno()}`);
     // Every element our own open/release adds or removes is announced too: room for bursts.
-    const size = Buffer.alloc(4);
-    size.writeInt32LE(4 * 1024 * 1024);
-    if (libc.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4) < 0) libc.setsockopt(fd, SOL_SOCKET, SO_RCVBUF, size, 4);
-    // struct sockaddr_nl { nl_family; nl_pad; nl_pid = 0 (the kernel picks); nl_groups }
-    const addr = Buffer.alloc(12);
-    addr.writeUInt16LE(AF_NETLINK, 0);
-    addr.writeUInt32LE(1 << (NFNLGRP_NFTABLES - 1), 8);
-    if (libc.bind(fd, addr, 12) < 0) {
-      const errno = libc.errno();
-      libc.close(fd);
-      throw new Error(`bind to the nftables notification group: errno ${errno}`);
-    }
+    const fd = openNetlink(libc, NETLINK_NETFILTER, 4 * 1024 * 1024, 1 << (NFNLGRP_NFTABLES - 1));
     return new TableWatcher(libc, fd, new EventDigest(table, ours), report, tickMs);
   }
 
@@ -173,23 +155,13 @@ export class TableWatcher {
   read(): void {
     if (this.fd < 0) return;
     const removals: Removal[] = [];
-    let overflow = false;
-    for (;;) {
-      const n = this.libc.recv(this.fd, this.rx, this.rx.length, MSG_DONTWAIT);
-      if (n < 0) {
-        const errno = this.libc.errno();
-        if (errno === EINTR) continue;
-        if (errno === ENOBUFS) {
-          overflow = true;
-          continue;
-        }
-        if (errno === EAGAIN) break;
-        // Anything else will not go away: say that nothing is known any more, and stop.
-        this.close();
-        overflow = true;
-        break;
-      }
-      removals.push(...this.digest.feed(this.rx.subarray(0, n)));
+    let overflow: boolean;
+    try {
+      overflow = !drainNetlink(this.libc, this.fd, this.rx, (d) => removals.push(...this.digest.feed(d)));
+    } catch {
+      // It will not go away: say that nothing is known any more, and stop (the check goes on).
+      this.close();
+      overflow = true;
     }
     if (removals.length > 0) this.report({ kind: 'removed', removals });
     if (overflow) this.report({ kind: 'overflow' });
