@@ -595,6 +595,7 @@ export class NftablesDataPlane implements DataPlane {
 
   /** One check-and-rebuild at a time; a sign during one means another after it. */
   private repair(): void {
+    if (this.closed) return;
     if (this.healing) {
       this.again = true;
       return;
@@ -631,6 +632,7 @@ export class NftablesDataPlane implements DataPlane {
       this.retries = 0;
     } catch (e) {
       this.broken = true;
+      if (this.closed) return;
       const delay = Math.min(RETRY_FIRST_MS * 2 ** this.retries, RETRY_MAX_MS);
       if (this.retries === 0) {
         this.o.logger.error(
