@@ -1,7 +1,7 @@
 // The table watcher's digest of nftables notifications (pure, from crafted datagrams), and the
 // data plane's healing driven through a fake watcher and an in-memory runner: one warning per
 // incident, waiting paths re-added with the time they have left, used ones not, lost ones told,
-// a rebuild that fails refuses opens and is retried.
+// a rebuild that fails refuses opens and is retried, opens and releases wait for a rebuild.
 
 import t, { type Test } from 'tap';
 import { rm, writeFile } from 'node:fs/promises';
@@ -79,11 +79,14 @@ class TableKernel implements NftRunner {
   elements = new Map<string, string[]>();
   /** Every batch starting with `add table` fails while this is set. */
   refuseTable: Error | null = null;
+  /** Batches starting with `add table` wait for this. */
+  gate: Promise<void> | null = null;
   batches: Batch[] = [];
 
   async run(b: Batch, o: RunOptions = {}): Promise<unknown[]> {
-    this.batches.push(b);
     const first = b.nftables[0]!;
+    if (this.gate && 'add' in first && 'table' in first.add) await this.gate;
+    this.batches.push(b);
     if ('list' in first) {
       if (!this.present) throw new DataPlaneError('BACKEND_FAILED', 'nft: No such file or directory');
       return o.output ? baseObjects({ table: 'ftp_proxy', logRules: false }).map((c) => Object.values(c)[0]) : [];
@@ -206,4 +209,28 @@ t.test('heal: lost notifications make a check; a whole table is left alone', asy
   for (let i = 0; i < 50 && !kernel.present; i++) await wait(20);
   t.ok(kernel.present, 'a missing one is rebuilt');
   t.match(records.find((r) => r.level === 40), { msg: 'the nftables table is damaged: recreating it', missing: /table inet ftp_proxy/ });
+});
+
+t.test('heal: an open waits for the rebuild, a release is held until after it', async (t) => {
+  const { kernel, dp, removed } = await healRig(t);
+  const a = await dp.open(passive4);
+  kernel.present = false;
+  let letGo: () => void = () => undefined;
+  kernel.gate = new Promise((r) => (letGo = r));
+  removed();
+  await wait(300);
+  const before = kernel.batches.length;
+  const released = dp.release(a.id, false);
+  const opening = dp.open({ ...passive4, target: { address: '198.51.100.2', port: 40002 } });
+  await wait(50);
+  t.equal(kernel.batches.length, before, 'nothing sent while the table is being made');
+  kernel.gate = null;
+  letGo();
+  const [, b] = await Promise.all([released, opening]);
+  const sent = kernel.batches.slice(before).map((x) => JSON.stringify(x));
+  t.equal(sent.length, 3);
+  t.match(sent[0], /"add":\{"table"/, 'first the table, with the waiting path');
+  t.match(sent[0], new RegExp(`"concat":\\["192.0.2.2","192.0.2.1",${a.port}\\]`));
+  t.match(sent[1], new RegExp(`"delete":\\{"element".*${a.port}`), 'then its release');
+  t.match(sent[2], new RegExp(`"add":\\{"element".*${b.port}`), 'then the new path');
 });

@@ -320,7 +320,7 @@ export class NftablesDataPlane implements DataPlane {
       this.dropSnat(key);
       this.o.ports.put(port);
       // Perhaps the table is damaged and no event said so (the watcher's queue overflowed).
-      this.suspect();
+      this.schedule();
       throw new DataPlaneError('BACKEND_FAILED', `cannot admit data connection: ${(e as Error).message}`, { cause: e });
     } finally {
       this.opening.delete(sent);
@@ -501,7 +501,7 @@ export class NftablesDataPlane implements DataPlane {
         }
       },
       (e: unknown) => {
-        this.suspect();
+        this.schedule();
         for (const q of group) {
           // What is left times out in the kernel; the port stays out of use until then.
           this.quarantinePort(q.path.spec.port);
@@ -544,12 +544,12 @@ export class NftablesDataPlane implements DataPlane {
   private startWatching(open: OpenWatcher): void {
     const ours = (pid: number): boolean => ourThread(pid) || this.runner.spawned?.(pid) === true;
     try {
-      this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals) : this.suspect()));
+      this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals) : this.schedule()));
     } catch (e) {
       this.o.logger.warn({ err: (e as Error).message }, `cannot watch the nftables table: damage is found by a check every ${CHECK_MS / 1000} s only`);
     }
     // The backup: a missed or unreadable notification is found here.
-    this.checkTimer = setInterval(() => this.suspect(), CHECK_MS).unref();
+    this.checkTimer = setInterval(() => this.schedule(), CHECK_MS).unref();
   }
 
   private stopWatching(): void {
@@ -575,12 +575,10 @@ export class NftablesDataPlane implements DataPlane {
     this.schedule();
   }
 
-  /** Something may have gone wrong with the table: check it (and rebuild it if it is damaged). */
-  private suspect(): void {
-    this.schedule();
-  }
-
-  /** Checks once the signs stop for a moment, and not too long after the first. */
+  /**
+   * A sign that the table may be damaged: it is checked (and rebuilt if it is) once the signs
+   * stop for a moment, and not too long after the first.
+   */
   private schedule(): void {
     if (this.closed) return;
     const now = Date.now();
