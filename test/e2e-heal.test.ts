@@ -7,7 +7,8 @@
 
 import t, { type Test } from 'tap';
 import { readFile } from 'node:fs/promises';
-import { startLab, isRoot, type Lab, type FtpMode } from './lib/lab.js';
+import { fileURLToPath } from 'node:url';
+import { startLab, isRoot, SYSTEM_PYTHON, type Lab, type FtpMode } from './lib/lab.js';
 import { startProxy, type ProxyProcess } from './lib/proxy.js';
 import { example, FIXTURES, loadRuleset, reverseDefines } from './lib/rulesets.js';
 import { missingParts } from '../src/dataplane/nftables/rules.js';
@@ -18,6 +19,7 @@ const MARK = 0x2a;
 const DATA = { low: 50000, high: 50999 };
 const WARNING = 'another process removed part of the nftables table: recreating it';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const PROBE = fileURLToPath(new URL('./lib/dataprobe.py', import.meta.url));
 
 /** What our table lacks on the gateway now (everything, when it is gone). */
 async function tableMissing(lab: Lab): Promise<string[]> {
@@ -105,6 +107,30 @@ for (const backend of ['nftables', 'relay'] as const) {
     if (backend === 'relay') return;
     await t.test(`nft delete table inet ${TABLE}`, (t) => incident(t, backend, r, () => r.lab.nft(['delete', 'table', 'inet', TABLE]).then(() => undefined)));
     await t.test(`nft flush table inet ${TABLE}`, (t) => incident(t, backend, r, () => r.lab.nft(['flush', 'table', 'inet', TABLE]).then(() => undefined)));
+    await t.test('a transfer under way goes on, and its used admission is not given again', async (t) => {
+      const { lab } = r;
+      // The gateway's own nat chains (firewalld style) keep the kernel translating what it
+      // translated while the proxy's table is away (with no nat chain at all, it stops).
+      await firewalld(lab);
+      while ((await tableMissing(lab)).length > 0) await sleep(25);
+      await sleep(1000);
+      const warnings = r.proxy.find(WARNING).length;
+      // An active download read slowly (about 4 s): its path stays live, its admission used.
+      const slow = lab.exec('client', SYSTEM_PYTHON, [
+        PROBE, '--host', lab.env.gwLan4, '--port', String(PORT), '--timeout', '30',
+        'slowget', '1MiB.bin', '--rcvbuf', '4096', '--chunk', '4096', '--pause', '0.01',
+      ], { timeoutMs: 60_000 });
+      await sleep(1000);
+      await lab.nft(['delete', 'table', 'inet', TABLE]);
+      while ((await tableMissing(lab)).length > 0) await sleep(25);
+      t.equal((await lab.nft(['list', 'set', 'inet', TABLE, 'admit4'])).match(/elements/), null, 'its admission did not come back');
+      const out = await slow;
+      const got = JSON.parse(out.stdout) as { bytes?: number; sha256?: string; final?: string; seconds?: number; error?: string };
+      t.ok((got.seconds ?? 0) > 2, `it ran across the incident (${got.seconds} s) ${got.error ?? ''}`);
+      t.equal(got.sha256, r.sum, 'the file is whole');
+      t.match(got.final, /^226/);
+      t.equal(r.proxy.find(WARNING).length - warnings, 1);
+    });
     t.notOk(r.proxy.logs.some((l) => l.level >= 50), 'no error logged');
   });
 }

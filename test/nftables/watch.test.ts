@@ -1,7 +1,8 @@
 // The table watcher's digest of nftables notifications (pure, from crafted datagrams), and the
 // data plane's healing driven through a fake watcher and an in-memory runner: one warning per
 // incident, waiting paths re-added with the time they have left, used ones not, lost ones told,
-// a rebuild that fails refuses opens and is retried, opens and releases wait for a rebuild.
+// a rebuild that fails refuses opens and is retried, opens and releases wait for a rebuild, a
+// release that failed because the table had just gone counts as done.
 
 import t, { type Test } from 'tap';
 import { rm, writeFile } from 'node:fs/promises';
@@ -233,4 +234,17 @@ t.test('heal: an open waits for the rebuild, a release is held until after it', 
   t.match(sent[0], new RegExp(`"concat":\\["192.0.2.2","192.0.2.1",${a.port}\\]`));
   t.match(sent[1], new RegExp(`"delete":\\{"element".*${a.port}`), 'then its release');
   t.match(sent[2], new RegExp(`"add":\\{"element".*${b.port}`), 'then the new path');
+});
+
+t.test('heal: a release that failed because the table had just gone is done, not an error', async (t) => {
+  const { kernel, dp, records } = await healRig(t);
+  const a = await dp.open(passive4);
+  // Removed, and no notification read yet: the release goes out and fails.
+  kernel.present = false;
+  await dp.release(a.id, false);
+  t.ok(kernel.present, 'the failure made a check, and the check a rebuild');
+  t.equal(records.filter((r) => r.level === 40).length, 1, 'one warning');
+  t.equal(records.filter((r) => r.level >= 50).length, 0, 'no error');
+  const b = await dp.open(passive4);
+  t.equal(b.port > 0, true, 'ports are back in use');
 });

@@ -170,9 +170,17 @@ export class NftablesDataPlane implements DataPlane {
   private readonly awaited = new Set<string>();
   private drainTimer: NodeJS.Timeout | null = null;
   private watcher: { close(): void } | null = null;
+  /** Whether the table is watched and healed (the `watch` option). */
+  private heals = false;
   private checkTimer: NodeJS.Timeout | null = null;
   /** The damage being repaired: from its first sign (and its one warning) until the table is back. */
   private incident: { readonly since: number } | null = null;
+  /** Incidents so far: a release that failed while one began was undone by it. */
+  private incidents = 0;
+  /** Fired at the end of every check-and-rebuild, and at close(). */
+  private readonly attempted = new Signal();
+  /** Fired when the table is known whole again (or at close()). */
+  private readonly whole = new Signal();
   private firstSign: number | null = null;
   private quietTimer: NodeJS.Timeout | null = null;
   /** A check-and-rebuild under way: open() waits for it, releases are held until it ends. */
@@ -286,8 +294,8 @@ export class NftablesDataPlane implements DataPlane {
       );
     }
     const port = await this.o.ports.take();
-    // The table is being rebuilt: this path goes in after it (or is refused if that failed).
-    while (this.healing) await this.healing;
+    // The table is damaged or being rebuilt: this path goes in after it (or is refused if that failed).
+    while (!this.closed && !this.broken && (this.healing || this.incident)) await this.attempted.wait();
     if (this.broken) {
       this.o.ports.put(port);
       throw new DataPlaneError('BACKEND_FAILED', `the nftables table inet ${this.table} is gone and not recreated yet`);
@@ -458,8 +466,8 @@ export class NftablesDataPlane implements DataPlane {
     if (this.flushSoon) clearImmediate(this.flushSoon);
     this.flushSoon = undefined;
     // A rebuild re-adds the entries of the paths live when it began: their releases go after it.
-    if (this.healing) {
-      void this.healing.then(() => this.flushReleases());
+    if (!this.closed && (this.healing || this.incident)) {
+      void this.whole.wait().then(() => this.flushReleases());
       return;
     }
     const queued = this.queued;
@@ -490,18 +498,24 @@ export class NftablesDataPlane implements DataPlane {
   }
 
   private applyReleases(group: readonly QueuedRelease[], cmds: Command[]): void {
+    const incidents = this.incidents;
+    const released = (): void => {
+      for (const q of group) {
+        this.o.ports.put(q.path.spec.port);
+        this.o.logger.debug({ sid: q.path.spec.sid, dataPath: q.id, dataPort: q.path.spec.port }, 'data path released');
+        q.resolve();
+      }
+    };
     // The executor calls run() at once, so batches keep the order of the calls (open() relies
     // on it), and a runner that throws becomes a rejection.
     const settled = new Promise<unknown>((resolve) => resolve(this.elements.run(batch(...cmds)))).then(
-      () => {
-        for (const q of group) {
-          this.o.ports.put(q.path.spec.port);
-          this.o.logger.debug({ sid: q.path.spec.sid, dataPath: q.id, dataPort: q.path.spec.port }, 'data path released');
-          q.resolve();
-        }
-      },
-      (e: unknown) => {
+      released,
+      async (e: unknown) => {
+        // Perhaps sent after another process removed the table and before the proxy knew: then
+        // the entries went with the table, and the release is done.
         this.schedule();
+        while (!this.closed && (this.quietTimer || this.healing)) await this.attempted.wait();
+        if (this.incidents !== incidents) return released();
         for (const q of group) {
           // What is left times out in the kernel; the port stays out of use until then.
           this.quarantinePort(q.path.spec.port);
@@ -517,6 +531,8 @@ export class NftablesDataPlane implements DataPlane {
     this.closed = true;
     this.stopWatching();
     if (this.healing) await this.healing;
+    this.attempted.fire();
+    this.whole.fire();
     this.closeNflog();
     for (const p of this.paths.values()) this.o.ports.put(p.spec.port);
     this.paths.clear();
@@ -542,6 +558,7 @@ export class NftablesDataPlane implements DataPlane {
   // --- healing ----------------------------------------------------------------------------
 
   private startWatching(open: OpenWatcher): void {
+    this.heals = true;
     const ours = (pid: number): boolean => ourThread(pid) || this.runner.spawned?.(pid) === true;
     try {
       this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals) : this.schedule()));
@@ -562,7 +579,7 @@ export class NftablesDataPlane implements DataPlane {
   /** Another process removed part of the table: the one warning of this incident, then a rebuild. */
   private damaged(removals: readonly Removal[]): void {
     if (!this.incident) {
-      this.incident = { since: Date.now() };
+      this.beginIncident();
       this.o.logger.warn(
         {
           table: `inet ${this.table}`,
@@ -575,12 +592,17 @@ export class NftablesDataPlane implements DataPlane {
     this.schedule();
   }
 
+  private beginIncident(): { readonly since: number } {
+    this.incidents++;
+    return (this.incident = { since: Date.now() });
+  }
+
   /**
    * A sign that the table may be damaged: it is checked (and rebuilt if it is) once the signs
    * stop for a moment, and not too long after the first.
    */
   private schedule(): void {
-    if (this.closed) return;
+    if (this.closed || !this.heals) return;
     const now = Date.now();
     this.firstSign ??= now;
     if (this.quietTimer) clearTimeout(this.quietTimer);
@@ -602,6 +624,8 @@ export class NftablesDataPlane implements DataPlane {
     this.retryTimer = null;
     this.healing = this.heal().finally(() => {
       this.healing = null;
+      if (!this.incident) this.whole.fire();
+      this.attempted.fire();
       if (this.again && !this.closed) {
         this.again = false;
         this.repair();
@@ -613,16 +637,17 @@ export class NftablesDataPlane implements DataPlane {
     // Opens already sent land first, so that the rebuild knows their paths.
     await Promise.all([...this.opening].map((p) => p.catch(() => undefined)));
     if (this.closed) return;
-    if (!this.incident) {
+    let incident = this.incident;
+    if (!incident) {
       const missing = await this.check();
       if (missing.length === 0) return;
-      this.incident = { since: Date.now() };
+      incident = this.beginIncident();
       this.o.logger.warn({ table: `inet ${this.table}`, missing: missing.join(', ') }, 'the nftables table is damaged: recreating it');
     }
     try {
       const { readded, lost } = await this.rebuild();
       this.o.logger.info(
-        { table: `inet ${this.table}`, readded, lost, ms: Date.now() - this.incident.since, attempts: this.retries + 1 },
+        { table: `inet ${this.table}`, readded, lost, ms: Date.now() - incident.since, attempts: this.retries + 1 },
         'nftables table recreated',
       );
       this.incident = null;
@@ -769,4 +794,17 @@ function logRuleHandle(echoed: readonly unknown[]): number | undefined {
     if (rule?.chain === CHAIN.log && typeof rule.handle === 'number') return rule.handle;
   }
   return undefined;
+}
+
+/** Wakes every waiter at once; a wait begun after a fire() waits for the next. */
+class Signal {
+  private waiters: (() => void)[] = [];
+
+  wait(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  fire(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
 }
