@@ -1,10 +1,14 @@
 // The table heals on the real kernel, in a namespace of its own: the watcher tells another
 // process's removals from our own batches; after `flush ruleset`, `delete table`, `flush table`
 // or `flush set` the table and the waiting admissions are back within 2 s with one warning; a
-// table an owner holds makes opens fail until it is gone; the self-test passes and leaves nothing.
+// table an owner holds makes opens fail until it is gone; in a pid namespace of its own the
+// proxy still tells its own batches; the self-test passes and leaves nothing.
 
 import t from 'tap';
 import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { PortAllocator } from '../../src/net/ports.js';
 import { NftablesDataPlane } from '../../src/dataplane/nftables/dataplane.js';
 import { LibnftablesRunner } from '../../src/dataplane/nftables/libnftables.js';
@@ -18,6 +22,8 @@ import { recording } from './lib/records.js';
 
 const inside = insideNetns<{ ns: string }>();
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** The built data plane, run in a pid namespace of its own (needs dist/: `npx tsc`). */
+const NESTED = fileURLToPath(new URL('./lib/nested-plane.mjs', import.meta.url));
 
 if (!inside) {
   t.test('the nftables table heals, in a network namespace', { skip: isRoot ? false : 'needs root (netns, nftables)' }, async (t) => {
@@ -140,6 +146,30 @@ if (!inside) {
     const p = await dp.open(passive4);
     t.same(admitted(), [`192.0.2.2 . 192.0.2.1 . ${p.port}`]);
     t.equal(records.filter((r) => r.level === 40).length, 1, 'still the one warning');
+  });
+
+  t.test('in a pid namespace of its own: its own batches are not taken for damage, one rebuild', async (t) => {
+    // There the kernel's pids (initial namespace) are not the process's own: the watcher tells
+    // the netlink runner's batches by their port, the table runner's by when they ran.
+    const child = spawn('unshare', ['--pid', '--fork', '--mount-proc', process.execPath, NESTED, 'fp_nested'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    t.teardown(() => child.kill());
+    const logs: { msg: string; level?: number; readded?: number }[] = [];
+    let ready: () => void = () => undefined;
+    const isReady = new Promise<void>((r) => (ready = r));
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      const rec = JSON.parse(l) as { msg: string };
+      logs.push(rec);
+      if (rec.msg === 'ready') ready();
+    });
+    await isReady;
+    await sleep(500);
+    nft('flush', 'ruleset');
+    await sleep(1500);
+    child.stdin!.end();
+    await once(child, 'exit');
+    t.equal(logs.filter((l) => l.level === 40).length, 1, 'one warning');
+    t.match(logs.filter((l) => l.msg === 'nftables table recreated'), [{ readded: 1 }], 'one rebuild, with the waiting path');
+    t.equal(logs.filter((l) => (l.level ?? 0) >= 50).length, 0);
   });
 
   t.test('the self-test on this kernel: every feature is there, nothing is left', async (t) => {

@@ -130,7 +130,8 @@ async function healRig(t: Test) {
   });
   await dp.start();
   t.teardown(() => dp.close());
-  const removed = (): void => report({ kind: 'removed', removals: [{ pid: 4242, comm: 'nft', what: ['table'] }] });
+  // Another process's removal, committed after every batch of ours so far.
+  const removed = (): void => report({ kind: 'removed', removals: [{ pid: 4242, comm: 'nft', what: ['table'] }], since: Date.now() + 1 });
   const conntrack = (text: string | null) => (text === null ? rm(join(dir, 'conntrack')) : writeFile(join(dir, 'conntrack'), text));
   return { kernel, dp, records, removed, conntrack, report: (e: WatchEvent) => report(e) };
 }

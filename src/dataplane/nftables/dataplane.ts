@@ -12,7 +12,7 @@ import type { DataPath, DataPathRequest, DataPlane } from '../types.js';
 import type { Moved } from '../../transfer.js';
 import { LibnftablesRunner } from './libnftables.js';
 import { NetlinkRunner } from './netlink.js';
-import { batch, type Command } from './schema.js';
+import { batch, type Batch, type Command } from './schema.js';
 import {
   closeBatch,
   CHAIN,
@@ -29,11 +29,11 @@ import {
   type Readd,
   type TableOptions,
 } from './rules.js';
-import { hasNetAdmin, notPermitted, unavailable, type NftRunner, type RunnerChoice, type RunnerName } from './runner.js';
+import { hasNetAdmin, notPermitted, unavailable, type NftRunner, type RunnerChoice, type RunnerName, type RunOptions } from './runner.js';
 import { ELEMENTS, featureMessage, missingFeature, type Feature } from './selftest.js';
 import { SpawnRunner } from './spawn.js';
 import { FlowTable, NflogReader, parseSegment } from './nflog.js';
-import { ourThread, TableWatcher, type Removal, type WatchEvent } from './watch.js';
+import { ourThread, TableWatcher, type Ours, type Removal, type WatchEvent } from './watch.js';
 
 export interface NftablesDataPlaneOptions {
   /** Name of our table (family inet). Default 'ftp_proxy'. */
@@ -72,7 +72,7 @@ export interface NftablesDataPlaneOptions {
 }
 
 /** Opens a table watcher: `ours` tells our own pids, `report` gets what others did. */
-export type OpenWatcher = (table: string, ours: (pid: number) => boolean, report: (e: WatchEvent) => void) => { close(): void };
+export type OpenWatcher = (table: string, ours: Ours, report: (e: WatchEvent) => void) => { close(): void };
 
 /**
  * Pick the runner: the library in-process if it loads, else `nft`; 'netlink' gives the
@@ -144,7 +144,7 @@ export class NftablesDataPlane implements DataPlane {
   readonly table: string;
   private readonly opts: TableOptions & { timeoutSec: number };
   /** Runs start and close, and open/release when netlink does not. */
-  private readonly runner: NftRunner;
+  private readonly runner: TrackedRunner;
   private readonly netlinkWanted: 'no' | 'try' | 'required';
   private netlink: NftRunner | undefined;
   /** Whether release may use destroy (netlink on Linux 6.3+). */
@@ -214,7 +214,7 @@ export class NftablesDataPlane implements DataPlane {
     if (choice === 'netlink' && this.opts.logRules) throw new RangeError('the netlink runner cannot install log rules');
     const tryNetlink = (choice === 'auto' || o.openNetlink !== undefined) && !this.opts.logRules;
     this.netlinkWanted = choice === 'netlink' ? 'required' : tryNetlink ? 'try' : 'no';
-    this.runner = typeof choice === 'object' ? choice : createRunner(choice === 'netlink' ? 'auto' : choice);
+    this.runner = new TrackedRunner(typeof choice === 'object' ? choice : createRunner(choice === 'netlink' ? 'auto' : choice));
     this.elements = this.runner;
   }
 
@@ -559,9 +559,9 @@ export class NftablesDataPlane implements DataPlane {
 
   private startWatching(open: OpenWatcher): void {
     this.heals = true;
-    const ours = (pid: number): boolean => ourThread(pid) || this.runner.spawned?.(pid) === true;
+    const ours: Ours = (pid, portid) => ourThread(pid) || this.runner.spawned(pid) || (portid !== 0 && portid === this.netlink?.portid);
     try {
-      this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals) : this.schedule()));
+      this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals, e.since) : this.schedule()));
     } catch (e) {
       this.o.logger.warn({ err: (e as Error).message }, `cannot watch the nftables table: damage is found by a check every ${CHECK_MS / 1000} s only`);
     }
@@ -577,7 +577,10 @@ export class NftablesDataPlane implements DataPlane {
   }
 
   /** Another process removed part of the table: the one warning of this incident, then a rebuild. */
-  private damaged(removals: readonly Removal[]): void {
+  private damaged(removals: readonly Removal[], since: number): void {
+    // Committed while a batch of our table runner was under way: perhaps our own (in another
+    // pid namespace the kernel's pid is not one of ours). Checked, not taken for damage.
+    if (!this.incident && this.runner.busySince(since)) return this.schedule();
     if (!this.incident) {
       this.beginIncident();
       this.o.logger.warn(
@@ -794,6 +797,42 @@ function logRuleHandle(echoed: readonly unknown[]): number | undefined {
     if (rule?.chain === CHAIN.log && typeof rule.handle === 'number') return rule.handle;
   }
   return undefined;
+}
+
+/**
+ * The table runner, knowing when its batches ran: the watcher cannot always tell our own
+ * transactions from others' (damaged()).
+ */
+class TrackedRunner implements NftRunner {
+  private running = 0;
+  private lastEnd = 0;
+
+  constructor(private readonly inner: NftRunner) {}
+
+  get name(): RunnerName {
+    return this.inner.name;
+  }
+
+  run(b: Batch, o?: RunOptions): Promise<unknown[]> {
+    this.running++;
+    return new Promise<unknown[]>((resolve) => resolve(this.inner.run(b, o))).finally(() => {
+      this.running--;
+      this.lastEnd = Date.now();
+    });
+  }
+
+  spawned(pid: number): boolean {
+    return this.inner.spawned?.(pid) === true;
+  }
+
+  /** Whether a batch was under way at some time since `t` (a Date.now()). */
+  busySince(t: number): boolean {
+    return this.running > 0 || this.lastEnd >= t;
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
 }
 
 /** Wakes every waiter at once; a wait begun after a fire() waits for the next. */

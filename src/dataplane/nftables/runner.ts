@@ -31,6 +31,8 @@ export interface NftRunner {
    * runner works inside this process.
    */
   spawned?(pid: number): boolean;
+  /** The netlink port id of the runner's own socket, where it has one we can learn (netlink). */
+  readonly portid?: number;
   /** Release the runner's resources once every pending run has finished. */
   close(): Promise<void>;
 }

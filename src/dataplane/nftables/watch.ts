@@ -29,6 +29,12 @@ const NFTA_GEN_PROC_NAME = 3;
 
 const LE = endianness() === 'LE';
 
+/**
+ * Whether a transaction was this process's own, from the committing task's id (NFTA_GEN_PROC_PID,
+ * as the kernel's initial pid namespace numbers it) and the committing socket's port id.
+ */
+export type Ours = (pid: number, portid: number) => boolean;
+
 /** A transaction of another process that removed something from our table. */
 export interface Removal {
   readonly pid: number;
@@ -56,7 +62,7 @@ export class EventDigest {
 
   constructor(
     private readonly table: string,
-    private readonly ours: (pid: number) => boolean,
+    private readonly ours: Ours,
   ) {}
 
   /** The removals by others that `datagram` completes. */
@@ -74,7 +80,8 @@ export class EventDigest {
         if (msg === NFT_MSG_NEWGEN) {
           const pidAttr = attrs.get(NFTA_GEN_PROC_PID);
           const pid = pidAttr && pidAttr.length >= 4 ? new DataView(pidAttr.buffer, pidAttr.byteOffset, 4).getUint32(0, false) : 0;
-          if (this.removed.size > 0 && !this.ours(pid)) out.push({ pid, comm: cString(attrs.get(NFTA_GEN_PROC_NAME)), what: [...this.removed] });
+          // The committing socket's port id is the message's nlmsg_pid.
+          if (this.removed.size > 0 && !this.ours(pid, v.getUint32(at + 12, LE))) out.push({ pid, comm: cString(attrs.get(NFTA_GEN_PROC_NAME)), what: [...this.removed] });
           this.removed = new Set();
         } else if (REMOVALS.has(msg) && datagram[at + NLMSG_HDRLEN] === NFPROTO_INET && cString(attrs.get(NFTA_TABLE)) === this.table) {
           this.removed.add(KIND[msg]!);
@@ -107,15 +114,19 @@ function cString(b: Uint8Array | undefined): string {
 }
 
 /**
- * Whether `pid` is a thread of this process. The kernel gives the committing task's own id:
- * libnftables runs on a libuv worker thread, whose id is not process.pid.
+ * Whether `pid` is a thread of this process. The kernel gives the committing task's own id
+ * (libnftables runs on a libuv worker thread, whose id is not process.pid), numbered in the
+ * initial pid namespace: inside another one this never says yes (see the data plane's window).
  */
 export function ourThread(pid: number): boolean {
   return pid === process.pid || (pid > 0 && existsSync(`/proc/self/task/${pid}`));
 }
 
 /** What the watcher reports: removals by others, or that notifications were lost (unknown). */
-export type WatchEvent = { readonly kind: 'removed'; readonly removals: readonly Removal[] } | { readonly kind: 'overflow' };
+export type WatchEvent =
+  /** Removals committed after `since` (Date.now() of the read before). */
+  | { readonly kind: 'removed'; readonly removals: readonly Removal[]; readonly since: number }
+  | { readonly kind: 'overflow' };
 
 /**
  * The subscribed socket, read without blocking on a short tick: Node cannot wait on a netlink
@@ -126,6 +137,8 @@ export type WatchEvent = { readonly kind: 'removed'; readonly removals: readonly
 export class TableWatcher {
   private readonly rx = Buffer.alloc(256 * 1024);
   private readonly timer: NodeJS.Timeout;
+  /** When the socket was last found empty: what is queued now was committed after it. */
+  private lastRead = Date.now();
 
   private constructor(
     private readonly libc: Libc,
@@ -141,7 +154,7 @@ export class TableWatcher {
    * Subscribes to the nftables group and reads it every `tickMs`. `ours` tells the pids whose
    * transactions are this process's own. Throws an Error saying why it cannot.
    */
-  static open(table: string, ours: (pid: number) => boolean, report: (e: WatchEvent) => void, tickMs = WATCH_TICK_MS): TableWatcher {
+  static open(table: string, ours: Ours, report: (e: WatchEvent) => void, tickMs = WATCH_TICK_MS): TableWatcher {
     // Netlink headers are in host order and read here as little-endian.
     if (!LE) throw new Error('nftables watcher: little-endian hosts only');
     const libc = loadLibc();
@@ -155,6 +168,8 @@ export class TableWatcher {
   read(): void {
     if (this.fd < 0) return;
     const removals: Removal[] = [];
+    const since = this.lastRead;
+    this.lastRead = Date.now();
     let overflow: boolean;
     try {
       overflow = !drainNetlink(this.libc, this.fd, this.rx, (d) => removals.push(...this.digest.feed(d)));
@@ -163,7 +178,7 @@ export class TableWatcher {
       this.close();
       overflow = true;
     }
-    if (removals.length > 0) this.report({ kind: 'removed', removals });
+    if (removals.length > 0) this.report({ kind: 'removed', removals, since });
     if (overflow) this.report({ kind: 'overflow' });
   }
 
