@@ -105,7 +105,8 @@ if (!inside) {
       t.ok(ms < 2000, `within 2 s (${ms} ms)`);
       await sleep(300);
       t.equal(records.filter((r) => r.level === 40).length, 1, 'one warning');
-      t.match(records.find((r) => r.level === 40), { msg: /another process removed part of the nftables table/, by: /^nft\[\d+\]/ });
+      // Found by the notification (or, if it came while a batch of ours ran, by the check it made).
+      t.match(records.find((r) => r.level === 40), { msg: /another process removed part of the nftables table|the nftables table is damaged/ });
       t.equal(records.filter((r) => r.msg === 'nftables table recreated').length, 1);
       await dp.release(path.id, false);
       t.same(admitted(), [], 'released after healing');
