@@ -42,6 +42,12 @@ export interface DataPathRequest {
    * peer's in active mode), the proxy being the TLS client.
    */
   readonly serverTls?: DataTls;
+  /**
+   * Called (with the path's id) if the plane loses the path after open() resolved and cannot
+   * put it back (nftables: the table was removed under it and rebuilt without it). The session
+   * then answers the transfer that would use it with 425.
+   */
+  readonly lost?: (id: string) => void;
 }
 
 /** The TLS of a protected data connection, as the session's control connection set it up. */

@@ -208,6 +208,8 @@ export class SessionMachine {
   private neg = 0;
   /** The session's current data path and the negotiation it answers. */
   private path: HeldPath | null = null;
+  /** The data plane lost the current path (dataLost): its transfer gets 425. */
+  private pathLost = false;
   /** The last negotiation answered with the server's own port (passiveDirect): nothing to count. */
   private directNeg = 0;
   private transferSeq = 0;
@@ -427,6 +429,15 @@ export class SessionMachine {
     return reply === 227 ? format227({ address: this.o.addressing.passiveAdvertise, port }) : format229(port);
   }
 
+  /**
+   * The data plane lost path `id` and could not put it back (its firewall table was removed):
+   * the transfer that would use it is answered 425 by the proxy, and a new PASV or PORT works.
+   */
+  dataLost(id: string): Action[] {
+    if (this.path?.path.id === id) this.pathLost = true;
+    return [];
+  }
+
   dataFailed(token: number, error: FtpProxyError): Action[] {
     const out: Action[] = [];
     const w = this.waiting;
@@ -583,6 +594,12 @@ export class SessionMachine {
           fields: { mechanism: cmd.mechanism },
         });
       case 'TRANSFER': {
+        if (this.pathLost && this.path?.neg === this.neg) {
+          this.releaseNegotiated(this.neg, out);
+          return this.refuse('data path lost', "425 Can't open data connection: the proxy lost it (firewall reloaded), negotiate again", out, {
+            msg: 'transfer refused: its data path was lost with the nftables table',
+          });
+        }
         const seq = ++this.transferSeq;
         out.push({ type: 'transferStarted', seq });
         return this.forward(line, { kind: 'transfer', verb: cmd.verb, arg: cmd.arg, neg: this.neg, mode: this.negMode, seq, aborted: false }, out);
@@ -764,6 +781,7 @@ export class SessionMachine {
   private replacePath(path: HeldPath | null, out: Action[], urgent = false): void {
     if (this.path) out.push({ type: 'release', id: this.path.path.id, ...(urgent ? { urgent } : {}) });
     this.path = path;
+    this.pathLost = false;
   }
 
   /** The path negotiated by `neg` admits nothing more (its transfer is over or refused). */

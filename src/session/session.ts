@@ -620,6 +620,7 @@ export class Session {
               ...a.request,
               ...(a.protect && this.clientTls ? { tls: this.clientTls } : {}),
               ...(this.serverTls ? { serverTls: this.serverTls } : {}),
+              lost: this.pathLost,
             }),
           );
           break;
@@ -688,6 +689,11 @@ export class Session {
     s.pipe(this.sock);
     this.sock.resume();
   }
+
+  /** The data plane lost an open path and could not put it back: its transfer gets 425. */
+  private readonly pathLost = (id: string): void => {
+    if (this.machine && !this.closing) this.run(this.machine.dataLost(id));
+  };
 
   /** A data-plane operation (open, join or meet) whose path the machine waits for under `token`. */
   private open(token: number, kind: 'passive' | 'active', start: () => Promise<DataPath>): void {

@@ -7,7 +7,8 @@ usage: ftpclient.py --host H [--port P] [--user U --password PW] [--mode pasv|ep
       | race REMOTE --thief ADDR... (--tls, passive: each thief connects to the advertised port
         from ADDR first, with a TLS session of its own, then the client fetches REMOTE)
       | session STEP... (one login: get=F, rest=F@OFFSET, put=LOCAL@REMOTE, list=DIR, abor=F,
-        abor959=F: ABOR after Telnet IP + Synch) | raw CMD... (replies as they come)
+        abor959=F: ABOR after Telnet IP + Synch, late=F@S: PASV/EPSV now, the data connection
+        and RETR S seconds later) | raw CMD... (replies as they come)
 
 Prints one JSON object: {"ok", "op", "mode", ..., "replies": [control transcript],
 "data_peers": [[address, port] of each data connection's far end], "elapsed_ms"}
@@ -193,6 +194,29 @@ def op_race(ftp: LabFTPTLS, a) -> dict:
     return {"thieves": thieves, "bytes": size, "sha256": digest.hexdigest()}
 
 
+def op_late(ftp: LabFTP, remote: str, secs: float) -> dict:
+    """A passive negotiation that outlives something: PASV (EPSV) now, connect and RETR `secs`
+    later. A refusal of the RETR is a result ("reply"), not an error; a failed connect is one."""
+    ftp.voidcmd("TYPE I")
+    host, port = ftp.makepasv()
+    time.sleep(secs)
+    conn = socket.create_connection((host, port), ftp.timeout)
+    ftp.data_peers.append(list(conn.getpeername()[:2]))
+    try:
+        ftp.sendcmd("RETR " + remote)
+    except ftplib.error_temp as e:
+        conn.close()
+        return {"reply": str(e)}
+    digest = hashlib.sha256()
+    size = 0
+    with conn:
+        while chunk := conn.recv(CHUNK):
+            size += len(chunk)
+            digest.update(chunk)
+    ftp.voidresp()
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
 def op_session(ftp: LabFTP, a) -> dict:
     """Several operations on one control connection, e.g. get=F rest=F@N abor=F put=L@R list=D."""
     steps = []
@@ -213,6 +237,9 @@ def op_session(ftp: LabFTP, a) -> dict:
             ns.path = arg or None
             r = op_lines(ftp, ns)
             r.pop("lines")
+        elif kind == "late":
+            remote, _, secs = arg.partition("@")
+            r = op_late(ftp, remote, float(secs))
         elif kind in ("abor", "abor959"):
             ns.remote = arg
             ns.style = "rfc959" if kind == "abor959" else "ftplib"

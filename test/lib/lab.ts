@@ -121,7 +121,7 @@ export interface PyFtpResult {
   /** For the 'raw' op: the first line of each reply, in order. */
   raw_replies?: string[];
   /** For the 'session' op: one result per step, in order. */
-  steps?: { step: string; bytes?: number; sha256?: string; count?: number; abort_replies?: string[]; noop_ok?: boolean }[];
+  steps?: { step: string; bytes?: number; sha256?: string; count?: number; abort_replies?: string[]; noop_ok?: boolean; reply?: string }[];
   /** Control transcript: "> CMD" sent, "< reply" received (PASS masked). */
   replies: string[];
   /** [address, port] of the far end of each data connection (in active mode: who connected). */

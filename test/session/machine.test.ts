@@ -563,3 +563,18 @@ t.test('transfer records: the mode of a negotiation whose path never came', asyn
   m.clientLine('RETR f');
   t.match(ended(m.serverReply(reply('425 no data connection'))), [{ verb: 'RETR', code: 425, path: null, mode: 'active' }]);
 });
+
+t.test('a path the data plane lost: its transfer gets 425 from the proxy, a new PASV works', async (t) => {
+  const m = machine();
+  const a = (m.clientLine('PASV'), m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,19,137).')));
+  m.dataOpened(opens(a)[0]!.token, { id: 'p1', port: 50001 });
+  t.same(m.dataLost('other'), [], 'another id changes nothing');
+  m.dataLost('p1');
+  const r = m.clientLine('RETR f');
+  t.same(sent(r, 'toServer'), [], 'not sent to the server');
+  t.same(sent(r, 'toClient'), ["425 Can't open data connection: the proxy lost it (firewall reloaded), negotiate again"]);
+  t.same(releases(r), ['p1']);
+  const b = (m.clientLine('PASV'), m.serverReply(reply('227 Entering Passive Mode (198,51,100,2,19,138).')));
+  m.dataOpened(opens(b)[0]!.token, { id: 'p2', port: 50002 });
+  t.same(sent(m.clientLine('RETR f'), 'toServer'), ['RETR f'], 'the next negotiation carries the transfer');
+});

@@ -68,10 +68,10 @@ export class LibnftablesRunner implements NftRunner {
 
   run(batch: Batch, opts: RunOptions = {}): Promise<unknown[]> {
     const text = JSON.stringify(batch);
-    return this.queue.push(() => this.exec(text, opts.echo === true));
+    return this.queue.push(() => this.exec(text, opts.echo === true, opts.output === true));
   }
 
-  private exec(text: string, echo: boolean): Promise<unknown[]> {
+  private exec(text: string, echo: boolean, output: boolean): Promise<unknown[]> {
     const ctx = this.ctx;
     if (!ctx) return Promise.reject(unavailable('libnftables runner is closed'));
     // JSON output makes nft parse the input as JSON too (nft 1.0.6 has no input flags).
@@ -84,7 +84,7 @@ export class LibnftablesRunner implements NftRunner {
         if (err) return reject(unavailable('libnftables call failed', err));
         if (rc !== 0) return reject(nftFailure(error ?? ''));
         try {
-          resolve(echo ? parseOutput(out ?? '') : []);
+          resolve(echo || output ? parseOutput(out ?? '') : []);
         } catch (e) {
           reject(nftFailure(`unreadable nft output: ${(e as Error).message}`, e));
         }

@@ -337,6 +337,7 @@ interface Libc {
   readonly setsockopt: Fn;
   readonly send: Fn;
   readonly recv: Fn;
+  readonly getsockname: Fn;
   readonly close: Fn;
 }
 
@@ -359,6 +360,7 @@ export class NetlinkRunner implements NftRunner {
   private constructor(
     private readonly libc: Libc,
     fd: number,
+    readonly portid: number,
   ) {
     this.fd = fd;
   }
@@ -376,6 +378,7 @@ export class NetlinkRunner implements NftRunner {
         setsockopt: lib.func('int setsockopt(int fd, int level, int name, const void *value, uint32_t len)'),
         send: lib.func('intptr_t send(int fd, const void *buf, size_t len, int flags)'),
         recv: lib.func('intptr_t recv(int fd, void *buf, size_t len, int flags)'),
+        getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)'),
         close: lib.func('int close(int fd)'),
       };
     } catch (e) {
@@ -392,12 +395,15 @@ export class NetlinkRunner implements NftRunner {
       libc.close(fd);
       throw socketError('netlink socket setup', errno);
     }
-    return new NetlinkRunner(libc, fd);
+    // The port the kernel gave it: notifications of our batches carry it (watch.ts).
+    const bound = Buffer.alloc(12);
+    const portid = (libc.getsockname(fd, bound, [bound.length]) as number) === 0 ? bound.readUInt32LE(4) : 0;
+    return new NetlinkRunner(libc, fd, portid);
   }
 
   run(batch: Batch, opts: RunOptions = {}): Promise<unknown[]> {
     try {
-      if (opts.echo) throw unsupported('echo');
+      if (opts.echo || opts.output) throw unsupported(opts.echo ? 'echo' : 'output');
       if (this.fd < 0) throw unavailable('netlink runner is closed');
       this.apply(batch);
       return Promise.resolve([]);

@@ -6,13 +6,11 @@ import { endianness } from 'node:os';
 import { loadLibc, type Libc } from '../../net/libc.js';
 import type { Endpoint } from '../types.js';
 import type { Moved } from '../../transfer.js';
-import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT, NLMSG_ERROR, NLM_F_REQUEST, NLM_F_ACK } from '../../net/netlink-abi.js';
+import { NLMSG_ERROR, NLM_F_REQUEST, NLM_F_ACK } from '../../net/netlink-abi.js';
+import { drainNetlink, openNetlink } from '../../net/netlink-socket.js';
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nfnetlink_log.h
 const NETLINK_NETFILTER = 12;
-const SOL_SOCKET = 1;
-const SO_RCVBUF = 8;
-const SO_RCVBUFFORCE = 33;
 const NFNL_SUBSYS_ULOG = 4;
 const NFULNL_MSG_PACKET = 0;
 const NFULNL_MSG_CONFIG = 1;
@@ -22,9 +20,6 @@ const NFULA_CFG_QTHRESH = 5;
 const NFULNL_CFG_CMD_BIND = 1;
 const NFULNL_COPY_PACKET = 2;
 const NFULA_PAYLOAD = 9;
-const EAGAIN = 11;
-const EINTR = 4;
-const ENOBUFS = 105;
 
 const LE = endianness() === 'LE';
 
@@ -168,6 +163,11 @@ export class FlowTable {
     for (const id of this.byTuple.values()) this.tainted.add(id);
   }
 
+  /** Nothing was logged for a while: the connections already under way may have missed segments. */
+  taintStarted(): void {
+    for (const id of this.flows.keys()) this.tainted.add(id);
+  }
+
   packet(s: Segment): void {
     const orig = this.byTuple.get(tupleKey(s.src, s.dst, s.dport));
     if (orig !== undefined) return this.side(orig, s, true);
@@ -272,16 +272,9 @@ export class NflogReader {
     if (!LE) throw new Error('NFLOG reader: little-endian hosts only');
     const libc = loadLibc();
     if (!libc) throw new Error('cannot load libc through koffi');
-    const fd = libc.socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
-    if (fd < 0) throw new Error(`socket(NETLINK_NETFILTER): errno ${libc.errno()}`);
+    const fd = openNetlink(libc, NETLINK_NETFILTER, rcvbuf);
     const r = new NflogReader(libc, fd);
     try {
-      const size = Buffer.alloc(4);
-      size.writeInt32LE(rcvbuf);
-      if (libc.setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, size, 4) < 0) libc.setsockopt(fd, SOL_SOCKET, SO_RCVBUF, size, 4);
-      const addr = Buffer.alloc(12);
-      addr.writeUInt16LE(AF_NETLINK, 0);
-      if (libc.bind(fd, addr, 12) < 0) throw new Error(`bind: errno ${libc.errno()}`);
       const mode = Buffer.alloc(6);
       mode.writeUInt32BE(SNAPLEN, 0);
       mode[4] = NFULNL_COPY_PACKET;
@@ -307,21 +300,9 @@ export class NflogReader {
 
   /** Hands every queued packet to `each`; returns false when some were lost (the socket overflowed). */
   drain(each: (packet: Uint8Array) => void): boolean {
-    let complete = true;
-    for (;;) {
-      const n = this.libc.recv(this.fd, this.rx, this.rx.length, MSG_DONTWAIT);
-      if (n < 0) {
-        const errno = this.libc.errno();
-        if (errno === EINTR) continue;
-        if (errno === ENOBUFS) {
-          complete = false;
-          continue;
-        }
-        if (errno === EAGAIN) return complete;
-        throw new Error(`NFLOG recv: errno ${errno}`);
-      }
-      for (const p of packets(this.rx.subarray(0, n))) each(p);
-    }
+    return drainNetlink(this.libc, this.fd, this.rx, (d) => {
+      for (const p of packets(d)) each(p);
+    });
   }
 
   close(): void {

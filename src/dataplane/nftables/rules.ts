@@ -15,6 +15,7 @@ import {
   elem,
   insert,
   jump,
+  list,
   log,
   mangle,
   nflog,
@@ -32,6 +33,7 @@ import {
   type Expr,
   type NamedSet,
   type NatFamily,
+  type NftObject,
   type Rule,
   type SetType,
   type Stmt,
@@ -210,6 +212,42 @@ export function baseObjects(o: TableOptions): Command[] {
 export function startBatch(o: TableOptions): Batch {
   const t = { table: { family: 'inet' as const, name: o.table } };
   return batch(add(t), del(t), add(t), ...baseObjects(o));
+}
+
+/** The check that the table is whole: `list table inet T`, printed as JSON (missingParts). */
+export function listBatch(table: string): Batch {
+  return batch(list({ table: { family: 'inet', name: table } }));
+}
+
+/**
+ * What a `list table` listing lacks of the base table: each chain, set or map by name, and
+ * each chain with fewer rules than the base table puts in it ('chain prerouting: 1 of 4
+ * rules'). Empty when it is whole. More is no fault: admit_log holds a rule per path, and an
+ * admin may have added some.
+ */
+export function missingParts(o: TableOptions, listing: readonly unknown[]): string[] {
+  const names = new Set<string>();
+  const rules = new Map<string, number>();
+  for (const x of listing) {
+    const v = x as { chain?: { name: string }; set?: { name: string }; map?: { name: string }; rule?: { chain: string } };
+    const named = v.chain ?? v.set ?? v.map;
+    if (named) names.add(named.name);
+    if (v.rule) rules.set(v.rule.chain, (rules.get(v.rule.chain) ?? 0) + 1);
+  }
+  const missing: string[] = [];
+  const wanted = new Map<string, number>();
+  for (const c of baseObjects(o)) {
+    const v = (c as { add: NftObject }).add;
+    if ('rule' in v) wanted.set(v.rule.chain, (wanted.get(v.rule.chain) ?? 0) + 1);
+    else if ('chain' in v && !names.has(v.chain.name)) missing.push(`chain ${v.chain.name}`);
+    else if ('set' in v && !names.has(v.set.name)) missing.push(`set ${v.set.name}`);
+    else if ('map' in v && !names.has(v.map.name)) missing.push(`map ${v.map.name}`);
+  }
+  for (const [chain, n] of wanted) {
+    const have = rules.get(chain) ?? 0;
+    if (have < n && names.has(chain)) missing.push(`chain ${chain}: ${have} of ${n} rules`);
+  }
+  return missing;
 }
 
 /** close(): `add table inet T; delete table inet T` - succeeds whether or not T exists. */
@@ -391,4 +429,26 @@ export function releaseBatch(o: TableOptions, p: PathSpec, r: ReleaseOptions): B
     cmds.push(del({ rule: { family: 'inet', table: o.table, chain: CHAIN.log, handle: r.logHandle } }));
   }
   return batch(...cmds);
+}
+
+/** A path to put back after the table was recreated, with the time its admission has left. */
+export interface Readd {
+  readonly spec: PathSpec;
+  readonly timeoutSec: number;
+}
+
+/** Paths per heal batch: `nft -j` takes a batch as one argument, at most 128 KiB. */
+export const READD_CHUNK = 16;
+
+/**
+ * Healing: the start() transaction again (it replaces whatever is left of the table) with the
+ * first READD_CHUNK waiting paths' entries (as openBatch adds them, without log rules), then a
+ * transaction per further chunk. The first batch is the one that must succeed.
+ */
+export function healBatches(o: TableOptions, paths: readonly Readd[]): Batch[] {
+  const adds = (chunk: readonly Readd[]): Command[] =>
+    chunk.flatMap((r) => openBatch({ ...o, logRules: false, timeoutSec: r.timeoutSec }, r.spec).nftables);
+  const out = [batch(...startBatch(o).nftables, ...adds(paths.slice(0, READD_CHUNK)))];
+  for (let i = READD_CHUNK; i < paths.length; i += READD_CHUNK) out.push(batch(...adds(paths.slice(i, i + READD_CHUNK))));
+  return out;
 }

@@ -13,15 +13,26 @@ export type RunnerChoice = 'auto' | 'lib' | 'spawn' | 'netlink';
 export interface RunOptions {
   /** Return the objects as the kernel created them, with handles (`nft --echo --handle`). */
   readonly echo?: boolean;
+  /** Return what the batch printed (the `nftables` array of a `list` command's JSON). */
+  readonly output?: boolean;
 }
 
 export interface NftRunner {
   readonly name: RunnerName;
   /**
    * Apply `batch` as one transaction: all of it or nothing. Resolves with the echoed objects
-   * (the `nftables` array of nft's JSON output) when `echo` is set, else with [].
+   * (the `nftables` array of nft's JSON output) when `echo` is set, what it printed with
+   * `output`, else with []. The netlink runner does neither.
    */
   run(batch: Batch, opts?: RunOptions): Promise<unknown[]>;
+  /**
+   * Whether a process of this pid committed one of our batches: the runner that spawns `nft`
+   * says so for its recent children (the table watcher ignores our own changes). Absent: the
+   * runner works inside this process.
+   */
+  spawned?(pid: number): boolean;
+  /** The netlink port id of the runner's own socket, where it has one we can learn (netlink). */
+  readonly portid?: number;
   /** Release the runner's resources once every pending run has finished. */
   close(): Promise<void>;
 }

@@ -168,7 +168,8 @@ export type Command =
   | { readonly add: NftObject }
   | { readonly insert: NftObject }
   | { readonly delete: NftObject }
-  | { readonly destroy: NftObject };
+  | { readonly destroy: NftObject }
+  | { readonly list: NftObject };
 
 /** One JSON document: libnftables applies it as one kernel transaction. */
 export interface Batch {
@@ -184,6 +185,8 @@ export const del = (o: NftObject): Command => ({ delete: o });
  * netlink runner is given it, as NFT_MSG_DESTROYSETELEM.
  */
 export const destroy = (o: NftObject): Command => ({ destroy: o });
+/** Print the object (with a runner's `output` option). */
+export const list = (o: NftObject): Command => ({ list: o });
 
 /** A named set or map as the right object kind. */
 export const setObject = (s: NamedSet): NftObject => (s.map === undefined ? { set: s } : { map: s });

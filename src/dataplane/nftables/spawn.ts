@@ -5,21 +5,26 @@ import { spawn } from 'node:child_process';
 import { nftFailure, parseOutput, SerialQueue, unavailable, type NftRunner, type RunOptions } from './runner.js';
 import type { Batch } from './schema.js';
 
+const RECENT = 64;
+
 export class SpawnRunner implements NftRunner {
   readonly name = 'nft' as const;
   // Serialised too, so that batches reach the kernel in the order they were asked for.
   private readonly queue = new SerialQueue();
+  /** Pids of the last RECENT children: their commits may still be in the watcher's queue. */
+  private readonly recent: number[] = [];
 
   constructor(private readonly command = 'nft') {}
 
   run(batch: Batch, opts: RunOptions = {}): Promise<unknown[]> {
     const args = ['-j', ...(opts.echo ? ['--echo', '--handle'] : []), JSON.stringify(batch)];
-    return this.queue.push(() => this.exec(args, opts.echo === true));
+    return this.queue.push(() => this.exec(args, opts.echo === true || opts.output === true));
   }
 
-  private exec(args: string[], echo: boolean): Promise<unknown[]> {
+  private exec(args: string[], parse: boolean): Promise<unknown[]> {
     return new Promise((resolve, reject) => {
       const child = spawn(this.command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      if (child.pid !== undefined && this.recent.push(child.pid) > RECENT) this.recent.shift();
       const out: Buffer[] = [];
       const err: Buffer[] = [];
       child.stdout.on('data', (b: Buffer) => out.push(b));
@@ -33,12 +38,16 @@ export class SpawnRunner implements NftRunner {
           return reject(nftFailure(stderr || `${this.command} exited with ${code ?? signal}`));
         }
         try {
-          resolve(echo ? parseOutput(Buffer.concat(out).toString()) : []);
+          resolve(parse ? parseOutput(Buffer.concat(out).toString()) : []);
         } catch (e) {
           reject(nftFailure(`unreadable nft output: ${(e as Error).message}`, e));
         }
       });
     });
+  }
+
+  spawned(pid: number): boolean {
+    return this.recent.includes(pid);
   }
 
   close(): Promise<void> {
