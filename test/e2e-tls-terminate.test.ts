@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { isRoot, sha256File, startLab, SYSTEM_PYTHON, type FtpMode, type FtpTarget } from './lib/lab.js';
+import { CURL8, curlModeArgs, isRoot, sha256File, startLab, SYSTEM_PYTHON, type FtpMode, type FtpTarget } from './lib/lab.js';
 import { ftpsSession, viaProxy } from './lib/ftps.js';
 import { startProxy, type ProxyProcess } from './lib/proxy.js';
 import { eventually } from './lib/session-rig.js';
@@ -41,9 +41,13 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
   const relaxed = await startProxy(lab, [...common, '-p', '8023', '--backend', 'relay', '--data-ports', '53000-53999', '--tls-no-reuse-check']);
   const implicit = await startProxy(lab, [...common, '-p', '8990', '--backend', 'nftables', '--nft-table', 'ftp_proxy_ftps', '--data-ports', '54000-54999', '--implicit-tls']);
 
-  const curl = (port: number, mode: 'pasv' | 'epsv', args: string[], path: string) =>
-    lab.exec('client', 'curl', [
-      '-sS', '-k', '--ssl-reqd', '--max-time', '60', '--ftp-pasv', ...(mode === 'pasv' ? ['--disable-epsv'] : []),
+  // Debian's curl 7.88 for passive; active FTPS needs curl 8 (7.88 never starts TLS on an
+  // accepted data connection: curl issue 10666).
+  const active = (mode: FtpMode): boolean => mode === 'port' || mode === 'eprt';
+  const curlFor = (mode: FtpMode): string => (active(mode) ? CURL8 : 'curl');
+  const curl = (port: number, mode: FtpMode, args: string[], path: string) =>
+    lab.exec('client', curlFor(mode), [
+      '-sS', '-k', '--ssl-reqd', '--max-time', '60', ...curlModeArgs(mode, undefined),
       ...args, `ftp://${env.gwLan4}:${port}/${path}`,
     ], { timeoutMs: 70_000 });
   const user = ['--user', `${env.user}:${env.pass}`];
@@ -52,9 +56,12 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
 
   for (const backend of ['relay', 'nftables'] as const) {
     const { proc, port } = proxies[backend];
-    for (const mode of ['pasv', 'epsv'] as const) {
-      await t.test(`${backend}: curl --ssl-reqd ${mode}: 5 MiB up and down`, async (t) => {
+    for (const mode of ['pasv', 'epsv', 'port', 'eprt'] as const) {
+      await t.test(`${backend}: ${active(mode) ? 'curl 8' : 'curl'} --ssl-reqd ${mode}: 5 MiB up and down`, async (t) => {
         const name = `curl-${backend}-${mode}.bin`;
+        const dataPaths = (kind: 'passive' | 'active') => proc.find(`${kind} data path`).length;
+        const kind = active(mode) ? 'active' : 'passive';
+        const before = dataPaths(kind);
         const up = await curl(port, mode, [...user, '-T', five], name);
         t.equal(up.code, 0, `upload: ${up.stderr}`);
         t.equal(await sha256File(join(env.upload.vsftpd, name)), fiveSum, 'the server got the file intact');
@@ -65,6 +72,7 @@ t.test('FTPS terminated by the proxy, plain FTP to vsftpd', async (t) => {
         const record = () => proc.find('transfer').find((r) => r.command === 'RETR' && r.path === name);
         await eventually(() => record() !== undefined);
         t.equal(record()?.bytes, FIVE_MIB, 'the transfer record counts the plaintext bytes');
+        t.equal(dataPaths(kind) - before, 2, `both transfers on ${kind} data paths`);
       });
     }
     for (const mode of ['pasv', 'port'] as const) {

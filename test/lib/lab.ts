@@ -12,6 +12,8 @@ const LAB_SCRIPT = join(ROOT, 'scripts', 'lab');
 const FTPCLIENT = join(ROOT, 'test', 'lib', 'ftpclient.py');
 /** Debian's python: the one with python3-pyftpdlib, not whatever python3 is first on PATH. */
 export const SYSTEM_PYTHON = '/usr/bin/python3';
+/** curl 8 from bookworm-backports (scripts/install-deps): Debian 12's curl 7.88 cannot do active FTPS. */
+export const CURL8 = join(process.env.FTP_PROXY_LAB_OPT ?? '/opt/ftp-proxy-lab', 'curl8', 'curl');
 
 export const isRoot = process.getuid?.() === 0;
 
@@ -247,7 +249,8 @@ function urlHost(host: string): string {
   return host.includes(':') ? `[${host}]` : host;
 }
 
-function curlModeArgs(mode: FtpMode, source: string | undefined, trustPasvAddress = false): string[] {
+/** curl's flags for `mode`; an active one takes `source` as its --ftp-port (default: the control connection's address). */
+export function curlModeArgs(mode: FtpMode, source: string | undefined, trustPasvAddress = false): string[] {
   const active = ['--ftp-port', source ?? '-'];
   const pasv = trustPasvAddress ? ['--ftp-pasv', '--no-ftp-skip-pasv-ip'] : ['--ftp-pasv'];
   switch (mode) {
