@@ -10,12 +10,16 @@ usage: load.py JOB_JSON       -> one JSON object on stdout
       prints {"level", "open", ...} per level, waits for a line on stdin before the next level,
       then closes everything and prints the summary.
 A session is: connect, USER anonymous, PASS, TYPE I, PASV|PORT, RETR file, QUIT.
+"tls": true (seq, conc, retr) makes every session explicit FTPS: AUTH TLS before USER, PBSZ 0 and
+PROT P after login, and data connections that resume the control connection's TLS session.
 """
 import ftplib
+import functools
 import json
 import os
 import resource
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -48,19 +52,59 @@ class Ftp(ftplib.FTP):
         return reply
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One per process, as a client program keeps it: making one per session (ssl's default
+    context loads the CA store, ~20 ms) would be counted as the proxy's session time."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class FtpTls(Ftp, ftplib.FTP_TLS):
+    """Explicit FTPS without certificate checks (the bench's certificate is self-signed). Data
+    connections resume the control connection's TLS session, as FileZilla, lftp and curl do and
+    stock ftplib does not (the proxy refuses one that does not, like vsftpd's require_ssl_reuse)."""
+
+    def __init__(self, **kw):
+        super().__init__(context=tls_context(), **kw)
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+
+def client(tls: bool) -> Ftp:
+    return FtpTls(timeout=TIMEOUT) if tls else Ftp(timeout=TIMEOUT)
+
+
+def secure_data(ftp: Ftp) -> None:
+    """After login on an FTPS session: PBSZ 0 and PROT P (a no-op for plain FTP)."""
+    if isinstance(ftp, FtpTls):
+        ftp.prot_p()
+
+
 def drain(conn: socket.socket) -> int:
-    """Read a data connection to EOF into a scratch buffer; return the byte count."""
+    """Read a data connection to EOF into a scratch buffer; return the byte count. A TLS one is
+    shut down with its close_notify, as ftplib does."""
     view = memoryview(BUF)
     total = 0
     while n := conn.recv_into(view):
         total += n
+    if isinstance(conn, ssl.SSLSocket):
+        conn.unwrap()
     return total
 
 
-def login(host: str, port: int) -> Ftp:
-    ftp = Ftp(timeout=TIMEOUT)
+def login(host: str, port: int, tls: bool = False) -> Ftp:
+    """Connect and log in; FTPS: AUTH TLS first (FTP_TLS.login sends it), PROT P after."""
+    ftp = client(tls)
     ftp.connect(host, port)
     ftp.login("anonymous", "bench@example.org")
+    secure_data(ftp)
     return ftp
 
 
@@ -74,14 +118,16 @@ def retr(ftp: Ftp, path: str) -> int:
 STEPS = ("connect", "login", "type", "pasv_port", "retr_150", "data_226", "quit")
 
 
-def session(host: str, port: int, passive: bool, path: str) -> tuple[int, list[int], list[int]]:
-    """One full session; returns (bytes, PASV->227 ns, per-step ns in STEPS order)."""
+def session(host: str, port: int, passive: bool, path: str, tls: bool = False) -> tuple[int, list[int], list[int]]:
+    """One full session; returns (bytes, PASV->227 ns, per-step ns in STEPS order); with TLS,
+    login includes AUTH TLS, the handshake, PBSZ and PROT."""
     t = [time.perf_counter_ns()]
-    ftp = Ftp(timeout=TIMEOUT)
+    ftp = client(tls)
     try:
         ftp.connect(host, port)  # TCP connect and the 220 banner
         t.append(time.perf_counter_ns())
         ftp.login("anonymous", "bench@example.org")
+        secure_data(ftp)
         t.append(time.perf_counter_ns())
         ftp.set_pasv(passive)
         ftp.voidcmd("TYPE I")
@@ -131,7 +177,7 @@ def op_seq(j: dict) -> dict:
     for _ in range(j["n"]):
         s = time.perf_counter_ns()
         try:
-            got, p, st = session(j["host"], j["port"], passive, j["file"])
+            got, p, st = session(j["host"], j["port"], passive, j["file"], j.get("tls", False))
             if got != j.get("size", got):
                 raise RuntimeError(f"short RETR: {got} bytes")
             durations.append(time.perf_counter_ns() - s)
@@ -162,7 +208,7 @@ def op_conc(j: dict) -> dict:
         while time.perf_counter() < window[1]:
             s = time.perf_counter_ns()
             try:
-                got, _, _ = session(j["host"], j["port"], True, j["file"])
+                got, _, _ = session(j["host"], j["port"], True, j["file"], j.get("tls", False))
                 if got != j.get("size", got):
                     raise RuntimeError(f"short RETR: {got} bytes")
                 d = time.perf_counter_ns() - s
@@ -199,7 +245,7 @@ def op_retr(j: dict) -> dict:
     errs = Errors()
     samples = []
     c0 = cpu_s()
-    ftp = login(j["host"], j["port"])
+    ftp = login(j["host"], j["port"], j.get("tls", False))
     try:
         ftp.set_pasv(j["mode"] == "pasv")
         ftp.voidcmd("TYPE I")

@@ -27,17 +27,30 @@ PROXY_PORT = 8021
 HELPER_PORTS = "21,2121,2122"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
-SETUPS = ("direct", "helper", "node-pipe", "proxy-nftables", "proxy-relay", "proxy-observed")
+SETUPS = ("direct", "helper", "node-pipe", "proxy-nftables", "proxy-relay", "proxy-observed",
+          "proxy-converted", "reverse-plain", "reverse-ftps")
 PROXIES = ("proxy-nftables", "proxy-relay")
 # --observe adds it: proxy-nftables with the metrics listener (scraped every second) and the
 # xferlog on, measured in the same rounds so the cost of observing is a paired ratio.
 OBSERVED = "proxy-observed"
-BACKEND = {"proxy-nftables": "nftables", "proxy-relay": "relay", OBSERVED: "nftables"}
+# --converted adds it (issue 15): proxy-nftables with --server-mode passive, so its PORT transfers
+# are converted (PASV toward the server) and carried by the relay plane, not the kernel path.
+CONVERTED = "proxy-converted"
+CONVERT = ["--server-mode", "passive"]
+BACKEND = {"proxy-nftables": "nftables", "proxy-relay": "relay", OBSERVED: "nftables", CONVERTED: "nftables"}
+# --ftps adds them (issue 14): a reverse-mode proxy in the gateway in front of the lab's vsftpd,
+# on the default plane, that clients reach at the gateway's LAN address (no redirect); plain FTP,
+# and FTPS ended by the proxy (--tls terminate, PROT P data through the TLS relay beside the plane).
+REVERSE = ("reverse-plain", "reverse-ftps")
+FTPS = "reverse-ftps"
+# --tls terminate with the run's self-signed certificate, set in main().
+TLS_TERMINATE: list[str] = []
 # The floor: a bare Node.js TCP forwarder (node-pipe.mjs), what any Node-based proxy pays for
 # its userspace hop on the control connection before doing any FTP work.
 FLOOR = "node-pipe"
 NODE_PIPE = HERE / "node-pipe.mjs"
-HOPS = (FLOOR, *PROXIES, OBSERVED)  # a Node.js process of ours in the gateway, behind the redirect
+HOPS = (FLOOR, *PROXIES, OBSERVED, CONVERTED)  # a Node.js process of ours in the gateway, behind the redirect
+GATEWAY = (*HOPS, *REVERSE)  # a Node.js process of ours in the gateway
 PASV_ONLY = ("direct", FLOOR)  # nothing rewrites PORT: active sessions cannot pass
 NODE = shutil.which("node") or "node"  # the floor and the proxy run on the same node
 # What proxy-observed is also given (metrics listener, xferlog), set in main().
@@ -183,8 +196,24 @@ class Noise:
 def hop_args(lab: Lab, setup: str, cli: str) -> list[str]:
     if setup == FLOOR:
         return [str(NODE_PIPE), str(PROXY_PORT), lab.server, str(lab.port)]
+    if setup in REVERSE:
+        return reverse_args(lab, setup, cli)
     return [cli, "-b", "::", "-p", str(PROXY_PORT), "--backend", BACKEND[setup], "-m", "20000", "-D", "3",
-            *(OBSERVE if setup == OBSERVED else [])]
+            *(OBSERVE if setup == OBSERVED else []), *(CONVERT if setup == CONVERTED else [])]
+
+
+def reverse_args(lab: Lab, setup: str, cli: str) -> list[str]:
+    """The --ftps setups: reverse mode on the gateway's LAN address, in front of vsftpd."""
+    return [cli, "-R", lab.server, "-P", str(lab.port), "-b", lab.env["GW_LAN4"], "-p", str(PROXY_PORT),
+            "--backend", "nftables", "-m", "20000", "-D", "3", *(TLS_TERMINATE if setup == FTPS else [])]
+
+
+def target(lab: Lab, setup: str) -> dict:
+    """Where a setup's clients connect and how: the server (through the gateway's NAT, helper or
+    redirect), or for the reverse setups the proxy itself, with FTPS for reverse-ftps."""
+    if setup in REVERSE:
+        return {"host": lab.env["GW_LAN4"], "port": PROXY_PORT, "tls": setup == FTPS}
+    return {}
 
 
 class Proxy:
@@ -253,12 +282,21 @@ def drive(lab: Lab, job: dict, timeout: float = 600) -> dict:
     return json.loads(out)
 
 
+def modes(setup: str) -> list[str]:
+    """The data connection modes a setup is measured in: the reverse setups are compared on PASV,
+    the converted one on PORT (its PASV is proxy-nftables')."""
+    if setup in PASV_ONLY or setup in REVERSE:
+        return ["pasv"]
+    return ["port"] if setup == CONVERTED else ["pasv", "port"]
+
+
 def phases(setup: str, cfg) -> list[tuple[str, dict]]:
     small = {"file": "1KiB.bin", "size": 1024}
     big = {"file": "100MiB.bin", "size": 100 * MIB}
-    modes = ["pasv"] if setup in PASV_ONLY else ["pasv", "port"]
-    out = [(f"seq_{m}", {"op": "seq", "mode": m, "n": cfg.seq, **small}) for m in modes]
-    out += [(f"retr_{m}", {"op": "retr", "mode": m, "count": cfg.retr, **big}) for m in modes]
+    out = [(f"seq_{m}", {"op": "seq", "mode": m, "n": cfg.seq, **small}) for m in modes(setup)]
+    out += [(f"retr_{m}", {"op": "retr", "mode": m, "count": cfg.retr, **big}) for m in modes(setup)]
+    if setup in REVERSE or setup == CONVERTED:
+        return out  # what issues 14 and 15 compare: session rate, throughput, CPU per 100 MiB
     out += [("list", {"op": "list", "path": "dir1000", "count": cfg.list})]
     # Last: a concurrent run leaves sessions behind (abandoned at the window's end, SYNs that
     # vsftpd's 32-deep accept queue dropped); quiesce() waits for them before the next phase.
@@ -290,8 +328,8 @@ def configure(lab: Lab, setup: str) -> None:
 
 
 def warm_up(lab: Lab, setup: str, n: int) -> None:
-    for m in (["pasv"] if setup in PASV_ONLY else ["pasv", "port"]):
-        r = drive(lab, {"op": "seq", "mode": m, "n": n, "file": "1KiB.bin", "size": 1024})
+    for m in modes(setup):
+        r = drive(lab, {"op": "seq", "mode": m, "n": n, "file": "1KiB.bin", "size": 1024, **target(lab, setup)})
         if r.get("failed") or r.get("errors"):
             raise RuntimeError(f"{setup} warm-up ({m}) failed: {r.get('failed') or r.get('error_samples')}")
 
@@ -321,7 +359,7 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
     proxy = scraper = None
     res: dict = {"phases": {}}
     try:
-        if setup in HOPS:
+        if setup in GATEWAY:
             proxy = Proxy(lab, setup, cli, outdir / f"proxy-{setup}-r{rnd}.log")
             res["proxy_startup_s"] = round(proxy.startup_s, 3)
         if setup == OBSERVED:
@@ -334,7 +372,7 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
             ext0 = {ns: lab.tcp_ext(ns) for ns in ("gw", "server")}
             noise = Noise(lab)
             cpu0 = proxy.cpu() if proxy else None
-            r = drive(lab, job)
+            r = drive(lab, {**job, **target(lab, setup)})
             if proxy:
                 u, sy, ch = (b - a for a, b in zip(cpu0, proxy.cpu()))
                 r["proxy_cpu_s"] = round(u + sy + ch, 3)
@@ -572,6 +610,26 @@ def paired_ratio(rounds: list[dict], fn, s: str, ref: str) -> dict | None:
     return {"median": med(pr), "min": min(pr), "max": max(pr)} if pr else None
 
 
+def comparisons(concurrency: list[int]) -> list[tuple[str, str, str, list[str]]]:
+    """(what, setup, reference, metrics): the paired comparisons printed under the table."""
+    conc = [f"conc{c}" for c in concurrency]
+    converted = ["retr_port", "cpu_100mib_port", "seq_port", "cpu_1000_port"]
+    return [("metrics+xferlog on vs off", OBSERVED, "proxy-nftables",
+             ["seq_pasv", "seq_port", *conc, "cpu_1000_pasv", "cpu_1000_port"]),
+            ("FTPS vs plain FTP, reverse mode, PASV", FTPS, "reverse-plain",
+             ["seq_pasv", "sess_pasv", "retr_pasv", "cpu_100mib_pasv", "cpu_1000_pasv"]),
+            ("converted PORT transfers vs the relay's", CONVERTED, "proxy-relay", converted),
+            ("converted PORT transfers vs the kernel path's", CONVERTED, "proxy-nftables", converted)]
+
+
+def versus(rows: dict, rounds: list[dict], fn_of: dict, s: str, ref: str, keys: list[str]) -> dict:
+    """s against ref on each of keys both measured: medians, their ratio, the paired per-round range."""
+    return {k: {"median": v["median"], "ref_median": n["median"], "ratio": v["median"] / n["median"],
+                "paired": paired_ratio(rounds, fn_of[k], s, ref)}
+            for k in keys
+            if (row := rows.get(k)) and (v := row["setups"].get(s)) and (n := row["setups"].get(ref)) and n["median"]}
+
+
 def floor_keys(concurrency: list[int]) -> list[str]:
     """The metrics the proxies are compared to the floor on: sequential and the lowest concurrency."""
     return ["seq_pasv", f"conc{min(concurrency)}"] if concurrency else ["seq_pasv"]
@@ -609,13 +667,10 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
                 if pr := paired_ratio(rounds, fn, s, FLOOR):
                     v["paired_ratio_to_floor"] = pr
         out["metrics"][key] = row
-    # What observing costs: the observed proxy against the same proxy without it, round by round.
-    out["observe_cost"] = {k: {"ratio": v["median"] / n["median"], "paired": paired_ratio(rounds, fn_of[k], OBSERVED,
-                                                                                          "proxy-nftables")}
-                           for k, row in out["metrics"].items()
-                           if k in ("seq_pasv", "seq_port", "cpu_1000_pasv", "cpu_1000_port") or k.startswith("conc")
-                           if (v := row["setups"].get(OBSERVED)) and (n := row["setups"].get("proxy-nftables"))
-                           and n["median"]}
+    # What observing, TLS and converting cost: each setup against its reference, round by round.
+    out["paired"] = [{"what": what, "setup": s, "ref": ref, "metrics": cmp}
+                     for what, s, ref, keys in comparisons(concurrency)
+                     if (cmp := versus(out["metrics"], rounds, fn_of, s, ref, keys))]
     out["vs_floor"] = {s: {k: {"ratio": v["ratio_to_floor"], "paired": v.get("paired_ratio_to_floor")}
                            for k in floor_keys(concurrency)
                            if (v := out["metrics"][k]["setups"].get(s)) and "ratio_to_floor" in v}
@@ -647,7 +702,7 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
             "listen_overflows": {name: sum(p["listen_overflows"]["server"] + p["listen_overflows"]["gw"]
                                            for n2, p in phs if n2 == name) for name in dict(phs)}}
     h = out["pasv_227"].get("helper")
-    for s in HOPS:
+    for s in GATEWAY:
         v = out["pasv_227"].get(s)
         if v and h:
             v["added_p50"] = v["p50"] - h["p50"]
@@ -684,6 +739,13 @@ def table(summary: dict, meta: dict) -> str:
     if FLOOR in setups:
         lines.insert(2, f"{FLOOR}: a bare Node.js TCP forwarder (no FTP logic, PASV only) behind the proxy's redirect,"
                         " the floor for any Node-based proxy; its CPU is in the proxy CPU rows")
+    if CONVERTED in setups:
+        lines.insert(2, f"{CONVERTED}: proxy-nftables with {' '.join(CONVERT)} (PORT only): its PORT transfers are"
+                        " converted (PASV toward vsftpd) and carried by the relay plane")
+    if FTPS in setups:
+        lines.insert(2, f"{', '.join(REVERSE)}: ftp-proxy -R vsftpd on the gateway's LAN address (nftables plane, no"
+                        " redirect; PASV only), plain FTP and FTPS (--tls terminate: AUTH TLS, PROT P, data"
+                        " resuming the control session, through the TLS relay)")
     if meta.get("machine"):
         lines[1] += f"; load average at start {' '.join(meta['machine'].get('loadavg_start', []))}"
     w0, w = 36, 27
@@ -801,14 +863,19 @@ def render(result: dict) -> str:
         cells = [f"{k} {v['ratio']:.2f}x" + (f" (paired per-round {v['paired']['min']:.2f}-{v['paired']['max']:.2f})"
                                              if v["paired"] else "") for k, v in per.items()]
         out.append(f"{'vs bare node pipe (' + FLOOR + ')':<55} {s:<15} {'   '.join(cells)}")
-    if cost := result["summary"].get("observe_cost"):
-        cells = [f"{k} {v['ratio']:.2f}x" + (f" (paired per-round {v['paired']['min']:.2f}-{v['paired']['max']:.2f})"
-                                             if v["paired"] else "") for k, v in cost.items()]
-        out.append(f"{'metrics+xferlog on vs off (' + OBSERVED + ')':<55} {'proxy-nftables':<15} {'   '.join(cells)}")
-        scrapes = [r["setups"][OBSERVED].get("scrapes", {}) for r in result["rounds"] if OBSERVED in r["setups"]]
-        out.append(f"{'  scrapes of /metrics during the rounds':<55} ok {sum(x.get('ok', 0) for x in scrapes)}, "
-                   f"failed {sum(x.get('failed', 0) for x in scrapes)}, last size "
-                   f"{max((x.get('bytes', 0) for x in scrapes), default=0)} bytes")
+    for c in result["summary"].get("paired", []):
+        out += ["", f"{c['what']}: {c['setup']} vs {c['ref']}, medians and ratio"]
+        for k, v in c["metrics"].items():
+            row = result["summary"]["metrics"][k]
+            pr = v["paired"]
+            out.append(f"  {row['label'] + ' (' + row['unit'] + ')':<53} {fmt(v['median'], row['unit']):>8} vs "
+                       f"{fmt(v['ref_median'], row['unit']):>8}  {v['ratio']:.2f}x"
+                       + (f" (paired per-round {pr['min']:.2f}-{pr['max']:.2f})" if pr else ""))
+        if c["setup"] == OBSERVED:
+            scrapes = [r["setups"][OBSERVED].get("scrapes", {}) for r in result["rounds"] if OBSERVED in r["setups"]]
+            out.append(f"{'  scrapes of /metrics during the rounds':<55} ok {sum(x.get('ok', 0) for x in scrapes)}, "
+                       f"failed {sum(x.get('failed', 0) for x in scrapes)}, last size "
+                       f"{max((x.get('bytes', 0) for x in scrapes), default=0)} bytes")
     for s, p in result["profile"].items():
         if p.get("top"):
             out += ["", f"profile {s} ({p['window']}): main thread busy {p['busy_ms']} ms of {p['total_ms']} ms"
@@ -835,6 +902,15 @@ def machine() -> dict:
             "other_netns": len([n for n in os.listdir("/run/netns")]) - 3 if os.path.isdir("/run/netns") else 0}
 
 
+def self_signed(outdir: Path) -> list[str]:
+    """A P-256 certificate and key for reverse-ftps, made in the run's directory; the proxy's options."""
+    cert, key = outdir / "ftps-cert.pem", outdir / "ftps-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=ftp.bench.test", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return ["--tls", "terminate", "--tls-cert", str(cert), "--tls-key", str(key)]
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="scripts/bench", description="see scripts/bench --help")
     ap.add_argument("--env", required=True, type=Path)
@@ -854,6 +930,15 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--observe", action="store_true",
                     help=f"add the setup {OBSERVED}: proxy-nftables with --metrics 127.0.0.1:9464 (scraped every "
                          "second) and --xferlog OUT/xferlog, in the same rounds (issue 12's cost, as paired ratios)")
+    ap.add_argument("--ftps", action="store_true",
+                    help=f"add the setups {' and '.join(REVERSE)}: a reverse-mode proxy in the gateway in front of "
+                         "vsftpd (nftables plane), plain and with --tls terminate (a self-signed certificate made in OUT), "
+                         "clients at the gateway's address; PASV session rate, 100 MiB RETR and proxy CPU, FTPS vs plain "
+                         "as paired ratios (issue 14)")
+    ap.add_argument("--converted", action="store_true",
+                    help=f"add the setup {CONVERTED}: proxy-nftables with --server-mode passive, whose PORT transfers "
+                         "are converted and relay-carried; PORT session rate, 100 MiB RETR and proxy CPU as paired ratios "
+                         "to proxy-relay and proxy-nftables (issue 15)")
     ap.add_argument("--no-floor", action="store_true",
                     help=f"leave out the {FLOOR} setup (a bare Node.js TCP forwarder, PASV phases only, "
                          "the floor for a Node-based proxy) and the proxies' ratios to it; default: included")
@@ -866,7 +951,8 @@ def parse_args() -> argparse.Namespace:
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.concurrency = [int(x) for x in a.concurrency.split(",") if x]
-    a.setups = [s for s in SETUPS if not (a.no_floor and s == FLOOR) and (a.observe or s != OBSERVED)]
+    a.setups = [s for s in SETUPS if not (a.no_floor and s == FLOOR) and (a.observe or s != OBSERVED)
+                and (a.converted or s != CONVERTED) and (a.ftps or s not in REVERSE)]
     a.idle_levels = [int(x) for x in a.idle_levels.split(",") if int(x) > 0]
     a.idle_settle = 2.0
     a.conc_ramp = 1.0
@@ -888,10 +974,14 @@ def main() -> int:
     outdir.mkdir(parents=True, exist_ok=True)
     if cfg.observe:
         OBSERVE.extend(["--metrics", f"127.0.0.1:{METRICS_PORT}", "--xferlog", str(outdir / "xferlog")])
+    if cfg.ftps:
+        TLS_TERMINATE.extend(self_signed(outdir))
     meta = {"date": stamp.isoformat(timespec="seconds"), "machine": machine(),
             "proxy": {"source": cfg.source, "cli": cfg.cli,
                       "argv": f"-b :: -p {PROXY_PORT} --backend X -m 20000 -D 3",
-                      **({"observed_argv_extra": " ".join(OBSERVE)} if OBSERVE else {})},
+                      **({"observed_argv_extra": " ".join(OBSERVE)} if OBSERVE else {}),
+                      **({"converted_argv_extra": " ".join(CONVERT)} if cfg.converted else {}),
+                      **({"reverse_argv": " ".join(reverse_args(lab, FTPS, "ftp-proxy")[1:])} if cfg.ftps else {})},
             "floor": {"script": str(NODE_PIPE), "argv": " ".join([NODE, *hop_args(lab, FLOOR, cfg.cli)])}
             if FLOOR in cfg.setups else None,
             "server": "vsftpd (lab, anonymous)", "client": "Python ftplib (load.py) in the client namespace",
@@ -914,8 +1004,8 @@ def main() -> int:
                 rr["setups"][s] = run_setup(lab, s, rnd + 1, cfg, cfg.cli, outdir)
                 rr["setups"][s]["wall_s"] = round(time.monotonic() - t0, 1)
                 ph = rr["setups"][s]["phases"]
-                log(f"  {s}: seq pasv {ph.get('seq_pasv', {}).get('sessions_per_s', 0):.0f}/s"
-                    + (f", port {ph['seq_port'].get('sessions_per_s', 0):.0f}/s" if "seq_port" in ph else "")
+                log(f"  {s}: seq " + ", ".join(f"{m} {ph[f'seq_{m}'].get('sessions_per_s', 0):.0f}/s"
+                                               for m in ("pasv", "port") if f"seq_{m}" in ph)
                     + f" ({rr['setups'][s]['wall_s']} s)")
             result["rounds"].append(rr)
             save()
