@@ -682,10 +682,20 @@ class Session:
             except asyncio.TimeoutError:
                 pass
             await c.fin()
-        elif mode in ("junk-greeting", "endless-multiline"):
+        elif mode == "junk-greeting":
             seen = await c.eof()
             if not any(l.startswith("421 ") for l in seen):
                 raise Unexpected(f"expected 421 then close, saw {seen[:2]} ... {seen[-2:]}")
+        elif mode == "endless-multiline":
+            # A long multi-line reply is streamed in pieces, never cut off or held whole: every
+            # line of the greeting arrives, in order; the client then gives up on its end and
+            # closes, and the session must end with it (the soak's final checks).
+            want = ["220-welcome"] + [f"220-line {i}" for i in range(25000)]
+            for n, expected in enumerate(want):
+                got = await c.line()
+                if got != expected:
+                    raise Unexpected(f"greeting line {n}: expected {expected!r}, got {got!r}")
+            await c.fin()
         elif mode in ("close-after-227", "rst-on-pasv"):
             await login(c)
             c.send("PASV" if self.family == 4 else "EPSV")

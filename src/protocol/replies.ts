@@ -84,6 +84,20 @@ export class ReplyAssembler {
     return piece;
   }
 
+  /**
+   * What a reply already handed on in pieces has gathered since its last piece, as one more
+   * piece (null when there is none, or the reply is still whole): called once the lines that
+   * have arrived are all pushed, so that a server pausing inside a long reply does not hold
+   * its last lines back until it goes on. A reply not yet in pieces stays whole.
+   */
+  pending(): Reply | null {
+    if (!this.piecewise || this.lines.length === 0) return null;
+    const piece: Reply = { code: Number(this.code), lines: this.lines, partial: true };
+    this.lines = [];
+    this.bytes = 0;
+    return piece;
+  }
+
   private end(reply: Reply): Reply {
     this.code = '';
     this.lines = [];

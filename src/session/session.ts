@@ -379,6 +379,10 @@ export class Session {
           // After the server's 234 only its handshake may follow.
           if (this.closing || this.serverHandshaking) return;
         }
+        // The tail of a reply already going out in pieces goes on now, not when the server
+        // goes on (a server may pause inside a long reply, or never end it).
+        const tail = this.replies.pending();
+        if (tail) this.run(this.machine!.serverReply(tail));
       });
     } catch (e) {
       return this.protocolFailure('server', e);

@@ -64,6 +64,23 @@ t.test('reply size bound: long replies are handed on in pieces, a long 227/229 i
   for (const bad of [0, -1, 2.5]) t.throws(() => new ReplyAssembler(bad), RangeError);
 });
 
+t.test('pending(): what a reply in pieces gathered goes on when asked; a whole reply stays whole', async (t) => {
+  const a = new ReplyAssembler(10);
+  t.equal(a.pending(), null, 'nothing gathered');
+  a.push('211-ab');
+  t.equal(a.pending(), null, 'a reply not yet in pieces is not split (a short one may arrive in two reads)');
+  t.same(a.push('cdefghij'), { code: 211, lines: ['211-ab', 'cdefghij'], partial: true });
+  t.equal(a.push('k'), null);
+  t.same(a.pending(), { code: 211, lines: ['k'], partial: true }, 'the tail since the last piece');
+  t.equal(a.pending(), null, 'once');
+  t.same(a.push('211 end'), { code: 211, lines: ['211 end'], partial: false }, 'the end, as usual');
+  t.equal(a.pending(), null, 'between replies there is nothing');
+  t.same(a.push('200 ok'), { code: 200, lines: ['200 ok'] });
+  const c = new ReplyAssembler(10);
+  for (const l of ['227-Entering', 'x'.repeat(20)]) c.push(l);
+  t.equal(c.pending(), null, 'a 227 being cut short is never handed on in pieces');
+});
+
 t.test('a 20,000-line reply never holds more than the bound', async (t) => {
   const a = new ReplyAssembler();
   const line = '211-' + 'x'.repeat(1020);
