@@ -66,8 +66,9 @@ export const GATHER_MS = 50;
 
 /**
  * Appends lines to the xferlog file in order, never on the event loop's time: lines queue for
- * GATHER_MS and one write at a time carries all that queued. Before each write the path is checked, so after
- * logrotate moves the file a new one is opened (copytruncate works through O_APPEND as well).
+ * GATHER_MS and one write at a time carries all that queued. Before each write the path is
+ * checked, so after logrotate moves the file a new one is opened (copytruncate works through
+ * O_APPEND as well).
  */
 export class XferlogWriter {
   private queue: string[] = [];
