@@ -57,16 +57,25 @@ export function xferlogLine(r: TransferRecord): string {
 
 /** Lines waiting for the disk past which new ones are dropped (and counted): memory stays bounded. */
 const MAX_QUEUED_BYTES = 4 * 1024 * 1024;
+/**
+ * How long a line waits for others before a write carries them all: each write costs two trips
+ * through libuv's thread pool (the rotation check, the write), whose thread wake-ups cost more
+ * CPU than the line (about 0.1 ms a session at 200 sessions/s, one line each).
+ */
+export const GATHER_MS = 50;
 
 /**
- * Appends lines to the xferlog file in order, never on the event loop's time: lines queue and
- * one write at a time carries all that queued. Before each write the path is checked, so after
- * logrotate moves the file a new one is opened (copytruncate works through O_APPEND as well).
+ * Appends lines to the xferlog file in order, never on the event loop's time: lines queue for
+ * GATHER_MS and one write at a time carries all that queued. Before each write the path is
+ * checked, so after logrotate moves the file a new one is opened (copytruncate works through
+ * O_APPEND as well).
  */
 export class XferlogWriter {
   private queue: string[] = [];
   private queued = 0;
   private flushing: Promise<void> | null = null;
+  /** The wait of the first queued line for the others (GATHER_MS). */
+  private gathering: NodeJS.Timeout | null = null;
   private dropped = 0;
   private failing = false;
   private closed = false;
@@ -97,7 +106,15 @@ export class XferlogWriter {
     }
     this.queue.push(line);
     this.queued += line.length;
-    this.flushing ??= this.flush();
+    // A write under way takes this line along when it ends.
+    if (!this.flushing) this.gathering ??= setTimeout(() => void this.flushNow(), GATHER_MS);
+  }
+
+  /** Writes what is queued now, without waiting for more. */
+  private flushNow(): Promise<void> {
+    if (this.gathering) clearTimeout(this.gathering);
+    this.gathering = null;
+    return (this.flushing ??= this.flush());
   }
 
   /**
@@ -107,8 +124,7 @@ export class XferlogWriter {
   reopen(): Promise<void> {
     if (this.closed) return Promise.resolve();
     this.reopening = true;
-    this.flushing ??= this.flush();
-    return this.flushing;
+    return this.flushNow();
   }
 
   private async flush(): Promise<void> {
@@ -148,7 +164,7 @@ export class XferlogWriter {
   /** Writes what is queued, then closes the file. */
   async close(): Promise<void> {
     this.closed = true;
-    await this.flushing;
+    await this.flushNow();
     await this.fh.close();
   }
 }

@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { safeField, xferlogLine, XferlogWriter } from '../src/xferlog.js';
+import { GATHER_MS, safeField, xferlogLine, XferlogWriter } from '../src/xferlog.js';
 import {
   isFileTransfer,
   nextDirectory,
@@ -118,7 +118,8 @@ function tmpdir(t: Test): string {
   return dir;
 }
 
-const settle = () => new Promise((r) => setTimeout(r, 50));
+// A line waits up to GATHER_MS for others before its write.
+const settle = () => new Promise((r) => setTimeout(r, GATHER_MS + 50));
 
 t.test('writer: appends in order, mode 0640, follows logrotate (move and create), copytruncate', async (t) => {
   const dir = tmpdir(t);

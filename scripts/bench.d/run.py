@@ -671,6 +671,11 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
     out["paired"] = [{"what": what, "setup": s, "ref": ref, "metrics": cmp}
                      for what, s, ref, keys in comparisons(concurrency)
                      if (cmp := versus(out["metrics"], rounds, fn_of, s, ref, keys))]
+    # The nftables plane against the relay and the floor, round by round (issue 17's targets).
+    out["nft_pairs"] = {f"{k} vs {ref}": pr for k in ("cpu_1000_pasv", "cpu_1000_port", *[c for c in fn_of if c.startswith("conc")])
+                        for ref in ("proxy-relay", FLOOR)
+                        if "proxy-nftables" in setups and ref in setups
+                        and (pr := paired_ratio(rounds, fn_of[k], "proxy-nftables", ref))}
     out["vs_floor"] = {s: {k: {"ratio": v["ratio_to_floor"], "paired": v.get("paired_ratio_to_floor")}
                            for k in floor_keys(concurrency)
                            if (v := out["metrics"][k]["setups"].get(s)) and "ratio_to_floor" in v}
@@ -838,6 +843,21 @@ def targets(summary: dict) -> list[dict]:
                     "measured": round(est, 1) if est is not None else None,
                     "held": n, "extrapolated": "extrapolated_10000_mib" in v,
                     "met": est <= 300 if est is not None else None})
+    # Paired per-round ratios of the nftables plane; a range that straddles the goal is noise-limited:
+    # this run cannot tell whether the target is met.
+    for pair, goal, cmp in [("cpu_1000_pasv vs proxy-relay", 1.0, "<="), ("cpu_1000_port vs proxy-relay", 1.0, "<="),
+                            (f"cpu_1000_pasv vs {FLOOR}", 1.2, "<="),
+                            *[(f"{k} vs {ref}", g, ">=") for k in m if k.startswith("conc")
+                              for ref, g in (("proxy-relay", 1.0), (FLOOR, 0.95))]]:
+        pr = summary["nft_pairs"].get(pair)
+        met = None if not pr else pr["median"] <= goal if cmp == "<=" else pr["median"] >= goal
+        out.append({"target": f"nftables {pair} {cmp} {goal}x (paired)", "setup": "proxy-nftables",
+                    "measured": round(pr["median"], 3) if pr else None, "paired_ratio_range": pr, "met": met,
+                    "noise_limited": bool(pr) and pr["min"] < goal < pr["max"]})
+    n, r = summary["pasv_227"].get("proxy-nftables"), summary["pasv_227"].get("proxy-relay")
+    out.append({"target": "PASV->227 p50 nftables <= relay + 0.05 ms", "setup": "proxy-nftables",
+                "measured": round(n["p50"] - r["p50"], 3) if n and r else None,
+                "met": n["p50"] <= r["p50"] + 0.05 if n and r else None})
     v = m.get("cpu_100mib_pasv", {}).get("setups", {}).get("proxy-nftables")
     out.append({"target": "proxy CPU per 100 MiB, nftables, PASV (ms): ~0", "setup": "proxy-nftables",
                 "measured": round(v["median"], 1) if v else None, "met": None})
@@ -858,7 +878,8 @@ def render(result: dict) -> str:
         paired = f"  (paired per-round {pr['min']:.2f}-{pr['max']:.2f}" if pr else ""
         paired += f", best round vs best round {t['best_round_ratio']:.2f})" if t.get("best_round_ratio") else (
             ")" if pr else "")
-        out.append(f"target {t['target']:<48} {t['setup']:<15} {t['measured']!s:>8}  {met}{paired}")
+        paired += "  noise-limited" if t.get("noise_limited") else ""
+        out.append(f"target {t['target']:<58} {t['setup']:<15} {t['measured']!s:>8}  {met}{paired}")
     for s, per in result["summary"].get("vs_floor", {}).items():
         cells = [f"{k} {v['ratio']:.2f}x" + (f" (paired per-round {v['paired']['min']:.2f}-{v['paired']['max']:.2f})"
                                              if v["paired"] else "") for k, v in per.items()]
