@@ -13,6 +13,7 @@ import { FakeDataPlane } from '../../src/dataplane/fake.js';
 import { createLogger } from '../../src/log.js';
 import { ProxyServer } from '../../src/server.js';
 import { Control, ScriptedServer, basicResponder, type Responder } from '../lib/scripted.js';
+import { BASE, addressing } from '../lib/machine-rig.js';
 import { isOwn227, login, rig } from '../lib/session-rig.js';
 import { FuzzFailure, runFuzz, type Style } from './lib/harness.js';
 import { NO_METRICS } from '../../src/metrics/metrics.js';
@@ -24,21 +25,8 @@ import { NO_METRICS } from '../../src/metrics/metrics.js';
 // "NOOP \xff\xfe\nPORT <their control peer>,4,1"; pyftpdlib reads it as one line.
 const SMUGGLE = 'NOOP \xff\xfe\nPORT 10,1,2,3,200,1\r\n';
 
-/** Reverse mode: the client 192.0.2.2 sees the proxy at 192.0.2.1, the server is 198.51.100.2. */
-const REVERSE: MachineOptions = {
-  sid: 'r1',
-  client: { address: '192.0.2.2', port: 40000 },
-  server: { address: '198.51.100.2', port: 21 },
-  addressing: {
-    passiveListen: '192.0.2.1',
-    passiveAdvertise: '192.0.2.1',
-    passiveSource: '198.51.100.1',
-    activeListen: '198.51.100.1',
-    activeSource: '192.0.2.1',
-  },
-  anonymousOnly: false,
-  rewriteSourcePort: false,
-};
+/** Reverse mode (machine-rig.ts BASE), the proxy telling its own address 192.0.2.1. */
+const REVERSE: MachineOptions = { ...BASE, sid: 'r1', addressing: { ...addressing, passiveAdvertise: '192.0.2.1' } };
 
 t.test('no line forwarded to the server holds an LF (Telnet option byte)', async (t) => {
   const m = new SessionMachine(REVERSE);

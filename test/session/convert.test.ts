@@ -3,40 +3,15 @@
 // to only when the transfer starts (1xx, or a 2xx that came without one); a refusal or an ABOR
 // before the 1xx releases the path and never reaches the client's port.
 import t from 'tap';
-import { SessionMachine, type Action, type Addressing } from '../../src/session/machine.js';
+import type { Action, MachineOptions, SessionMachine } from '../../src/session/machine.js';
+import { addressing, machine as base, of, reply, sent } from '../lib/machine-rig.js';
 import { DataPlaneError } from '../../src/errors.js';
-import type { Reply } from '../../src/protocol/replies.js';
 import { eventually, login, rig } from '../lib/session-rig.js';
 import { parseArgs } from '../../src/cli.js';
 import { buildConfig } from '../../src/config.js';
 import { Control, basicResponder } from '../lib/scripted.js';
 
-const addressing: Addressing = {
-  passiveListen: '192.0.2.1',
-  passiveAdvertise: '203.0.113.9',
-  passiveSource: '198.51.100.1',
-  activeListen: '198.51.100.1',
-  activeSource: '192.0.2.1',
-};
-const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
-
-function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> = {}): SessionMachine {
-  const m = new SessionMachine({
-    sid: '7',
-    client: { address: '192.0.2.2', port: 40000 },
-    server: { address: '198.51.100.2', port: 21 },
-    addressing,
-    anonymousOnly: false,
-    rewriteSourcePort: false,
-    serverMode: 'passive',
-    ...over,
-  });
-  m.serverReply(reply('220 ready'));
-  return m;
-}
-const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
-  as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
-const of = <K extends Action['type']>(as: Action[], type: K) => as.filter((a): a is Extract<Action, { type: K }> => a.type === type);
+const machine = (over: Partial<MachineOptions> = {}) => base({ serverMode: 'passive', ...over });
 
 /** PORT through to the 200: returns the machine and the join's path id. */
 function converted(m: SessionMachine, cmd = 'PORT 192,0,2,2,156,64', id = 'j1') {

@@ -1,34 +1,10 @@
 import t from 'tap';
-import { SessionMachine, type Action } from '../../src/session/machine.js';
-import type { Reply } from '../../src/protocol/replies.js';
+import type { Action, SessionMachine } from '../../src/session/machine.js';
+import { machine as base, reply, sent } from '../lib/machine-rig.js';
 
 // --tls terminate: the proxy answers AUTH, PBSZ, PROT and CCC itself; the server stays plain.
 
-const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
-
-function machine(tlsRequired = false, implicitTls = false): SessionMachine {
-  const m = new SessionMachine({
-    sid: '7',
-    client: { address: '192.0.2.2', port: 40000 },
-    server: { address: '198.51.100.2', port: 21 },
-    addressing: {
-      passiveListen: '192.0.2.1',
-      passiveAdvertise: '192.0.2.1',
-      passiveSource: '198.51.100.1',
-      activeListen: '198.51.100.1',
-      activeSource: '192.0.2.1',
-    },
-    anonymousOnly: false,
-    rewriteSourcePort: false,
-    tls: 'terminate',
-    tlsRequired,
-    implicitTls,
-  });
-  m.serverReply(reply('220 ready'));
-  return m;
-}
-const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
-  as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
+const machine = (tlsRequired = false, implicitTls = false) => base({ tls: 'terminate', tlsRequired, implicitTls });
 const types = (as: Action[]): string[] => as.filter((a) => a.type !== 'log').map((a) => a.type);
 const opens = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'open' }> => a.type === 'open');
 

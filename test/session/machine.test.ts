@@ -1,34 +1,8 @@
 import t from 'tap';
-import { SessionMachine, type Action, type Addressing } from '../../src/session/machine.js';
+import type { Action } from '../../src/session/machine.js';
+import { addressing, machine, reply, sent } from '../lib/machine-rig.js';
 import { DataPlaneError } from '../../src/errors.js';
-import type { Reply } from '../../src/protocol/replies.js';
 
-const addressing: Addressing = {
-  passiveListen: '192.0.2.1',
-  passiveAdvertise: '203.0.113.9',
-  passiveSource: '198.51.100.1',
-  activeListen: '198.51.100.1',
-  activeSource: '192.0.2.1',
-};
-
-const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
-
-/** A machine whose server has greeted (unless `greet` is false). */
-function machine(over: Partial<ConstructorParameters<typeof SessionMachine>[0]> = {}, greet = true): SessionMachine {
-  const m = new SessionMachine({
-    sid: '7',
-    client: { address: '192.0.2.2', port: 40000 },
-    server: { address: '198.51.100.2', port: 21 },
-    addressing,
-    anonymousOnly: false,
-    rewriteSourcePort: false,
-    ...over,
-  });
-  if (greet) m.serverReply(reply('220 ready'));
-  return m;
-}
-const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
-  as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
 const opens = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'open' }> => a.type === 'open');
 const ended = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'transferEnded' }> => a.type === 'transferEnded');
 const releases = (as: Action[]) => as.filter((a) => a.type === 'release').map((a) => (a as { id: string }).id);

@@ -2,34 +2,11 @@
 // proxy, in turn with pipelined commands, and no spelling of a denied verb reaches the server.
 import t from 'tap';
 import fc from 'fast-check';
-import { SessionMachine, type Action } from '../../src/session/machine.js';
+import type { Action } from '../../src/session/machine.js';
+import { machine as base, reply, sent } from '../lib/machine-rig.js';
 import { CommandPolicy, READ_ONLY_VERBS, canonicalVerb } from '../../src/session/policy.js';
-import type { Reply } from '../../src/protocol/replies.js';
 
-const reply = (...lines: string[]): Reply => ({ code: Number(lines[0]!.slice(0, 3)), lines });
-
-function machine(policy: CommandPolicy): SessionMachine {
-  const m = new SessionMachine({
-    sid: '9',
-    client: { address: '192.0.2.2', port: 40000 },
-    server: { address: '198.51.100.2', port: 21 },
-    addressing: {
-      passiveListen: '192.0.2.1',
-      passiveAdvertise: '192.0.2.1',
-      passiveSource: '198.51.100.1',
-      activeListen: '198.51.100.1',
-      activeSource: '192.0.2.1',
-    },
-    anonymousOnly: false,
-    policy,
-    rewriteSourcePort: false,
-  });
-  m.serverReply(reply('220 ready'));
-  return m;
-}
-
-const sent = (as: Action[], type: 'toClient' | 'toServer'): string[] =>
-  as.filter((a): a is Extract<Action, { type: typeof type }> => a.type === type).map((a) => a.text);
+const machine = (policy: CommandPolicy) => base({ sid: '9', policy });
 const logs = (as: Action[]) => as.filter((a): a is Extract<Action, { type: 'log' }> => a.type === 'log');
 
 const readOnly = new CommandPolicy([], true);

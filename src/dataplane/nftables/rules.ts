@@ -47,8 +47,10 @@ import { LAP_MASK, LAP_WINDOW, SNAPLEN } from './nflog.js';
 //  - postrouting (nat, before the admin's masquerade): a DNATed connection whose post-DNAT tuple
 //    (peer . target . target port) has an SNAT entry is SNATed to `source` (and `sourcePort`).
 //  - the rest of the flow follows conntrack; entries can go at once (release) or time out.
-// There is no forward chain: an accept in our table cannot override a drop in the admin's table
-// at the same hook, so the admin's forward policy must let these connections through, with
+// No chain of ours admits forwarded traffic (the `count` chain at filter forward only logs data
+// packets for byte counting, and accepts nothing): an accept in our table cannot override a drop
+// in the admin's table at the same hook, so the admin's forward policy must let these connections
+// through, with
 // `ct status dnat accept` or, with --mark N, `ct mark N accept` (the mark is set on admission,
 // early enough for routing policy too).
 // Caveats: two SYNs of different connections arriving in the same instant could both pass the
