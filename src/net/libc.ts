@@ -1,8 +1,8 @@
 // The few libc calls Node does not offer, through koffi: getsockopt (SO_ORIGINAL_DST, and
 // TCP_INFO for the relay's bounds), setsockopt (SO_OOBINLINE, listener options), send (urgent
-// data), eventfd, write and close (waking the splice worker), and socket, bind, listen,
-// getsockname and recv (transparent sockets, rtnetlink). Loaded once, lazily; null where koffi
-// or libc cannot be loaded, and callers fall back.
+// data), eventfd, write and close (waking the splice worker), socket, bind, listen,
+// getsockname and recv (transparent sockets, rtnetlink), and SO_ATTACH_FILTER (netlink
+// sockets). Loaded once, lazily; null where koffi or libc cannot be loaded, and callers fall back.
 
 import { createRequire } from 'node:module';
 import type net from 'node:net';
@@ -19,6 +19,8 @@ export interface Libc {
   listen(fd: number, backlog: number): number;
   getsockname(fd: number, addr: Buffer, len: number[]): number;
   recv(fd: number, buf: Buffer, len: number, flags: number): number;
+  /** setsockopt(SOL_SOCKET, SO_ATTACH_FILTER) with a classic BPF program (8 bytes per instruction). */
+  attachFilter(fd: number, program: Buffer): number;
   errno(): number;
 }
 
@@ -29,6 +31,15 @@ export function loadLibc(): Libc | null {
   try {
     const koffi = createRequire(import.meta.url)('koffi') as typeof import('koffi');
     const lib = koffi.load('libc.so.6');
+    // struct sock_fprog { unsigned short len; struct sock_filter *filter; }
+    const fprog = koffi.struct('ftp_proxy_sock_fprog', { len: 'uint16_t', filter: 'const uint8_t *' });
+    const setFprog = lib.func('int setsockopt(int, int, int, const ftp_proxy_sock_fprog *optval, uint32_t optlen)') as (
+      fd: number,
+      level: number,
+      name: number,
+      prog: { len: number; filter: Buffer },
+      len: number,
+    ) => number;
     libc = {
       getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *optval, _Inout_ uint32_t *optlen)') as Libc['getsockopt'],
       setsockopt: lib.func('int setsockopt(int, int, int, const uint8_t *optval, uint32_t optlen)') as Libc['setsockopt'],
@@ -41,6 +52,7 @@ export function loadLibc(): Libc | null {
       listen: lib.func('int listen(int fd, int backlog)') as Libc['listen'],
       getsockname: lib.func('int getsockname(int fd, _Out_ uint8_t *addr, _Inout_ uint32_t *len)') as Libc['getsockname'],
       recv: lib.func('long recv(int fd, _Out_ uint8_t *buf, size_t len, int flags)') as Libc['recv'],
+      attachFilter: (fd, program) => setFprog(fd, SOL_SOCKET, SO_ATTACH_FILTER, { len: program.length / 8, filter: program }, koffi.sizeof(fprog)),
       errno: () => koffi.errno(),
     };
   } catch {
@@ -64,6 +76,7 @@ export function int32(v: number): Buffer {
 
 const SOL_SOCKET = 1;
 const SO_OOBINLINE = 10;
+const SO_ATTACH_FILTER = 26;
 
 /**
  * Keep TCP urgent data in the normal byte stream. Clients send ABOR (or the Telnet Synch

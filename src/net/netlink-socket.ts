@@ -1,5 +1,5 @@
 // A raw netlink socket that Node reads without blocking (NFLOG, the nftables watcher): opened
-// with a large receive buffer and its multicast groups, and drained of what is queued.
+// with a large receive buffer and its multicast groups, filtered, and drained of what is queued.
 
 import type { Libc } from './libc.js';
 import { AF_NETLINK, SOCK_RAW, SOCK_CLOEXEC, MSG_DONTWAIT } from './netlink-abi.js';
@@ -10,6 +10,14 @@ const SO_RCVBUFFORCE = 33;
 const EAGAIN = 11;
 const EINTR = 4;
 const ENOBUFS = 105;
+// linux/filter.h: the instruction classes and modes the filter above uses.
+const BPF_LD = 0x00;
+const BPF_W = 0x00;
+const BPF_ABS = 0x20;
+const BPF_JMP = 0x05;
+const BPF_JEQ = 0x10;
+const BPF_K = 0x00;
+const BPF_RET = 0x06;
 
 /**
  * socket(AF_NETLINK, `protocol`), a receive buffer of `rcvbuf` bytes (past the sysctl limit where
@@ -32,6 +40,31 @@ export function openNetlink(libc: Libc, protocol: number, rcvbuf: number, groups
     throw new Error(`bind${groups ? ' to the multicast groups' : ''}: errno ${errno}`);
   }
   return fd;
+}
+
+/**
+ * Has the kernel drop, before queueing them, the datagrams on `fd` whose first message carries
+ * `portid` as nlmsg_pid: notifications caused by that socket's own requests. (The kernel puts
+ * the notifications of one transaction in datagrams of their own, all with its port id.)
+ * Returns false where the filter cannot be attached; the datagrams are then queued as before.
+ */
+export function ignoreSender(libc: Libc, fd: number, portid: number): boolean {
+  // A classic BPF program: A = nlmsg_pid (offset 12, loaded in network byte order, while
+  // netlink headers are in host order: compared with the swapped id); drop on equal, else keep.
+  const swapped = Buffer.alloc(4);
+  swapped.writeUInt32LE(portid >>> 0);
+  const program = Buffer.alloc(4 * 8);
+  const insn = (i: number, code: number, jt: number, jf: number, k: number): void => {
+    program.writeUInt16LE(code, i * 8);
+    program[i * 8 + 2] = jt;
+    program[i * 8 + 3] = jf;
+    program.writeUInt32LE(k >>> 0, i * 8 + 4);
+  };
+  insn(0, BPF_LD | BPF_W | BPF_ABS, 0, 0, 12);
+  insn(1, BPF_JMP | BPF_JEQ | BPF_K, 0, 1, swapped.readUInt32BE(0));
+  insn(2, BPF_RET | BPF_K, 0, 0, 0);
+  insn(3, BPF_RET | BPF_K, 0, 0, 0xffffffff);
+  return libc.attachFilter(fd, program) === 0;
 }
 
 /**

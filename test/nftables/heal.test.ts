@@ -13,7 +13,10 @@ import { PortAllocator } from '../../src/net/ports.js';
 import { NftablesDataPlane } from '../../src/dataplane/nftables/dataplane.js';
 import { LibnftablesRunner } from '../../src/dataplane/nftables/libnftables.js';
 import { missingFeature } from '../../src/dataplane/nftables/selftest.js';
-import { closeBatch, startBatch } from '../../src/dataplane/nftables/rules.js';
+import { closeBatch, openBatch, releaseBatch, startBatch } from '../../src/dataplane/nftables/rules.js';
+import { NetlinkRunner } from '../../src/dataplane/nftables/netlink.js';
+import { loadLibc } from '../../src/net/libc.js';
+import { drainNetlink, ignoreSender, openNetlink } from '../../src/net/netlink-socket.js';
 import { ourThread, TableWatcher, type Removal } from '../../src/dataplane/nftables/watch.js';
 import { isRoot } from '../lib/lab.js';
 import { addNetns, delNetns, elements, insideNetns, nft, runInside, runPrefix } from './lib/netns.js';
@@ -73,6 +76,39 @@ if (!inside) {
     t.same([...seen[1]!.what].sort(), ['chain', 'set', 'table']);
     t.notOk(ourThread(seen[0]!.pid));
     t.equal(overflow, 0);
+  });
+
+  t.test('the kernel drops the path runner’s own notifications before the watcher would read them', async (t) => {
+    const libc = loadLibc()!;
+    const groups = 1 << (7 - 1); // NFNLGRP_NFTABLES
+    const filtered = openNetlink(libc, 12, 1 << 20, groups);
+    const plain = openNetlink(libc, 12, 1 << 20, groups);
+    t.teardown(() => (libc.close(filtered), libc.close(plain)));
+    const lib = LibnftablesRunner.load();
+    t.teardown(() => lib.close());
+    const nl = NetlinkRunner.open();
+    t.teardown(() => nl.close());
+    t.ok(ignoreSender(libc, filtered, nl.portid), 'the filter is attached');
+    const o = { table: 'fp_quiet', logRules: false, timeoutSec: 30 };
+    await lib.run(startBatch(o));
+    const spec = { ...passive4, port: 50001 };
+    await nl.run(openBatch(o, spec));
+    await nl.run(releaseBatch(o, spec, { snat: true }));
+    nft('add', 'table', 'inet', 'fp_other');
+    nft('delete', 'table', 'inet', 'fp_other');
+    await lib.run(closeBatch('fp_quiet'));
+    const senders = (fd: number): { runner: number; others: number } => {
+      const n = { runner: 0, others: 0 };
+      const rx = Buffer.alloc(256 * 1024);
+      t.ok(drainNetlink(libc, fd, rx, (d) => (d.readUInt32LE(12) === nl.portid ? n.runner++ : n.others++)), 'nothing lost');
+      return n;
+    };
+    const all = senders(plain);
+    const kept = senders(filtered);
+    t.ok(all.runner >= 2, `the path runner's adds and removals are announced (${all.runner} datagrams)`);
+    t.equal(kept.runner, 0, 'none of them reaches the filtered socket');
+    t.ok(all.others >= 4, `other transactions are announced (${all.others} datagrams)`);
+    t.equal(kept.others, all.others, 'and every one of those still does');
   });
 
   const incidents: [string, string[][]][] = [

@@ -72,7 +72,8 @@ export interface NftablesDataPlaneOptions {
 }
 
 /** Opens a table watcher: `ours` tells our own pids, `report` gets what others did. */
-export type OpenWatcher = (table: string, ours: Ours, report: (e: WatchEvent) => void) => { close(): void };
+/** `quiet`: the port id of the netlink socket whose own notifications need not be read (0: none). */
+export type OpenWatcher = (table: string, ours: Ours, report: (e: WatchEvent) => void, quiet: number) => { close(): void };
 
 /**
  * Pick the runner: the library in-process if it loads, else `nft`; 'netlink' gives the
@@ -561,7 +562,12 @@ export class NftablesDataPlane implements DataPlane {
     this.heals = true;
     const ours: Ours = (pid, portid) => ourThread(pid) || this.runner.spawned(pid) || (portid !== 0 && portid === this.netlink?.portid);
     try {
-      this.watcher = open(this.table, ours, (e) => (e.kind === 'removed' ? this.damaged(e.removals, e.since) : this.schedule()));
+      this.watcher = open(
+        this.table,
+        ours,
+        (e) => (e.kind === 'removed' ? this.damaged(e.removals, e.since) : this.schedule()),
+        this.elements === this.netlink ? (this.netlink.portid ?? 0) : 0,
+      );
     } catch (e) {
       this.o.logger.warn({ err: (e as Error).message }, `cannot watch the nftables table: damage is found by a check every ${CHECK_MS / 1000} s only`);
     }

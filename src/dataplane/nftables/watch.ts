@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { endianness } from 'node:os';
 import { loadLibc, type Libc } from '../../net/libc.js';
 import { NLMSG_HDRLEN } from '../../net/netlink-abi.js';
-import { drainNetlink, openNetlink } from '../../net/netlink-socket.js';
+import { drainNetlink, ignoreSender, openNetlink } from '../../net/netlink-socket.js';
 
 // linux/netlink.h, linux/netfilter/nfnetlink.h
 const NETLINK_NETFILTER = 12;
@@ -152,15 +152,19 @@ export class TableWatcher {
 
   /**
    * Subscribes to the nftables group and reads it every `tickMs`. `ours` tells the pids whose
-   * transactions are this process's own. Throws an Error saying why it cannot.
+   * transactions are this process's own. The notifications of the netlink socket `quiet` (the
+   * port id of the one that opens and releases paths: a dozen datagrams per session) are
+   * dropped by the kernel, not queued, read and parsed here. Throws an Error saying why it cannot.
    */
-  static open(table: string, ours: Ours, report: (e: WatchEvent) => void, tickMs = WATCH_TICK_MS): TableWatcher {
+  static open(table: string, ours: Ours, report: (e: WatchEvent) => void, quiet = 0, tickMs = WATCH_TICK_MS): TableWatcher {
     // Netlink headers are in host order and read here as little-endian.
     if (!LE) throw new Error('nftables watcher: little-endian hosts only');
     const libc = loadLibc();
     if (!libc) throw new Error('cannot load libc through koffi');
     // Every element our own open/release adds or removes is announced too: room for bursts.
     const fd = openNetlink(libc, NETLINK_NETFILTER, 4 * 1024 * 1024, 1 << (NFNLGRP_NFTABLES - 1));
+    // Best effort: unfiltered, they are read and found to be ours as before.
+    if (quiet !== 0) ignoreSender(libc, fd, quiet);
     return new TableWatcher(libc, fd, new EventDigest(table, ours), report, tickMs);
   }
 
