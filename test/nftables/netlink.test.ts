@@ -64,7 +64,7 @@ t.test('an element add is the message nft 1.0.6 sends', async (t) => {
   const b = batch(add({ element: { family: 'inet', table: 't', name: 'dnatport4', elem: [[elem(concat('192.0.2.2', '192.0.2.1', 50000), 30), 40000]] } }));
   const e = encodeBatch(b, 7);
   t.equal(e.bytes.toString('hex'), expected.toString('hex'));
-  t.same(e.messages, [{ seq: 8, what: 'add element inet t dnatport4' }]);
+  t.same(e.messages, [{ seq: 8, what: 'add element inet t dnatport4', acked: true }]);
   t.equal(e.beginSeq, 7);
 });
 
@@ -162,6 +162,21 @@ t.test('acks become an outcome naming each failed message', async (t) => {
   acks.clear();
   readAcks(ack(11, 0), acks);
   t.match(batchOutcome(e, acks), { code: 'BACKEND_FAILED', message: /dnat4: no ack/ });
+
+  // Only the last message asks for an ack: the kernel answers the others only when they fail.
+  const flags = (at: number): number => e.bytes.readUInt16LE(at + 6);
+  const first = 20; // after BATCH_BEGIN (nlmsghdr + nfgenmsg)
+  t.equal(flags(first) & 0x0004, 0, 'the first command asks for no ack');
+  t.equal(flags(first + e.bytes.readUInt32LE(first)) & 0x0004, 0x0004, 'the last one does');
+  t.same(e.messages.map((m) => m.acked), [false, true]);
+  acks.clear();
+  readAcks(ack(12, 0), acks);
+  t.equal(batchOutcome(e, acks), undefined, 'the last ack alone: done');
+  readAcks(ack(11, 17), acks);
+  t.match(batchOutcome(e, acks), { message: /add element inet t admit4: .*EEXIST/ }, 'an unasked failure still counts');
+  acks.clear();
+  t.match(batchOutcome(e, acks), { message: /dnat4: no ack/ }, 'nothing at all: not done');
+  t.notMatch(batchOutcome(e, acks)?.message, /admit4/);
 
   acks.clear();
   readAcks(Buffer.concat([ack(11, 0), hex('ff')]), acks);

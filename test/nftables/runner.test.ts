@@ -273,15 +273,31 @@ if (!inside) {
     t.same(elements(table, 'map', 'dnat4'), [], 'destroy removes it whatever its value');
   });
 
-  t.test('netlink: a batch whose acks overflow the socket fails, and the next batch goes through', async (t) => {
+  t.test('netlink: a batch whose answers overflow the socket fails, and the next batch goes through', async (t) => {
     const table = 'fp_enobufs';
     const { nl, el } = await netlinkOnTable(t, table);
-    // One ack per message: 2000 of them do not fit the socket's default receive buffer.
-    const many = Array.from({ length: 2000 }, (_, i) => destroy(el('admit4', concat('192.0.2.2', '192.0.2.1', 1024 + i))));
-    await t.rejects(nl.run(batch(...many)), { code: 'BACKEND_FAILED' }, 'the overflow is reported');
+    // A failed message is answered whether it asked for an ack or not: 2000 deletes of missing
+    // elements are 2000 errors, more than the socket's default receive buffer holds.
+    const many = Array.from({ length: 2000 }, (_, i) => del(el('admit4', concat('192.0.2.2', '192.0.2.1', 1024 + i))));
+    await t.rejects(nl.run(batch(...many)), { code: 'BACKEND_FAILED', message: /ENOBUFS/ }, 'the overflow is reported');
     const k = concat('192.0.2.2', '192.0.2.1', 50000);
     await nl.run(batch(add(el('dnat4', [k, '198.51.100.2']))));
     t.same(elements(table, 'map', 'dnat4'), ['192.0.2.2 . 192.0.2.1 . 50000 : 198.51.100.2'], 'the next batch is applied and acked');
+  });
+
+  t.test('netlink: a failed command that asked for no ack fails the batch, which does nothing', async (t) => {
+    const table = 'fp_unasked';
+    const { nl, el } = await netlinkOnTable(t, table);
+    const k = concat('192.0.2.2', '192.0.2.1', 50000);
+    // Only the last command asks for an ack; the first one fails.
+    await t.rejects(nl.run(batch(del(el('admit4', concat('192.0.2.2', '192.0.2.1', 1))), add(el('dnat4', [k, '198.51.100.2'])))), {
+      code: 'BACKEND_FAILED',
+      message: /delete element inet fp_unasked admit4: .*ENOENT/,
+    });
+    t.same(elements(table, 'map', 'dnat4'), [], 'the batch did nothing');
+    await nl.run(batch(add(el('dnat4', [k, '198.51.100.2'])), add(el('admit4', concat('192.0.2.2', '192.0.2.1', 1)))));
+    t.same(elements(table, 'map', 'dnat4'), ['192.0.2.2 . 192.0.2.1 . 50000 : 198.51.100.2'], 'a whole batch is applied on one ack');
+    t.same(elements(table, 'set', 'admit4').length, 1);
   });
 
   t.test('auto: netlink for elements unless log rules; required netlink fails start', async (t) => {

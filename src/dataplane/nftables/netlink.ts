@@ -226,6 +226,8 @@ export interface MessageInfo {
   readonly seq: number;
   /** `add element inet T admit4`. */
   readonly what: string;
+  /** Whether it asked for an ack on success (NLM_F_ACK). */
+  readonly acked: boolean;
 }
 
 export interface EncodedBatch {
@@ -252,7 +254,9 @@ function commandElement(c: Command): { verb: Verb; e: Element } {
  * The nfnetlink batch for a JSON batch of element adds, deletes and destroys: BATCH_BEGIN, one
  * NEWSETELEM (add, as nft does it: NLM_F_CREATE without EXCL, so an identical element is no
  * error), DELSETELEM (ENOENT when missing) or DESTROYSETELEM (no error when missing, Linux
- * 6.3+) per command, BATCH_END; every message asks for an ack. Sequence numbers
+ * 6.3+) per command, BATCH_END. Only the last command asks for an ack: the kernel applies the
+ * batch within send() and answers a failed message whether asked or not, so one ack says the
+ * batch is done, and the socket is read twice per batch, not once per command. Sequence numbers
  * run from `seq`. The bytes live in `w` until its next use. Throws DataPlaneError
  * BACKEND_FAILED for anything else (nothing is sent).
  */
@@ -262,13 +266,14 @@ export function encodeBatch(batch: Batch, seq: number, w = new Writer()): Encode
   const beginSeq = seq >>> 0;
   w.end(w.begin(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, beginSeq, 0, NFNL_SUBSYS_NFTABLES));
   const messages: MessageInfo[] = [];
-  for (const c of batch.nftables) {
+  const last = batch.nftables.length - 1;
+  for (const [i, c] of batch.nftables.entries()) {
     const { verb, e } = commandElement(c);
     const family = NFPROTO[e.family];
     if (family === undefined) throw unsupported(`family ${String(e.family)}`);
     const s = next();
     const type = (NFNL_SUBSYS_NFTABLES << 8) | MSG_TYPE[verb];
-    const flags = NLM_F_REQUEST | NLM_F_ACK | (verb === 'add' ? NLM_F_CREATE : 0);
+    const flags = NLM_F_REQUEST | (i === last ? NLM_F_ACK : 0) | (verb === 'add' ? NLM_F_CREATE : 0);
     const at = w.begin(type, flags, s, family, 0);
     w.string(NFTA_SET_ELEM_LIST_TABLE, e.table);
     w.string(NFTA_SET_ELEM_LIST_SET, e.name);
@@ -276,7 +281,7 @@ export function encodeBatch(batch: Batch, seq: number, w = new Writer()): Encode
     for (const item of e.elem) writeElement(w, item, verb === 'add');
     w.unnest(list);
     w.end(at);
-    messages.push({ seq: s, what: `${verb} element ${e.family} ${e.table} ${e.name}` });
+    messages.push({ seq: s, what: `${verb} element ${e.family} ${e.table} ${e.name}`, acked: i === last });
   }
   w.end(w.begin(NFNL_MSG_BATCH_END, NLM_F_REQUEST, next(), 0, NFNL_SUBSYS_NFTABLES));
   return { bytes: w.bytes(), beginSeq, messages };
@@ -302,7 +307,8 @@ const errnoText = (errno: number): string => {
 };
 
 /**
- * What the acks say about a batch: resolves to nothing when every message was acked with 0,
+ * What the acks say about a batch: nothing when the message that asked for an ack has it, with 0,
+ * and no other message failed;
  * else a DataPlaneError naming each failed message and its errno (EPERM -> NFT_NOT_PERMITTED).
  */
 export function batchOutcome(b: EncodedBatch, acks: ReadonlyMap<number, number>): DataPlaneError | undefined {
@@ -311,7 +317,7 @@ export function batchOutcome(b: EncodedBatch, acks: ReadonlyMap<number, number>)
   let denied = 0;
   const failed = b.messages.flatMap((m) => {
     const errno = acks.get(m.seq);
-    if (errno === undefined) return [`${m.what}: no ack`];
+    if (errno === undefined) return m.acked ? [`${m.what}: no ack`] : [];
     if (errno === EPERM || errno === EACCES) denied = errno;
     return errno === 0 ? [] : [`${m.what}: ${errnoText(errno)}`];
   });
