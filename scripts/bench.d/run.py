@@ -347,8 +347,9 @@ def configure(lab: Lab, setup: str) -> None:
 # 1.92+0.60 1.52+0.20 1.48+0.40 1.44+0.32 1.36+0.20 1.28+0.20 1.24+0.16 1.20+0.08; proxy-relay
 # 2.04+0.68 1.92+0.60 1.80+0.48 1.76+0.52 1.80+0.48 1.68+0.40 1.84+0.44 1.44+0.32. After 40 sessions
 # the per-session CPU rows measured mostly that warm-up, not what a long-running daemon costs. By 1500
-# the first blocks' excess (1.6-2x the last block) is gone and what still drifts is smaller than this
-# machine's round-to-round spread of those rows; longer would add a minute per round of a full run.
+# the first block's excess (1.4-2x the last block) is gone; what still drifts (last two blocks: -9%
+# nftables, -23% relay, whose blocks wander) is about this machine's round-to-round spread of those
+# rows. Each 1000 more sessions per mode would add ~40 s to every round of a full run.
 # --quick warms up 300 sessions: past the steepest part only, so its CPU rows read high.
 WARMUP = 1500
 WARMUP_QUICK = 300
