@@ -156,6 +156,13 @@ def machine_busy() -> tuple[float, float]:
     return (sum(f) - idle) / CLK_TCK, sum(f) / CLK_TCK
 
 
+def stat_fields(path: str | Path) -> list[str]:
+    """The fields of a /proc/.../stat file after the command name (which may hold spaces): [0] is
+    the state, [11] utime, [12] stime, [13] cutime, [14] cstime, in clock ticks."""
+    st = Path(path).read_text()
+    return st[st.rindex(")") + 2:].split()
+
+
 def foreign_cpu(lab: Lab) -> dict[int, float]:
     """CPU seconds of every process outside the lab's namespaces (other sessions' tests)."""
     me = os.getpid()
@@ -166,10 +173,9 @@ def foreign_cpu(lab: Lab) -> dict[int, float]:
         try:
             if os.stat(d / "ns" / "net").st_ino in lab.ns_inodes:
                 continue
-            st = (d / "stat").read_text()
+            f = stat_fields(d / "stat")
         except OSError:
             continue
-        f = st[st.rindex(")") + 2:].split()
         out[int(d.name)] = (int(f[11]) + int(f[12])) / CLK_TCK
     return out
 
@@ -237,14 +243,13 @@ class Proxy:
             time.sleep(0.05)
         self.startup_s = time.monotonic() - t0
 
-    def cpu(self) -> tuple[float, float, float]:
-        """(user, system, waited-for children) CPU seconds of the process, all threads."""
-        st = Path(f"/proc/{self.pid}/stat").read_text()
-        f = [int(x) for x in st[st.rindex(")") + 2:].split()[11:15]]
-        return f[0] / CLK_TCK, f[1] / CLK_TCK, (f[2] + f[3]) / CLK_TCK
-
-    def cpu_s(self) -> float:
-        return sum(self.cpu())
+    def cpu(self) -> tuple[float, float, float, float]:
+        """(user, system, waited-for children) CPU seconds of the process over all its threads, and
+        the main thread's alone (user + system): the JavaScript and the event loop; the difference
+        is V8's helper threads (GC, the optimizing compiler) and libuv's pool."""
+        f = [int(x) for x in stat_fields(f"/proc/{self.pid}/stat")[11:15]]
+        main = [int(x) for x in stat_fields(f"/proc/{self.pid}/task/{self.pid}/stat")[11:13]]
+        return f[0] / CLK_TCK, f[1] / CLK_TCK, (f[2] + f[3]) / CLK_TCK, sum(main) / CLK_TCK
 
     def status(self) -> dict:
         kv = {}
@@ -320,6 +325,13 @@ def quiesce(lab: Lab, proxy: "Proxy | None", proxy_fds: int | None, limit: float
     return round(time.monotonic() - t0, 2)
 
 
+def cpu_used(before: tuple, after: tuple) -> dict:
+    """The proxy's CPU between two Proxy.cpu() readings, as every measurement records it."""
+    u, sy, ch, main = (b - a for a, b in zip(before, after))
+    return {"proxy_cpu_s": round(u + sy + ch, 3), "proxy_cpu_main_s": round(main, 3),
+            "proxy_cpu_split_s": {"user": round(u, 3), "sys": round(sy, 3), "children": round(ch, 3)}}
+
+
 def configure(lab: Lab, setup: str) -> None:
     """Exactly one of: nothing, the kernel helper, the redirect to the proxy (or the floor)."""
     lab.helper(setup == "helper")
@@ -327,11 +339,41 @@ def configure(lab: Lab, setup: str) -> None:
     lab.flush_conntrack()
 
 
-def warm_up(lab: Lab, setup: str, n: int) -> None:
-    for m in modes(setup):
+# Sessions a setup runs, per mode, before anything of it is measured. A Node.js process (the floor,
+# the proxies) needs many: V8 keeps optimizing the proxy's code for ~1500-2000 sessions after start
+# (--trace-opt: ~180 optimizations in the first 300 sessions, still ~24 per 300 after 3000). Per-
+# thread /proc CPU of sequential PASV sessions on a fresh process, blocks of 250, main thread + the
+# others, ms/session (2026-11-30): node-pipe 0.96+0.08, then 0.68+0.08 onwards; proxy-nftables
+# 1.92+0.60 1.52+0.20 1.48+0.40 1.44+0.32 1.36+0.20 1.28+0.20 1.24+0.16 1.20+0.08; proxy-relay
+# 2.04+0.68 1.92+0.60 1.80+0.48 1.76+0.52 1.80+0.48 1.68+0.40 1.84+0.44 1.44+0.32. After 40 sessions
+# the per-session CPU rows measured mostly that warm-up, not what a long-running daemon costs. By 1500
+# the first block's excess (1.4-2x the last block) is gone; what still drifts (last two blocks: -9%
+# nftables, -23% relay, whose blocks wander) is about this machine's round-to-round spread of those
+# rows. Each 1000 more sessions per mode would add ~40 s to every round of a full run.
+# --quick warms up 300 sessions: past the steepest part only, so its CPU rows read high.
+WARMUP = 1500
+WARMUP_QUICK = 300
+# Plain NAT and the kernel helper compile nothing at run time: their warm-up only starts vsftpd's and
+# the kernel's caches, which 40 sessions did before (and a long one would only lengthen the run).
+WARMUP_NATIVE = 40
+
+
+def warm_up(lab: Lab, setup: str, n: int, proxy: "Proxy | None") -> dict:
+    """Sequential sessions in each of the setup's modes before it is measured; per mode, how many
+    completed, in how long, and (for a Node.js process) its CPU over them: what warming up costs."""
+    if setup not in GATEWAY:
+        n = min(n, WARMUP_NATIVE)
+    out = {}
+    for m in modes(setup) if n > 0 else []:
+        c0 = proxy.cpu() if proxy else None
+        t0 = time.monotonic()
         r = drive(lab, {"op": "seq", "mode": m, "n": n, "file": "1KiB.bin", "size": 1024, **target(lab, setup)})
-        if r.get("failed") or r.get("errors"):
+        # A long warm-up on this busy machine may meet a stray time-out; a setup that does not work fails more.
+        if r.get("failed") or r.get("errors", 0) > n // 100:
             raise RuntimeError(f"{setup} warm-up ({m}) failed: {r.get('failed') or r.get('error_samples')}")
+        out[m] = {"n": n, "ok": r["ok"], "errors": r.get("errors", 0), "wall_s": round(time.monotonic() - t0, 1),
+                  **(cpu_used(c0, proxy.cpu()) if proxy else {})}
+    return out
 
 
 # Scrapes the observed proxy's /metrics once a second, as an eager Prometheus would; prints
@@ -366,7 +408,7 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
             scraper = popen(["ip", "netns", "exec", lab.ns["gw"], PY, "-c", SCRAPER % METRICS_PORT],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
         proxy_fds = proxy.status()["fds"] if proxy else None
-        warm_up(lab, setup, cfg.warmup)
+        res["warmup"] = warm_up(lab, setup, cfg.warmup, proxy)
         for name, job in phases(setup, cfg):
             waited = quiesce(lab, proxy, proxy_fds)
             ext0 = {ns: lab.tcp_ext(ns) for ns in ("gw", "server")}
@@ -374,9 +416,7 @@ def run_setup(lab: Lab, setup: str, rnd: int, cfg, cli: str, outdir: Path) -> di
             cpu0 = proxy.cpu() if proxy else None
             r = drive(lab, {**job, **target(lab, setup)})
             if proxy:
-                u, sy, ch = (b - a for a, b in zip(cpu0, proxy.cpu()))
-                r["proxy_cpu_s"] = round(u + sy + ch, 3)
-                r["proxy_cpu_split_s"] = {"user": round(u, 3), "sys": round(sy, 3), "children": round(ch, 3)}
+                r.update(cpu_used(cpu0, proxy.cpu()))
             r["noise"] = noise.done()
             ext1 = {ns: lab.tcp_ext(ns) for ns in ("gw", "server")}
             r["listen_overflows"] = {ns: ext1[ns].get("ListenOverflows", 0) - ext0[ns].get("ListenOverflows", 0)
@@ -516,13 +556,13 @@ def run_profile(lab: Lab, setup: str, cfg, cli: str, outdir: Path) -> dict:
                   node_args=["--cpu-prof", f"--cpu-prof-dir={pdir}"])
     res: dict = {}
     try:
-        warm_up(lab, setup, cfg.warmup)
-        cpu0 = proxy.cpu_s()
+        res["warmup"] = warm_up(lab, setup, cfg.warmup, proxy)
+        cpu0 = proxy.cpu()
         t0 = time.monotonic()
         for m in ("pasv", "port"):
             r = drive(lab, {"op": "seq", "mode": m, "n": cfg.profile_sessions, "file": "1KiB.bin", "size": 1024})
             res[f"seq_{m}"] = {k: r.get(k) for k in ("ok", "sessions_per_s", "errors", "failed")}
-        res["proxy_cpu_s"] = round(proxy.cpu_s() - cpu0, 3)
+        res.update(cpu_used(cpu0, proxy.cpu()))
         window = (t0, time.monotonic())
     finally:
         res["proxy_stop"] = proxy.stop()
@@ -549,28 +589,27 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
-# metric -> (label, unit, higher_is_better, extractor(phase results of one setup in one round))
+# metric -> (label, unit, higher_is_better, extractor(one setup's result in one round))
 def _rate(phase):
-    return lambda ph: ph[phase]["sessions_per_s"] if phase in ph and "sessions_per_s" in ph[phase] else None
+    return lambda sr: sr["phases"].get(phase, {}).get("sessions_per_s")
 
 
 def _session_ms(phase):
     """The median session of a round: less swayed by other load on the machine than a rate."""
-    return lambda ph: med(ph[phase]["session_ms"]) if phase in ph and ph[phase].get("session_ms") else None
+    return lambda sr: med(sr["phases"].get(phase, {}).get("session_ms"))
 
 
 def _retr(phase):
-    return lambda ph: (med([t["mib_per_s"] for t in ph[phase]["transfers"]])
-                       if phase in ph and ph[phase].get("transfers") else None)
+    return lambda sr: med([t["mib_per_s"] for t in sr["phases"].get(phase, {}).get("transfers") or []])
 
 
-def _list(ph):
-    return med(ph["list"]["list_ms"]) if "list" in ph and ph["list"].get("list_ms") else None
+def _list(sr):
+    return med(sr["phases"].get("list", {}).get("list_ms"))
 
 
 def _cpu_100mib(phase):
-    def f(ph):
-        r = ph.get(phase)
+    def f(sr):
+        r = sr["phases"].get(phase)
         if not r or "proxy_cpu_s" not in r or not r.get("transfers"):
             return None
         moved = sum(t["bytes"] for t in r["transfers"])
@@ -578,16 +617,18 @@ def _cpu_100mib(phase):
     return f
 
 
-def _cpu_1000(phase):
-    def f(ph):
-        r = ph.get(phase)
-        if not r or "proxy_cpu_s" not in r or not r.get("ok"):
+def _cpu_1000(part: str, run: str, cpu: str = "proxy_cpu_s"):
+    """CPU ms per 1000 sequential sessions of sr[part][run]: a phase, or a warm-up (older results
+    have no warm-up figures and no main thread's)."""
+    def f(sr):
+        r = sr.get(part, {}).get(run)
+        if not r or cpu not in r or not r.get("ok"):
             return None
-        return 1000 * r["proxy_cpu_s"] / r["ok"] * 1000
+        return 1000 * r[cpu] / r["ok"] * 1000
     return f
 
 
-def metrics(concurrency: list[int]) -> list[tuple[str, str, str, bool, object]]:
+def metrics(concurrency: list[int], warmup: int) -> list[tuple[str, str, str, bool, object]]:
     m = [("seq_pasv", "sequential sessions/s, PASV", "1/s", True, _rate("seq_pasv")),
          ("seq_port", "sequential sessions/s, PORT", "1/s", True, _rate("seq_port"))]
     m += [("sess_pasv", "sequential session time, PASV, median", "ms", False, _session_ms("seq_pasv")),
@@ -598,16 +639,25 @@ def metrics(concurrency: list[int]) -> list[tuple[str, str, str, bool, object]]:
           ("list", "LIST dir1000 (1000 files)", "ms", False, _list),
           ("cpu_100mib_pasv", "proxy CPU per 100 MiB, PASV", "ms", False, _cpu_100mib("retr_pasv")),
           ("cpu_100mib_port", "proxy CPU per 100 MiB, PORT", "ms", False, _cpu_100mib("retr_port")),
-          ("cpu_1000_pasv", "proxy CPU per 1000 sessions, PASV", "ms", False, _cpu_1000("seq_pasv")),
-          ("cpu_1000_port", "proxy CPU per 1000 sessions, PORT", "ms", False, _cpu_1000("seq_port"))]
+          # What the same process paid while V8 was still compiling: the cost of JIT warm-up.
+          ("cpu_1000_warmup_pasv", f"proxy CPU per 1000 sessions, first {warmup} after start (PASV)", "ms", False,
+           _cpu_1000("warmup", "pasv")),
+          ("cpu_1000_pasv", "proxy CPU per 1000 sessions, PASV", "ms", False, _cpu_1000("phases", "seq_pasv")),
+          # The rest of the row above is V8's helper threads (GC, compiler) and libuv's pool.
+          ("cpu_1000_pasv_main", "proxy CPU per 1000 sessions, PASV, main thread", "ms", False,
+           _cpu_1000("phases", "seq_pasv", "proxy_cpu_main_s")),
+          ("cpu_1000_port", "proxy CPU per 1000 sessions, PORT", "ms", False, _cpu_1000("phases", "seq_port")),
+          ("cpu_1000_port_main", "proxy CPU per 1000 sessions, PORT, main thread", "ms", False,
+           _cpu_1000("phases", "seq_port", "proxy_cpu_main_s"))]
     return m
 
 
-def paired_ratio(rounds: list[dict], fn, s: str, ref: str) -> dict | None:
-    """Median and range of s / ref within each round (the pair ran minutes apart at most)."""
-    pr = [fn(a) / fn(b) for a, b in ((r["setups"][s]["phases"], r["setups"][ref]["phases"]) for r in rounds)
-          if fn(a) is not None and fn(b)]
-    return {"median": med(pr), "min": min(pr), "max": max(pr)} if pr else None
+def paired_ratio(rounds: list[dict], fn, s: str, ref: str, fn_ref=None) -> dict | None:
+    """Median and range of s / ref within each round (the pair ran minutes apart at most); fn_ref,
+    if given, measures ref (for two metrics of one setup)."""
+    fn_ref = fn_ref or fn
+    pr = [x / y for x, y in ((fn(r["setups"][s]), fn_ref(r["setups"][ref])) for r in rounds) if x is not None and y]
+    return {"median": med(pr), "min": min(pr), "max": max(pr), "per_round": pr} if pr else None
 
 
 def comparisons(concurrency: list[int]) -> list[tuple[str, str, str, list[str]]]:
@@ -630,21 +680,46 @@ def versus(rows: dict, rounds: list[dict], fn_of: dict, s: str, ref: str, keys: 
             if (row := rows.get(k)) and (v := row["setups"].get(s)) and (n := row["setups"].get(ref)) and n["median"]}
 
 
+# The table's noise mark. A row is noise-limited when, for some proxy column, the per-round values it
+# is read by (its paired ratios to the kernel helper; in rows without the helper, the CPU rows, to
+# node-pipe; where that reference is 0 or absent, the values themselves), less the highest and the
+# lowest when there are 5 rounds or more, spread more than 10% of their median either side:
+# (max - min) / 2 > 10% of the median. What is left is the median's distribution-free confidence
+# interval (2nd to 6th of 7 rounds: ~87%), so the median ratio cannot be trusted to +-10% there.
+# Judged on 2 rounds or more.
+NOISE_LIMIT = 0.10
+
+
+def spread(rounds: list[dict], fn, row: dict) -> dict | None:
+    """The widest per-round spread among a row's proxy columns, as NOISE_LIMIT reads it."""
+    ref = "helper" if "helper" in row["setups"] else FLOOR if FLOOR in row["setups"] else None
+    worst = None
+    for s, vals in row["setups"].items():
+        v = (paired_ratio(rounds, fn, s, ref) if ref else None) or vals
+        xs = sorted(v["per_round"])
+        xs = xs[1:-1] if len(xs) >= 5 else xs
+        if s in GATEWAY and s != FLOOR and v["median"]:
+            x = (xs[-1] - xs[0]) / 2 / v["median"]
+            if not worst or x > worst["spread"]:
+                worst = {"spread": x, "setup": s, "against": ref if v is not vals else None}
+    return worst
+
+
 def floor_keys(concurrency: list[int]) -> list[str]:
     """The metrics the proxies are compared to the floor on: sequential and the lowest concurrency."""
     return ["seq_pasv", f"conc{min(concurrency)}"] if concurrency else ["seq_pasv"]
 
 
-def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
+def summarize(rounds: list[dict], idle: dict, concurrency: list[int], warmup: int) -> dict:
     # The setups this run measured (--no-floor leaves one out; older results may lack it).
     setups = [s for s in SETUPS if all(s in r["setups"] for r in rounds)]
     out: dict = {"setups": setups, "metrics": {}, "pasv_227": {}, "idle_rss": {}}
     fn_of = {}
-    for key, label, unit, higher, fn in metrics(concurrency):
+    for key, label, unit, higher, fn in metrics(concurrency, warmup):
         fn_of[key] = fn
         row = {"label": label, "unit": unit, "higher_is_better": higher, "setups": {}}
         for s in setups:
-            vals = [fn(r["setups"][s]["phases"]) for r in rounds]
+            vals = [fn(r["setups"][s]) for r in rounds]
             vals = [v for v in vals if v is not None]
             if vals:
                 row["setups"][s] = {"median": med(vals), "min": min(vals), "max": max(vals), "per_round": vals}
@@ -666,7 +741,16 @@ def summarize(rounds: list[dict], idle: dict, concurrency: list[int]) -> dict:
                 v["ratio_to_floor"] = v["median"] / f["median"]
                 if pr := paired_ratio(rounds, fn, s, FLOOR):
                     v["paired_ratio_to_floor"] = pr
+        row["spread"] = spread(rounds, fn, row)
+        row["noise_limited"] = len(rounds) >= 2 and bool(row["spread"]) and row["spread"]["spread"] > NOISE_LIMIT
         out["metrics"][key] = row
+    # What JIT warm-up costs each Node.js process: its first sessions after start against the
+    # measured ones, round by round, and the CPU that adds up to over the warm-up.
+    w, st = out["metrics"]["cpu_1000_warmup_pasv"]["setups"], out["metrics"]["cpu_1000_pasv"]["setups"]
+    out["warmup_cost"] = {s: {"ratio": w[s]["median"] / st[s]["median"],
+                              "extra_ms": (w[s]["median"] - st[s]["median"]) * warmup / 1000,
+                              "paired": paired_ratio(rounds, fn_of["cpu_1000_warmup_pasv"], s, s, fn_of["cpu_1000_pasv"])}
+                          for s in w if s in st and st[s]["median"]}
     # What observing, TLS and converting cost: each setup against its reference, round by round.
     out["paired"] = [{"what": what, "setup": s, "ref": ref, "metrics": cmp}
                      for what, s, ref, keys in comparisons(concurrency)
@@ -753,9 +837,18 @@ def table(summary: dict, meta: dict) -> str:
                         " resuming the control session, through the TLS relay)")
     if meta.get("machine"):
         lines[1] += f"; load average at start {' '.join(meta['machine'].get('loadavg_start', []))}"
-    w0, w = 36, 27
+    judged = len(meta["rounds"]) >= 2
+    lines.insert(2, f"noise-limited: a row where some proxy column's per-round ratios to the helper (CPU rows: to {FLOOR};"
+                    " no reference: its values), less the highest and lowest of 5 rounds or more, spread (max-min)/2 >"
+                    f" {NOISE_LIMIT:.0%} of their median: its median ratio is not good to +-{NOISE_LIMIT:.0%}"
+                    + ("" if judged else " (one round: not judged)"))
+    if meta["config"].get("warmup"):
+        lines.insert(2, f"measured after a warm-up of {meta['config']['warmup']} sequential sessions per mode in each"
+                        f" Node.js process ({min(meta['config']['warmup'], WARMUP_NATIVE)} for direct and helper)")
+    rows = {k: row for k, row in summary["metrics"].items() if row["setups"]}  # older results lack some
+    w0, w = max(36, *(len(f"{row['label']} ({row['unit']})") + 2 for row in rows.values())), 27
     lines.append("metric".ljust(w0) + "".join(s.rjust(w) for s in setups))
-    for key, row in summary["metrics"].items():
+    for key, row in rows.items():
         cells = []
         for s in setups:
             v = row["setups"].get(s)
@@ -766,7 +859,8 @@ def table(summary: dict, meta: dict) -> str:
             if s != "helper" and "ratio_to_helper" in v:
                 c += f" {v['ratio_to_helper']:.2f}xH"
             cells.append(c.rjust(w))
-        lines.append(f"{row['label']} ({row['unit']})".ljust(w0) + "".join(cells))
+        mark = f"  noise-limited (per-round spread +-{row['spread']['spread']:.0%})" if row.get("noise_limited") else ""
+        lines.append(f"{row['label']} ({row['unit']})".ljust(w0) + "".join(cells) + mark)
     for q in ("p50", "p99"):
         cells = []
         for s in setups:
@@ -774,6 +868,12 @@ def table(summary: dict, meta: dict) -> str:
             c = "-" if not v else f"{v[q]:.2f}" + (f" ({v['added_' + q]:+.2f})" if f"added_{q}" in v else "")
             cells.append(c.rjust(w))
         lines.append(f"PASV->227 {q} (ms, +added vs helper)".ljust(w0) + "".join(cells))
+    cost = summary.get("warmup_cost", {})
+    if cost:
+        lines += ["", f"JIT warm-up: CPU per session over the first {meta['config']['warmup']} PASV sessions after start,"
+                      " against the measured ones (paired per-round range), and what it adds up to:"]
+        lines += [f"  {s:<16} {c['ratio']:.2f}x" + (f" ({c['paired']['min']:.2f}-{c['paired']['max']:.2f})" if c["paired"] else "")
+                  + f"  {c['extra_ms']:+.0f} ms of CPU over them" for s, c in cost.items()]
     for ph, per in summary.get("steps", {}).items():
         lines += ["", f"median ms per step of a sequential session, {ph}".ljust(w0) + "".join(s.rjust(w) for s in setups)]
         for k in next(iter(per.values())):
@@ -869,7 +969,8 @@ def targets(summary: dict) -> list[dict]:
 
 def render(result: dict) -> str:
     """Summary, table, targets and profile text of a result (also sets its summary and targets)."""
-    result["summary"] = summarize(result["rounds"], result["idle"], result["config"]["concurrency"])
+    result["summary"] = summarize(result["rounds"], result["idle"], result["config"]["concurrency"],
+                                  result["config"]["warmup"])
     result["targets"] = targets(result["summary"])
     out = [table(result["summary"], result), ""]
     for t in result["targets"]:
@@ -900,7 +1001,8 @@ def render(result: dict) -> str:
     for s, p in result["profile"].items():
         if p.get("top"):
             out += ["", f"profile {s} ({p['window']}): main thread busy {p['busy_ms']} ms of {p['total_ms']} ms"
-                        f" sampled; proxy CPU (all threads) {p.get('proxy_cpu_s')} s; top self time:"]
+                        f" sampled; proxy CPU (all threads) {p.get('proxy_cpu_s')} s, main thread"
+                        f" {p.get('proxy_cpu_main_s', '-')} s; top self time:"]
             out += [f"  {f['self_ms']:>8.1f} ms {f['pct_of_busy']:>5.1f}%  {f['function']}"
                     f"   <- {', '.join(f['called_from'])}" for f in p["top"]]
     return "\n".join(out)
@@ -966,7 +1068,7 @@ def parse_args() -> argparse.Namespace:
     a = ap.parse_args()
     q = a.quick
     defaults = {"rounds": 2 if q else 7, "seq": 100 if q else 200, "conc_seconds": 1.5 if q else 2.5,
-                "retr": 1 if q else 3, "list": 5 if q else 15, "warmup": 20 if q else 40,
+                "retr": 1 if q else 3, "list": 5 if q else 15, "warmup": WARMUP_QUICK if q else WARMUP,
                 "idle_levels": "1000" if q else "1000,10000"}
     for k, v in defaults.items():
         if getattr(a, k) is None:
@@ -1024,9 +1126,12 @@ def main() -> int:
                 t0 = time.monotonic()
                 rr["setups"][s] = run_setup(lab, s, rnd + 1, cfg, cfg.cli, outdir)
                 rr["setups"][s]["wall_s"] = round(time.monotonic() - t0, 1)
-                ph = rr["setups"][s]["phases"]
-                log(f"  {s}: seq " + ", ".join(f"{m} {ph[f'seq_{m}'].get('sessions_per_s', 0):.0f}/s"
-                                               for m in ("pasv", "port") if f"seq_{m}" in ph)
+                ph, wu = rr["setups"][s]["phases"], rr["setups"][s]["warmup"]
+                log(f"  {s}: warm-up " + ", ".join(
+                    f"{m} {w['ok']} in {w['wall_s']} s" + (f" {w['proxy_cpu_s'] / max(1, w['ok']) * 1000:.2f} ms CPU/session"
+                                                           if "proxy_cpu_s" in w else "") for m, w in wu.items())
+                    + "; seq " + ", ".join(f"{m} {ph[f'seq_{m}'].get('sessions_per_s', 0):.0f}/s"
+                                           for m in ("pasv", "port") if f"seq_{m}" in ph)
                     + f" ({rr['setups'][s]['wall_s']} s)")
             result["rounds"].append(rr)
             save()
