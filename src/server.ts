@@ -38,8 +38,11 @@ export class ProxyServer {
   private seq = 0;
   private stopping = false;
   private drainWaiters: (() => void)[] = [];
-  /** Accepted sockets inherit the control-connection socket options (tuneListener). */
-  private tuned = false;
+  /**
+   * Accepted sockets inherit the control-connection socket options (tuneListener), but for
+   * this many first ones (Infinity: the listener could not be tuned).
+   */
+  private untuned = Infinity;
   private config: Config;
 
   /** What the control socket sees and may end: the live sessions. */
@@ -67,12 +70,11 @@ export class ProxyServer {
       this.listener.once('error', onError);
       this.listener.listen({ host: bind, port, backlog: 1024 }, () => {
         this.listener.off('error', onError);
+        // Before the first accept (the loop has not polled since listen(2)): connections the
+        // kernel created in between, first in its queue, are tuned one by one.
+        this.untuned = tuneListener(this.listener) ?? Infinity;
         resolve(this.listener.address() as net.AddressInfo);
       });
-      // listen() on an address (no name to look up) has its socket listening by now: tune it
-      // before any connection is accepted. One whose handshake completed in the microseconds
-      // between the two would miss the options; sessions set them themselves if tuning failed.
-      this.tuned = tuneListener(this.listener);
     });
   }
 
@@ -105,6 +107,8 @@ export class ProxyServer {
       return refuse('per_client_limit', 'per-client session limit reached', `421 Too many sessions from your address (${cfg.maxSessionsPerClient}), try again later`);
     }
     const sid = String(++this.seq);
+    const clientTuned = this.untuned === 0;
+    if (!clientTuned) this.untuned--;
     const session = new Session(sock, {
       sid,
       mode: cfg.mode,
@@ -129,7 +133,7 @@ export class ProxyServer {
       loginTimeout: cfg.loginTimeout,
       idleTimeout: cfg.idleTimeout,
       maxLineLength: cfg.maxLineLength,
-      clientTuned: this.tuned,
+      clientTuned,
       metrics: this.d.metrics,
       xferlog: this.d.xferlog,
       onClose: (s) => this.forget(s, client),

@@ -4,6 +4,7 @@ import { decodeSockaddr, findInConntrack } from '../src/net/origdst.js';
 import { PortAllocator } from '../src/net/ports.js';
 import { fdOf, KEEPALIVE, loadLibc, tuneListener } from '../src/net/libc.js';
 import net from 'node:net';
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 
 t.test('canonical addresses', async (t) => {
@@ -67,19 +68,35 @@ t.test('a tuned listener hands its socket options to every accepted connection',
   srv.listen(0, '127.0.0.1');
   await once(srv, 'listening');
   t.teardown(() => new Promise((r) => srv.close(r)));
-  const plain = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
-  await once(plain, 'connect');
-  t.ok(tuneListener(srv), 'all options set');
-  const tuned = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1');
+  const port = (srv.address() as net.AddressInfo).port;
+  // A connection the kernel creates before the options are set, while this thread is blocked
+  // (not accepting): another process connects, and a child of it holds the connection.
+  const hold = [
+    'import os, socket, time',
+    `s = socket.create_connection(('127.0.0.1', ${port}))`,
+    'pid = os.fork()',
+    'if pid == 0:',
+    '    fd = os.open(os.devnull, os.O_RDWR)',
+    '    os.dup2(fd, 1)',
+    '    os.dup2(fd, 2)',
+    '    time.sleep(30)',
+    '    os._exit(0)',
+    'print(pid)',
+  ].join('\n');
+  const holder = Number(spawnSync('python3', ['-c', hold], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] }).stdout.trim());
+  t.teardown(() => process.kill(holder));
+  t.equal(tuneListener(srv), 1, 'all options set; one connection was already waiting');
+  const tuned = net.connect(port, '127.0.0.1');
   await once(tuned, 'connect');
   while (accepted.length < 2) await new Promise((r) => setImmediate(r));
   const [before, after] = accepted as [net.Socket, net.Socket];
   // SOL_SOCKET 1: SO_KEEPALIVE 9, SO_OOBINLINE 10; IPPROTO_TCP 6: NODELAY 1, KEEPIDLE 4, KEEPINTVL 5, KEEPCNT 6
-  t.same([get(before, 6, 1), get(before, 1, 9), get(before, 1, 10)], [0, 0, 0], 'an untuned listener gives none');
+  t.same([get(before, 6, 1), get(before, 1, 9), get(before, 1, 10)], [0, 0, 0], 'the one created before has none');
   t.same(
     [get(after, 6, 1), get(after, 1, 9), get(after, 6, 4), get(after, 6, 5), get(after, 6, 6), get(after, 1, 10)],
     [1, 1, KEEPALIVE.idle, KEEPALIVE.interval, KEEPALIVE.count, 1],
     'nodelay, keepalive timing and out-of-band inline, inherited',
   );
-  for (const s of [...accepted, plain, tuned]) s.destroy();
+  t.equal(tuneListener(srv), 0, 'none waiting once both are accepted');
+  for (const s of [...accepted, tuned]) s.destroy();
 });
