@@ -378,3 +378,32 @@ t.test('resets at every phase: during login, during ABOR; the proxy serves the n
   t.equal(await c.line(), '200 NOOP ok');
   c.end();
 });
+
+t.test('what one read produces toward a peer leaves in one write: a multi-line reply, pipelined commands', async (t) => {
+  const feat = ['211-Features:', ' EPSV', ' PASV', ' MDTM', ' SIZE', ' REST STREAM', ' UTF8', '211 End'];
+  // The whole reply in one write of the server's, so that it reaches the proxy in one read.
+  const r = await rig(t, { respond: (line, sock) => (line === 'FEAT' ? feat.join('\r\n') : basicResponder(line, sock)) });
+  const serverPort = (r.server.server.address() as net.AddressInfo).port;
+  const c = new Control(r.proxyPort);
+  await login(t, c);
+  // Every write system call of a socket of this process goes through _writeGeneric (one write
+  // or one writev): counted per socket.
+  const writes = new Map<net.Socket, number>();
+  const proto = net.Socket.prototype as unknown as { _writeGeneric: (this: net.Socket, ...a: unknown[]) => unknown };
+  const original = proto._writeGeneric;
+  proto._writeGeneric = function (this: net.Socket, ...a: unknown[]) {
+    writes.set(this, (writes.get(this) ?? 0) + 1);
+    return original.apply(this, a);
+  };
+  t.teardown(() => (proto._writeGeneric = original));
+  const count = (remotePort: number): number[] => [...writes].filter(([s]) => s.remotePort === remotePort).map(([, n]) => n);
+  c.send('FEAT');
+  for (const l of feat) t.equal(await c.line(), l);
+  t.same(count(c.sock.localPort!), [1], 'the eight lines of the reply went to the client in one write');
+  writes.clear();
+  c.sock.write('NOOP\r\nNOOP\r\nNOOP\r\n');
+  for (let i = 0; i < 3; i++) t.equal(await c.line(), '200 NOOP ok');
+  t.same(count(serverPort), [1], 'three commands of one read went to the server in one write');
+  c.send('QUIT');
+  t.equal(await c.line(), '221 bye');
+});
