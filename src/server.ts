@@ -87,6 +87,9 @@ export class ProxyServer {
   }
 
   private admit(sock: net.Socket): void {
+    // Counted for every accepted connection, refused ones too: the queue is in order.
+    const clientTuned = this.untuned === 0;
+    if (!clientTuned) this.untuned--;
     const cfg = this.config;
     const client = canonical(sock.remoteAddress ?? '0.0.0.0');
     const refuse = (reason: RefusalReason, why: string, reply: string): void => {
@@ -107,8 +110,6 @@ export class ProxyServer {
       return refuse('per_client_limit', 'per-client session limit reached', `421 Too many sessions from your address (${cfg.maxSessionsPerClient}), try again later`);
     }
     const sid = String(++this.seq);
-    const clientTuned = this.untuned === 0;
-    if (!clientTuned) this.untuned--;
     const session = new Session(sock, {
       sid,
       mode: cfg.mode,
