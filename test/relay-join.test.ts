@@ -45,11 +45,17 @@ const until = async (f: () => boolean, ms = 5000): Promise<boolean> => {
   return f();
 };
 
+/** A relay plane closed in `t`'s teardown: ports 50700-50701 unless given, started unless `start` is false. */
+async function relayFor(t: Test, o: { splice: boolean; ports?: PortAllocator; dataTimeout?: number; start?: boolean }): Promise<RelayDataPlane> {
+  const relay = new RelayDataPlane({ ports: o.ports ?? new PortAllocator(50700, 50701), dataTimeout: o.dataTimeout ?? 5, logger, splice: o.splice });
+  t.teardown(() => relay.close());
+  if (o.start !== false) await relay.start();
+  return relay;
+}
+
 for (const copy of ['splice', 'streams'] as const) {
   t.test(`${copy}: download joined, nothing to the client before proceed`, async (t) => {
-    const relay = new RelayDataPlane({ ports: new PortAllocator(50700, 50701), dataTimeout: 5, logger, splice: copy === 'splice' });
-    t.teardown(() => relay.close());
-    await relay.start();
+    const relay = await relayFor(t, { splice: copy === 'splice' });
     const server = await endpoint(t, payload);
     const client = await endpoint(t, null);
     const path = await relay.join(req(server.port, client.port));
@@ -67,9 +73,7 @@ for (const copy of ['splice', 'streams'] as const) {
   });
 
   t.test(`${copy}: upload joined`, async (t) => {
-    const relay = new RelayDataPlane({ ports: new PortAllocator(50700, 50701), dataTimeout: 5, logger, splice: copy === 'splice' });
-    t.teardown(() => relay.close());
-    await relay.start();
+    const relay = await relayFor(t, { splice: copy === 'splice' });
     const server = await endpoint(t, null);
     const client = await endpoint(t, payload);
     const path = await relay.join(req(server.port, client.port));
@@ -82,9 +86,7 @@ for (const copy of ['splice', 'streams'] as const) {
 }
 
 t.test('released or session ended before proceed: the server leg closes, the client is never reached', async (t) => {
-  const relay = new RelayDataPlane({ ports: new PortAllocator(50700, 50701), dataTimeout: 5, logger, splice: false });
-  t.teardown(() => relay.close());
-  await relay.start();
+  const relay = await relayFor(t, { splice: false });
   const server = await endpoint(t, null);
   const client = await endpoint(t, null);
   const a = await relay.join(req(server.port, client.port, 'a'));
@@ -103,8 +105,7 @@ t.test('released or session ended before proceed: the server leg closes, the cli
 });
 
 t.test('a server port that refuses: join rejects with BACKEND_FAILED and holds nothing', async (t) => {
-  const relay = new RelayDataPlane({ ports: new PortAllocator(50700, 50701), dataTimeout: 5, logger, splice: false });
-  t.teardown(() => relay.close());
+  const relay = await relayFor(t, { splice: false, start: false });
   const closed = net.createServer();
   closed.listen(0, '127.0.0.1');
   await once(closed, 'listening');
@@ -115,9 +116,7 @@ t.test('a server port that refuses: join rejects with BACKEND_FAILED and holds n
 });
 
 t.test('met paths (--server-mode active): both listeners admit their own peer once; the first waits for the second', async (t) => {
-  const relay = new RelayDataPlane({ ports: new PortAllocator(50700, 50703), dataTimeout: 5, logger, splice: true });
-  t.teardown(() => relay.close());
-  await relay.start();
+  const relay = await relayFor(t, { splice: true, ports: new PortAllocator(50700, 50703) });
   const path = await relay.meet({ sid: 'm', client: { peer: '127.0.0.1', listen: '127.0.0.1' }, server: { peer: '127.0.0.1', listen: '127.0.0.1' } });
   t.ok(path.serverPort !== undefined && path.serverPort !== path.port, 'two ports');
   const got: Buffer[] = [];
@@ -143,8 +142,7 @@ t.test('met paths (--server-mode active): both listeners admit their own peer on
 
 t.test('a met path whose server never comes: released after the data timeout, both ports back', async (t) => {
   const ports = new PortAllocator(50700, 50703);
-  const relay = new RelayDataPlane({ ports, dataTimeout: 1, logger, splice: false });
-  t.teardown(() => relay.close());
+  const relay = await relayFor(t, { splice: false, ports, dataTimeout: 1, start: false });
   const path = await relay.meet({ sid: 'm', client: { peer: '127.0.0.1', listen: '127.0.0.1' }, server: { peer: '127.0.0.1', listen: '127.0.0.1' } });
   t.equal(ports.used, 2);
   const client = net.connect({ host: '127.0.0.1', port: path.port });

